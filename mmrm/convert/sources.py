@@ -1,0 +1,101 @@
+"""Streaming readers of the released container formats: JSON arrays and parquet files.
+
+Both yield ``(position, record)`` so that errors name the place: the 1-based line where a JSON
+array element starts, or the 1-based row of a parquet file. JSONL is read by
+:func:`mmrm.formats.iter_jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from mmrm.ledger import Ledger, RecordError
+
+_WHITESPACE = " \t\n\r"
+
+
+def iter_json_array(path: Path, ledger: Ledger) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line, element)`` for each element of a JSON array file.
+
+    Elements that are not objects are judged by the ledger. A syntax error inside the array
+    always raises: past it there is no reliable way to find the next element.
+
+    Raises:
+        RecordError: the file is not a JSON array, or its text breaks off.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    pos, line = _skip_ws(text, 0, 1)
+    if pos >= len(text) or text[pos] != "[":
+        raise RecordError(path, line, "<file>", "expected a JSON array ('[')", "malformed_json")
+    pos, line = _skip_ws(text, pos + 1, line)
+    if pos < len(text) and text[pos] == "]":
+        return
+    while True:
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            raise RecordError(path, err.lineno, "<element>", f"malformed JSON: {err.msg} at "
+                                                             f"column {err.colno}",
+                              "malformed_json") from None
+        ledger.read += 1
+        if isinstance(obj, dict):
+            yield line, obj
+        else:
+            ledger.bad(RecordError(path, line, "<element>", f"expected a JSON object, got "
+                                                            f"{type(obj).__name__}",
+                                   "wrong_type"))
+        line += text.count("\n", pos, end)
+        pos, line = _skip_ws(text, end, line)
+        if pos < len(text) and text[pos] == ",":
+            pos, line = _skip_ws(text, pos + 1, line)
+            continue
+        if pos < len(text) and text[pos] == "]":
+            return
+        raise RecordError(path, line, "<file>", "expected ',' or ']' between array elements",
+                          "malformed_json")
+
+
+def _skip_ws(text: str, pos: int, line: int) -> tuple[int, int]:
+    while pos < len(text) and text[pos] in _WHITESPACE:
+        if text[pos] == "\n":
+            line += 1
+        pos += 1
+    return pos, line
+
+
+def parquet_files(src: Path) -> list[Path]:
+    """A parquet file, or the sorted ``*.parquet`` shards of a folder."""
+    src = Path(src)
+    if src.is_dir():
+        files = sorted(src.glob("*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"{src}: no *.parquet files in this folder")
+        return files
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no such file")
+    return [src]
+
+
+def iter_parquet_rows(path: Path, columns: list[str], ledger: Ledger,
+                      batch_size: int = 256) -> Iterator[tuple[int, dict]]:
+    """Yield ``(row, {column: value})`` for each row, reading ``batch_size`` rows at a time.
+
+    Raises:
+        ValueError: a required column is absent (names the file and the columns it has).
+    """
+    parquet = pq.ParquetFile(path)
+    names = parquet.schema_arrow.names
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; the file has {names}")
+    row = 0
+    for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+        for values in batch.to_pylist():
+            row += 1
+            ledger.read += 1
+            yield row, values

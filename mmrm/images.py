@@ -1,0 +1,193 @@
+"""Safe handling of the images that preference records point at or embed.
+
+Three guards apply to every image that enters mmrm:
+
+* a path may not escape its data root (``../``), and may not be absolute when a root was
+  given explicitly;
+* the pixel count read from the header must stay under ``max_pixels`` *before* anything is
+  decoded (a decompression bomb is refused, not allocated);
+* the image must decode (``decode=True``) or at least identify as an image.
+
+:class:`ImageStore` writes images once into an output folder, named by the sha256 of their
+bytes, so converted data sets are self-contained and deduplicated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from mmrm.ledger import FieldProblem
+
+#: Default cap on width*height: larger than any image in the supported data sets
+#: (VL-RewardBench's largest are ~4k x 3k) and far below what would exhaust memory.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",
+               "TIFF": ".tif", "MPO": ".jpg"}
+
+
+def resolve_image_path(img_path: str, root: Path, *, root_is_explicit: bool,
+                       field: str = "img_path") -> Path:
+    """Resolve a record's image path against its data root, refusing escapes.
+
+    Args:
+        img_path: the path as written in the record.
+        root: the data root (the user's ``--image-root``, else the data file's folder).
+        root_is_explicit: whether the user named the root; then absolute paths are refused.
+        field: the record field named in errors.
+
+    Returns:
+        The absolute path of the image (not yet checked to exist).
+
+    Raises:
+        FieldProblem: empty path, absolute path under an explicit root, or escape via ``..``.
+    """
+    if not img_path.strip():
+        raise FieldProblem(field, "empty image path", "empty_text")
+    path = Path(img_path)
+    if path.is_absolute():
+        if root_is_explicit:
+            raise FieldProblem(field, f"absolute path {img_path!r} not allowed under image root "
+                                      f"{str(root)!r}", "image_path_escapes_root")
+        return path
+    resolved = (root / path).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise FieldProblem(field, f"path {img_path!r} escapes the data root {str(root)!r}",
+                           "image_path_escapes_root")
+    return resolved
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+    @property
+    def extension(self) -> str:
+        return _EXTENSIONS.get(self.format, "." + self.format.lower())
+
+
+def inspect_image(source: bytes | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  decode: bool = True, field: str = "img_path") -> ImageInfo:
+    """Identify an image, guard its size from the header, and optionally decode it fully.
+
+    Raises:
+        FieldProblem: missing file, not an image, too many pixels, or does not decode.
+    """
+    if isinstance(source, Path) and not source.is_file():
+        raise FieldProblem(field, f"image not found: {str(source)!r}", "image_missing")
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel cap runs first; PIL's bomb warning would only duplicate it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(stream) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise FieldProblem(field, f"image of {width}x{height} pixels exceeds the "
+                                              f"limit of {max_pixels}", "image_too_large")
+                if decode:
+                    img.load()
+                return ImageInfo(img.format or "unknown", width, height)
+    except FieldProblem:
+        raise
+    except Image.DecompressionBombError as err:
+        raise FieldProblem(field, f"image exceeds the limit of {max_pixels} pixels ({err})",
+                           "image_too_large")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise FieldProblem(field, f"image does not decode: {err}", "image_undecodable")
+
+
+class ImageStore:
+    """Writes each distinct image once into ``folder``, named by the sha256 of its bytes.
+
+    Args:
+        folder: where images go (created on first write).
+        relative_to: folder the returned paths are relative to (the output file's folder).
+        max_pixels: the decompression-bomb cap.
+        decode: whether to decode each image fully before accepting it.
+    """
+
+    def __init__(self, folder: Path, relative_to: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 decode: bool = True):
+        self.folder = Path(folder)
+        self.relative_to = Path(relative_to)
+        self.max_pixels = max_pixels
+        self.decode = decode
+        self._known: dict[str, str] = {}  # sha256 -> relative path
+
+    def add_bytes(self, data: bytes, field: str = "image") -> str:
+        """Store embedded image bytes; returns the path relative to the output file."""
+        if not data:
+            raise FieldProblem(field, "no image bytes", "no_image_bytes")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in self._known:
+            return self._known[digest]
+        info = inspect_image(data, max_pixels=self.max_pixels, decode=self.decode, field=field)
+        target = self._target(digest, info)
+        if not target.exists():
+            _atomic_write_bytes(target, data)
+        return self._remember(digest, target)
+
+    def add_file(self, path: Path, field: str = "img_path") -> str:
+        """Store an image file (hard link when possible, else copy)."""
+        if not path.is_file():
+            raise FieldProblem(field, f"image not found: {str(path)!r}", "image_missing")
+        digest = sha256_file(path)
+        if digest in self._known:
+            return self._known[digest]
+        info = inspect_image(path, max_pixels=self.max_pixels, decode=self.decode, field=field)
+        target = self._target(digest, info)
+        if not target.exists():
+            _link_or_copy(path, target)
+        return self._remember(digest, target)
+
+    @property
+    def count(self) -> int:
+        return len(self._known)
+
+    def digest(self) -> str:
+        """sha256 over the sorted image names; names are content hashes, so this pins content."""
+        names = sorted(Path(p).name for p in self._known.values())
+        return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+    def _target(self, digest: str, info: ImageInfo) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder / f"{digest[:32]}{info.extension}"
+
+    def _remember(self, digest: str, target: Path) -> str:
+        rel = os.path.relpath(target, self.relative_to)
+        self._known[digest] = rel
+        return rel
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(target: Path, data: bytes) -> None:
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def _link_or_copy(src: Path, target: Path) -> None:
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, target)

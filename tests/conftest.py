@@ -1,0 +1,48 @@
+"""Shared test set-up: quiet threads, offline hubs, and builders of real image bytes."""
+
+import io
+import os
+import struct
+import zlib
+
+# Must be set before torch or numpy start their thread pools (see the brief: small matmuls
+# run 10-20x slower with busy-waiting OpenMP threads when anything else uses a core).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def image_bytes(colour=(200, 30, 30), size=(8, 6), fmt="PNG") -> bytes:
+    """Real encoded image bytes (PNG or JPEG) of a plain colour."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height: a decompression bomb that costs nothing here.
+
+    The IHDR chunk of a real 1x1 PNG is rewritten with the claimed size and a correct CRC,
+    so any reader that trusts the header would try to allocate width*height pixels.
+    """
+    data = bytearray(image_bytes(size=(1, 1)))
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr:ihdr + 17])) & 0xFFFFFFFF
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+@pytest.fixture
+def write_image(tmp_path):
+    """Write a real image file under tmp_path and return its path."""
+    def write(name, colour=(200, 30, 30), fmt="PNG", data=None):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if data is not None else image_bytes(colour, fmt=fmt))
+        return path
+    return write

@@ -1,0 +1,65 @@
+"""The real ``mmrm`` command on tiny inputs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from mmrm.cli import app
+from mmrm.convert import FORMATS
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def test_convert_help_explains_every_format():
+    result = runner.invoke(app, ["convert", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for name, fmt in FORMATS.items():
+        assert f"  {name:<14} {fmt.description}" in result.output
+
+
+def test_convert_reports_location_and_exit_code(tmp_path, write_image):
+    write_image("a.png")
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "1", "prompt": "P", "img_path": "a.png", "chosen": "x",
+                               "rejected": "y"}) + "\n" + '{"id": "2", "prompt": 5}\n')
+    out = tmp_path / "out" / "pairs.jsonl"
+    result = runner.invoke(app, ["convert", "--format", "pairs", str(src), str(out)])
+    assert result.exit_code == 2
+    assert f"error: {src}:2: prompt: expected a string, got int" in result.output
+    result = runner.invoke(app, ["convert", "-f", "pairs", str(src), str(out),
+                                 "--on-error", "skip"])
+    assert result.exit_code == 0, result.output
+    assert "pairs: read 2 records, wrote 1 pairs" in result.output
+    assert "skipped records: wrong_type=1" in result.output
+
+
+def test_validate_counts_problems(tmp_path, write_image):
+    write_image("a.png")
+    src = tmp_path / "infer.jsonl"
+    src.write_text(json.dumps({"prompt": "P", "img_path": "a.png", "responses": ["x", "y"]})
+                   + "\n" + json.dumps({"prompt": "P", "img_path": "b.png",
+                                        "responses": ["x"]}) + "\n")
+    result = runner.invoke(app, ["validate", str(src), "--kind", "inference"])
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    assert (report["read"], report["written"], report["skipped_by_reason"]) == \
+        (2, 1, {"image_missing": 1})
+
+
+def test_sample_converts_every_released_format_through_the_console_script(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mmrm", "sample", str(tmp_path),
+                             "--count", "4"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for fmt in ("povid", "rlhfv", "rlaifv", "vlfeedback", "vlrewardbench", "mmrewardbench"):
+        manifest = json.loads((tmp_path / "converted" / fmt / "pairs.manifest.json").read_text())
+        assert manifest["records"]["read"] == 4 and manifest["records"]["skipped"] == 0
+        lines = (tmp_path / "converted" / fmt / "pairs.jsonl").read_text().splitlines()
+        assert len(lines) == manifest["output"]["pairs"] > 0
+        assert f"{fmt}: read 4 records" in result.stdout
+    # VLFeedback: 4 completions, the right one rated 5/5, others 1-4 / 1 -> 3 pairs at least
+    vlf = json.loads((tmp_path / "converted" / "vlfeedback" / "pairs.manifest.json").read_text())
+    assert vlf["pairs"]["read"] == 4 * 6
