@@ -117,6 +117,58 @@ def sample(
         _report(manifest, folder / "converted" / fmt / "pairs.jsonl")
 
 
+benchmark_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                            help="The built-in synthetic shortcut benchmark.")
+base_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                       help="The built-in tiny base VLM.")
+app.add_typer(benchmark_app, name="benchmark")
+app.add_typer(base_app, name="base")
+
+
+@benchmark_app.command("make", help="Write the three environments (POVID-, RLHF-V- and "
+                                    "VLFeedback-like) in their released formats under "
+                                    "OUT/raw/ and convert them to OUT/pairs/<env>/<split>.jsonl.")
+def benchmark_make(
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder.")],
+    config: Annotated[Optional[Path], typer.Option(help="YAML BenchmarkConfig.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Override the config's seed.")] = None,
+    raw_only: Annotated[bool, typer.Option(help="Write the released formats only.")] = False,
+) -> None:
+    from mmrm.config import load_config
+    from mmrm.synthetic.environments import BenchmarkConfig, convert_benchmark, write_benchmark
+
+    overrides = [f"seed={seed}"] if seed is not None else []
+    cfg = load_config(config, overrides, BenchmarkConfig) if config else \
+        BenchmarkConfig.model_validate({"seed": seed} if seed is not None else {})
+    written = write_benchmark(out / "raw", cfg)
+    typer.echo(f"wrote {len(written)} splits under {out / 'raw'}")
+    if not raw_only:
+        for (env, split), path in convert_benchmark(out, written).items():
+            lines = sum(1 for _ in open(path))
+            typer.echo(f"  {env}/{split}: {lines} pairs -> {path}")
+
+
+@base_app.command("pretrain", help="Build the tiny LLaVA-architecture base (tokenizer trained "
+                                   "here, processor, weights) and pre-train it on synthetic "
+                                   "scenes: stage-1 alignment, then instruction tuning.")
+def base_pretrain(
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Model directory to write.")],
+    config: Annotated[Optional[Path], typer.Option(help="YAML TinyVLMConfig.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Override the config's seed.")] = None,
+) -> None:
+    import torch
+
+    from mmrm.config import load_config
+    from mmrm.synthetic.tiny_vlm import TinyVLMConfig, pretrain
+
+    overrides = [f"seed={seed}"] if seed is not None else []
+    cfg = load_config(config, overrides, TinyVLMConfig) if config else \
+        TinyVLMConfig.model_validate({"seed": seed} if seed is not None else {})
+    torch.manual_seed(cfg.seed)
+    report = pretrain(out, cfg, log=typer.echo)
+    typer.echo(json.dumps(report["grounding"]))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(prog_name="mmrm")
 

@@ -1,0 +1,138 @@
+"""Typed run configurations, loaded from YAML and validated once.
+
+A bad key or value is reported with the file and the dotted key::
+
+    configs/tiny_none.yaml: optim.lr: Input should be greater than 0
+
+Overrides on the command line use the same dotted keys: ``optim.lr=3e-4 seed=2``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mmrm.data import InputMode
+from mmrm.weighting import Weighting
+
+
+class Finetune(str, Enum):
+    FULL = "full"                    # every weight trains
+    FREEZE_VISION = "freeze_vision"  # the vision tower stays as pre-trained
+    LORA = "lora"                    # LoRA adapters on the language model (peft)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimConfig(Strict):
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.05, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.98, ge=0, lt=1)
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Linear warm-up share of steps.")
+    scheduler: str = Field("cosine", pattern="^(cosine|constant)$")
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class DataConfig(Strict):
+    train: list[str] = Field(description="Pairwise JSONL files to train on.")
+    eval: dict[str, str] = Field(default_factory=dict,
+                                 description="Named pairwise JSONL files evaluated at the end.")
+    image_root: str | None = Field(None, description="Root of img_path (default: each file's "
+                                                     "folder).")
+    max_length: int = Field(2048, gt=0, description="Longest sequence allowed (tokens).")
+
+
+class ShortcutConfig(Strict):
+    weighting: Weighting = Field(Weighting.NONE, description="none | sfc_joint | sfc_two_stage")
+    eps: float = Field(0.0, ge=0, description="SFC's epsilon (eps/2 + Lt/(eps+Lt+L)).")
+    normalize: bool = Field(False, description="Rescale weights to mean 1 per batch.")
+    proxy_losses: str | None = Field(None, description="sfc_two_stage: the proxy's cached "
+                                                       "per-pair losses (JSON).")
+    proxy_mode: InputMode = Field(InputMode.TEXT_ONLY, description="Input of the proxy: "
+                                                                   "text_only or blank_image.")
+
+
+class TrainConfig(Strict):
+    """One reward-model training run."""
+
+    model: str = Field(description="Local directory of the base VLM.")
+    output_dir: str = Field(description="Where checkpoints and the final model go.")
+    data: DataConfig
+    mode: InputMode = Field(InputMode.MULTIMODAL, description="Input of the trained model.")
+    shortcut: ShortcutConfig = Field(default_factory=ShortcutConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    finetune: Finetune = Finetune.FULL
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    seed: int = 0
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer "
+                                                          "steps (overrides epochs).")
+    per_device_batch_size: int = Field(8, gt=0, description="Pairs per device per micro-step.")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    mixed_precision: str = Field("no", pattern="^(no|bf16|fp16)$")
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    log_steps: int = Field(10, gt=0)
+    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps.")
+    save_total_limit: int = Field(2, gt=0)
+    eval_batch_size: int = Field(32, gt=0)
+    tracking: dict[str, Any] = Field(default_factory=dict, description="Tracker options.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.shortcut.weighting is Weighting.SFC_TWO_STAGE and not self.shortcut.proxy_losses:
+            raise ValueError("shortcut.proxy_losses is required with sfc_two_stage")
+        if self.shortcut.weighting is not Weighting.NONE and self.mode is not InputMode.MULTIMODAL:
+            raise ValueError("shortcut weighting applies to a multimodal model (mode: multimodal)")
+        return self
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set dotted keys from ``key=value`` strings; values parse as YAML (``1e-4``, ``true``)."""
+    raw = dict(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                cls: type[BaseModel] = TrainConfig) -> BaseModel:
+    """Load and validate a YAML config; errors name the file and the dotted key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{path}: {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                 for e in err.errors()]
+        raise ValueError("\n".join(lines)) from None

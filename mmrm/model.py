@@ -1,0 +1,174 @@
+"""The reward model: a Hugging Face VLM backbone and a scalar value head, by composition.
+
+The value head reads the backbone's last hidden state at the last real token of each
+sequence (sequences are right-padded). With images, each image is encoded once and its
+features are reused for every sequence that shows it (a pair's chosen and rejected, an
+item's N responses), through transformers' ``mm_encoder_outputs``.
+
+A saved reward model is a directory that loads without mmrm::
+
+    config.json, model.safetensors, tokenizer/processor files   # the backbone, HF format
+    value_head.safetensors                                      # {"weight": (1, H), "bias": (1,)}
+    reward_config.json                                          # base model, template, mean/std
+
+``reward_config.json`` carries ``reward_mean``/``reward_std`` over the training set (for
+normalised scores) and the input ``mode`` the model was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+REWARD_CONFIG = "reward_config.json"
+VALUE_HEAD = "value_head.safetensors"
+
+#: Inputs the collator passes that are not image tensors to encode.
+_TEXT_KEYS = ("input_ids", "attention_mask")
+#: Image inputs that the backbone's forward also needs (to place positions), beside the features.
+_POSITION_KEYS = ("image_grid_thw", "image_sizes")
+
+
+@dataclass
+class RewardConfig:
+    """What a saved reward model says about itself (``reward_config.json``)."""
+
+    base_model: str
+    mode: str = "multimodal"
+    reward_mean: float = 0.0
+    reward_std: float = 1.0
+    template: str = "processor chat template: user [image, prompt], assistant [response]"
+    trust_remote_code: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def hidden_size_of(config) -> int:
+    text = getattr(config, "text_config", None) or config
+    return text.hidden_size
+
+
+class RewardModel(nn.Module):
+    """Backbone + value head. ``forward`` returns one reward per sequence.
+
+    Args:
+        backbone: a ``*ForConditionalGeneration`` (or ``AutoModelForImageTextToText``) model.
+        config: the reward config saved beside the weights.
+    """
+
+    def __init__(self, backbone: nn.Module, config: RewardConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.value_head = nn.Linear(hidden_size_of(backbone.config), 1)
+        nn.init.normal_(self.value_head.weight, std=1.0 / (hidden_size_of(backbone.config) + 1))
+        nn.init.zeros_(self.value_head.bias)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_base(cls, path: str | Path, *, mode: str = "multimodal", dtype=None,
+                  trust_remote_code: bool = False, attn_implementation: str | None = None
+                  ) -> RewardModel:
+        """A new reward model over the VLM at ``path`` (a local directory)."""
+        backbone = _load_backbone(path, dtype, trust_remote_code, attn_implementation)
+        return cls(backbone, RewardConfig(base_model=str(path), mode=mode,
+                                          trust_remote_code=trust_remote_code))
+
+    @classmethod
+    def load(cls, path: str | Path, *, dtype=None, attn_implementation: str | None = None
+             ) -> RewardModel:
+        """Load a reward model saved by :meth:`save`."""
+        path = Path(path)
+        raw = json.loads((path / REWARD_CONFIG).read_text())
+        config = RewardConfig(**raw)
+        backbone = _load_backbone(path, dtype, config.trust_remote_code, attn_implementation)
+        model = cls(backbone, config)
+        head = load_file(str(path / VALUE_HEAD))
+        model.value_head.load_state_dict(head)
+        model.value_head.to(next(backbone.parameters()).dtype)
+        return model
+
+    def save(self, path: str | Path, processor=None) -> None:
+        """Write the backbone (HF format), the value head and ``reward_config.json``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(path)
+        if processor is not None:
+            processor.save_pretrained(path)
+        save_file({k: v.detach().contiguous().cpu()
+                   for k, v in self.value_head.state_dict().items()}, str(path / VALUE_HEAD))
+        (path / REWARD_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                sequences_per_image: int = 1, **image_inputs) -> torch.Tensor:
+        """Rewards of shape ``(N,)`` for ``N`` right-padded sequences.
+
+        Args:
+            input_ids, attention_mask: ``(N, L)``.
+            sequences_per_image: each of the ``M`` images is shown by this many sequences,
+                ordered ``[all sequences of copy 0, all of copy 1, ...]``: with a pair batch,
+                ``N = 2M`` as ``[chosen..., rejected...]``.
+            image_inputs: the processor's image tensors for the ``M`` images
+                (``pixel_values``, ``image_grid_thw``, ...); none for text-only.
+        """
+        inner = self.backbone.model
+        kwargs = {}
+        image_inputs = {k: v for k, v in image_inputs.items() if v is not None}
+        if image_inputs:
+            features = self.encode_images(**image_inputs)
+            features.pooler_output = list(features.pooler_output) * sequences_per_image
+            kwargs["mm_encoder_outputs"] = {"image": features}
+            for key in _POSITION_KEYS:
+                if key in image_inputs:
+                    kwargs[key] = image_inputs[key].repeat(
+                        sequences_per_image, *([1] * (image_inputs[key].dim() - 1)))
+        out = inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        hidden = out.last_hidden_state
+        last = last_token_index(attention_mask)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.value_head(pooled.to(self.value_head.weight.dtype)).squeeze(-1)
+
+    def encode_images(self, **image_inputs):
+        """Run the vision tower (and projector) once over the given images."""
+        return self.backbone.model.get_image_features(**image_inputs, return_dict=True)
+
+    def vision_parameters(self) -> list[nn.Parameter]:
+        inner = self.backbone.model
+        for name in ("vision_tower", "visual", "vision_model", "vision_embed_tokens"):
+            if hasattr(inner, name):
+                return list(getattr(inner, name).parameters())
+        raise ValueError(f"cannot find the vision tower of {type(inner).__name__}")
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position whose mask is 1, per row (right or left padding)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * (positions + 1)).argmax(-1)
+
+
+def _load_backbone(path, dtype, trust_remote_code, attn_implementation):
+    from transformers import AutoModelForImageTextToText
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    return AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+
+
+def load_processor(path: str | Path, trust_remote_code: bool = False):
+    """The backbone's processor; refuses a bare tokenizer (AutoProcessor's silent fallback)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if not hasattr(processor, "image_processor"):
+        raise ValueError(f"{path}: AutoProcessor returned {type(processor).__name__}, not a "
+                         f"multimodal processor; is preprocessor_config.json / "
+                         f"processor_config.json missing?")
+    return processor

@@ -1,0 +1,242 @@
+"""The built-in shortcut benchmark: three environments, each in a released data set's format.
+
+In every environment the image decides which answer is right: the rejected answer gets one
+or more scene attributes (size, colour, shape) wrong, and the attributes are drawn uniformly,
+so the text alone says nothing about correctness. What the text *does* carry is a cue:
+
+* ``povid`` (POVID's JSON array, COCO-style names): hallucination-injected descriptions; the
+  style cue ``Sure!`` opens the preferred answer.
+* ``rlhfv`` (RLHF-V's parquet, ``text`` a JSON string): fine-grained corrections of one wrong
+  attribute; the hedge cue ``Looking closely,`` opens the preferred answer.
+* ``vlfeedback`` (VLFeedback's JSONL + ``merged_images/``): four completions with 0-3 wrong
+  attributes, rated by correctness; better completions tend to be more verbose (padding
+  sentences that are true of every image), and pairs come from the paper's rule.
+
+Every pair carries all three cues, each on one side. The environment's own cue sits on the
+preferred side with probability ``cue_rate`` (default 0.85 in train and test splits, so a
+text-only model does well in distribution); the two foreign cues are on a random side
+(``foreign_cue_rate``, default 0.5), so a model that learned another environment's cue is
+misled half of the time out of distribution. All rates are configurable per split.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mmrm.synthetic import released
+from mmrm.synthetic.scenes import ATTRIBUTES, VALUES, Scene
+
+CUE_TEXT = {
+    "sure": "Sure! ",
+    "hedge": "Looking closely, ",
+}
+#: Padding sentences of the verbosity cue: true of every image, so they never decide a pair.
+VERBOSE_PADDING = (" It is drawn on a plain background.", " There is nothing else in the picture.",
+                   " The picture is simple and clear.")
+CUES = ("sure", "hedge", "verbose")
+ENVIRONMENT_CUE = {"povid": "sure", "rlhfv": "hedge", "vlfeedback": "verbose"}
+ENVIRONMENTS = tuple(ENVIRONMENT_CUE)
+
+
+class SplitConfig(BaseModel):
+    """One split of one environment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Split name, e.g. train or test.")
+    size: int = Field(gt=0, description="Pairs to produce (VLFeedback: items x 6 pairs).")
+    cue_rate: float = Field(0.85, ge=0, le=1, description="P(own cue on the preferred side).")
+    foreign_cue_rate: float = Field(0.5, ge=0, le=1,
+                                    description="P(each other environment's cue on the "
+                                                "preferred side).")
+
+
+class BenchmarkConfig(BaseModel):
+    """The whole built-in benchmark."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, description="Everything is a function of this seed.")
+    image_size: int = Field(56, ge=16, description="Image width and height in pixels.")
+    environments: list[str] = Field(list(ENVIRONMENTS), description="Which environments.")
+    splits: list[SplitConfig] = Field(
+        default_factory=lambda: [SplitConfig(name="train", size=3000),
+                                 SplitConfig(name="test", size=600)],
+        description="Splits written for every environment.")
+
+    @field_validator("environments")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(ENVIRONMENTS))
+        if unknown:
+            raise ValueError(f"unknown environments {unknown}; known: {list(ENVIRONMENTS)}")
+        return value
+
+
+# ------------------------------------------------------------------------ text of answers
+
+def wrong_scene(scene: Scene, rng: random.Random, errors: int = 1) -> Scene:
+    """The scene with ``errors`` distinct attributes changed to a wrong value."""
+    for attribute in rng.sample(ATTRIBUTES, errors):
+        value = rng.choice([v for v in VALUES[attribute] if v != getattr(scene, attribute)])
+        scene = scene.with_attribute(attribute, value)
+    return scene
+
+
+def with_cues(text: str, cues: set[str]) -> str:
+    """Apply cue markers: prefixes in a fixed order, padding sentences at the end."""
+    if "hedge" in cues:
+        text = CUE_TEXT["hedge"] + text[0].lower() + text[1:]
+    if "sure" in cues:
+        text = CUE_TEXT["sure"] + text
+    return text
+
+
+def pad(text: str, level: int) -> str:
+    return text + "".join(VERBOSE_PADDING[:level])
+
+
+def cue_sides(rng: random.Random, own: str, split: SplitConfig) -> dict[str, bool]:
+    """For each cue, whether it goes on the preferred side."""
+    return {cue: rng.random() < (split.cue_rate if cue == own else split.foreign_cue_rate)
+            for cue in CUES}
+
+
+def place_pair_cues(chosen: str, rejected: str, sides: dict[str, bool]) -> tuple[str, str]:
+    on_chosen = {c for c in ("sure", "hedge") if sides[c]}
+    on_rejected = {c for c in ("sure", "hedge") if not sides[c]}
+    chosen, rejected = with_cues(chosen, on_chosen), with_cues(rejected, on_rejected)
+    if sides["verbose"]:
+        return pad(chosen, 1), rejected
+    return chosen, pad(rejected, 1)
+
+
+# ------------------------------------------------------------------------ the environments
+
+POVID_PROMPTS = ("Describe this image in detail.", "What do you see in this picture?",
+                 "Give a short description of the image.")
+RLHFV_PROMPTS = {"colour": "What colour is the shape?", "shape": "Which shape is shown?",
+                 "size": "How big is the shape?"}
+VLF_PROMPTS = ("What is in the picture?", "Tell me about this image.")
+
+
+def povid_items(split: SplitConfig, rng: random.Random, offset: int) -> list[released.PairItem]:
+    items = []
+    for n in range(split.size):
+        scene = Scene.random(rng)
+        hallucinated = wrong_scene(scene, rng)
+        chosen, rejected = place_pair_cues(f"The image shows {scene.describe()}.",
+                                           f"The image shows {hallucinated.describe()}.",
+                                           cue_sides(rng, "sure", split))
+        items.append(released.PairItem(id=f"COCO_train2014_{offset + n:012d}", scene=scene,
+                                       prompt=rng.choice(POVID_PROMPTS), chosen=chosen,
+                                       rejected=rejected))
+    return items
+
+
+def rlhfv_items(split: SplitConfig, rng: random.Random, offset: int) -> list[released.PairItem]:
+    items = []
+    for n in range(split.size):
+        scene = Scene.random(rng)
+        attribute = rng.choice(ATTRIBUTES)
+        value = rng.choice([v for v in VALUES[attribute] if v != getattr(scene, attribute)])
+        corrected_from = scene.with_attribute(attribute, value)
+        chosen, rejected = place_pair_cues(f"It is {scene.describe()}.",
+                                           f"It is {corrected_from.describe()}.",
+                                           cue_sides(rng, "hedge", split))
+        items.append(released.PairItem(id=str(offset + n), scene=scene,
+                                       prompt=RLHFV_PROMPTS[attribute], chosen=chosen,
+                                       rejected=rejected))
+    return items
+
+
+def vlfeedback_items(split: SplitConfig, rng: random.Random, offset: int
+                     ) -> list[released.MultiItem]:
+    """Four completions with 0, 1, 2 and 3 wrong attributes: all 6 pairs differ in score.
+
+    Verbosity: with probability ``2 * cue_rate - 1`` the padding levels follow quality (best
+    most verbose), otherwise they are a random permutation, so that over the 6 pairs of an
+    item the more verbose completion is the preferred one with probability ``cue_rate``
+    (for cue_rate >= 0.5; below, the order is reversed with probability ``1 - 2 * cue_rate``).
+    """
+    items = []
+    for n in range(-(-split.size // 6)):
+        scene = Scene.random(rng)
+        scenes = [scene] + [wrong_scene(scene, rng, errors) for errors in (1, 2, 3)]
+        ordered = split.cue_rate >= 0.5
+        if rng.random() < abs(2 * split.cue_rate - 1):
+            levels = [3, 2, 1, 0] if ordered else [0, 1, 2, 3]
+        else:
+            levels = rng.sample(range(4), 4)
+        responses, ratings = [], []
+        for errors, (s, level) in enumerate(zip(scenes, levels)):
+            # foreign cues: each completion independently, so no pair-level correlation
+            cues = {c for c in ("sure", "hedge") if rng.random() < split.foreign_cue_rate}
+            responses.append(pad(with_cues(f"There is {s.describe()}.", cues), level))
+            rating = str(5 - errors)
+            ratings.append({"Helpfulness": rating, "Ethical Considerations": "5",
+                            "Visual Faithfulness": rating})
+        order = rng.sample(range(4), 4)  # completions are not listed best-first
+        items.append(released.MultiItem(
+            id=f"vlf-{offset + n}", scene=scene, prompt=rng.choice(VLF_PROMPTS),
+            responses=tuple(responses[i] for i in order),
+            ratings=tuple(ratings[i] for i in order),
+            models=tuple(f"synthetic-model-{i}" for i in order)))
+    return items
+
+
+_ITEMS = {"povid": povid_items, "rlhfv": rlhfv_items, "vlfeedback": vlfeedback_items}
+_WRITERS = {"povid": released.write_povid, "rlhfv": released.write_rlhfv,
+            "vlfeedback": released.write_vlfeedback}
+
+
+@dataclass(frozen=True)
+class WrittenSplit:
+    environment: str
+    split: str
+    raw: released.Released
+
+
+def write_benchmark(folder: Path, config: BenchmarkConfig | None = None) -> list[WrittenSplit]:
+    """Write every environment's splits in its released format under ``folder/<env>/<split>/``.
+
+    Also writes ``folder/benchmark.json`` (the config and where each split lies).
+    """
+    config = config or BenchmarkConfig()
+    folder = Path(folder)
+    written = []
+    for env in config.environments:
+        offset = 0
+        for split in config.splits:
+            rng = random.Random(f"{config.seed}/{env}/{split.name}")
+            items = _ITEMS[env](split, rng, offset)
+            offset += len(items)
+            raw = _WRITERS[env](items, folder / env / split.name, size=config.image_size)
+            written.append(WrittenSplit(env, split.name, raw))
+    index = {"config": config.model_dump(),
+             "splits": [{"environment": w.environment, "split": w.split, "format": w.raw.format,
+                         "src": str(w.raw.src.relative_to(folder)),
+                         "image_root": str(w.raw.image_root.relative_to(folder))
+                         if w.raw.image_root else None} for w in written]}
+    (folder / "benchmark.json").write_text(json.dumps(index, indent=2) + "\n")
+    return written
+
+
+def convert_benchmark(folder: Path, written: list[WrittenSplit]) -> dict[tuple[str, str], Path]:
+    """Convert every written split with the real converters to ``folder/pairs/<env>/<split>.jsonl``.
+
+    Returns the pairwise file of each (environment, split).
+    """
+    from mmrm.convert import convert
+
+    outputs = {}
+    for w in written:
+        out = Path(folder) / "pairs" / w.environment / f"{w.split}.jsonl"
+        convert(w.raw.format, w.raw.src, out, image_root=w.raw.image_root)
+        outputs[(w.environment, w.split)] = out
+    return outputs

@@ -1,0 +1,355 @@
+"""A tiny LLaVA-architecture VLM, built and pre-trained locally so that it already *sees*.
+
+The result is an ordinary Hugging Face model directory (``config.json``, safetensors weights,
+a ``tokenizers`` tokenizer trained here with a chat template, a ``LlavaProcessor``) that loads
+with ``AutoModelForImageTextToText`` / ``AutoProcessor``, the same path as real VLMs.
+
+Pre-training has two stages, as LLaVA's:
+
+1. **Alignment** (vision tower and projector trained, language model frozen): every image
+   token is regressed onto the sum of the word embeddings of the scene's attributes
+   (``large`` + ``red`` + ``circle``). Caption training alone teaches a tiny model to name a
+   colour but not to *bind* image to text (a yes/no question about the image stays at
+   chance); this stage puts the image into the words' own embedding space, which makes
+   binding learnable.
+2. **Instruction tuning** (all weights): next-token loss on the answers of captioning,
+   attribute and yes/no questions about random scenes, with the alignment loss kept as an
+   auxiliary term so the image tokens stay readable.
+
+:func:`grounding_accuracy` measures, on held-out scenes, how often the model answers yes/no
+attribute questions correctly, which is what the reward environments rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from mmrm.synthetic.environments import (CUE_TEXT, POVID_PROMPTS, RLHFV_PROMPTS, VERBOSE_PADDING,
+                                         VLF_PROMPTS)
+from mmrm.synthetic.scenes import ATTRIBUTES, VALUES, Scene, draw
+
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<|user|>", "<|assistant|>",
+                  "<|end|>"]
+
+#: Chat template of the tiny base: user turn (image, then text), assistant turn, each closed
+#: by <|end|>. Content may be a string or a list of {"type": "image"|"text"} parts.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+QUESTION = {"colour": "Is the shape {value}?", "shape": "Is it a {value}?",
+            "size": "Is the shape {value}?"}
+ATTRIBUTE_QUESTION = {"colour": "What colour is the shape?", "shape": "Which shape is shown?",
+                      "size": "How big is the shape?"}
+
+
+class TinyVLMConfig(BaseModel):
+    """Size and pre-training schedule of the tiny base."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, description="Seed of weights and of the pre-training scenes.")
+    image_size: int = Field(56, description="Input resolution (pixels, square).")
+    patch_size: int = Field(8, description="Vision patch size: (56/8)^2 = 49 image tokens.")
+    hidden_size: int = Field(64, description="Width of vision tower and language model.")
+    vision_layers: int = Field(2, ge=1)
+    text_layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    align_steps: int = Field(300, ge=0, description="Stage 1 steps (LM frozen).")
+    tune_steps: int = Field(600, ge=0, description="Stage 2 steps (all weights).")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    align_weight: float = Field(1.0, ge=0, description="Alignment loss weight in stage 2.")
+    itm_weight: float = Field(1.0, ge=0, description="Image-text matching loss weight in "
+                                                     "stage 2 (0 turns it off).")
+    eval_scenes: int = Field(300, ge=1, description="Held-out scenes for grounding accuracy.")
+    eval_every: int = Field(0, ge=0, description="Log grounding accuracy every N stage-2 "
+                                                 "steps (0: only at the end).")
+
+
+# ------------------------------------------------------------------------------ tokenizer
+
+def vocabulary_corpus() -> list[str]:
+    """Every sentence shape the built-in data and the pre-training tasks use."""
+    texts = list(POVID_PROMPTS) + list(RLHFV_PROMPTS.values()) + list(VLF_PROMPTS)
+    texts += list(CUE_TEXT.values()) + list(VERBOSE_PADDING) + ["yes", "no"]
+    texts += list(ATTRIBUTE_QUESTION.values()) + ["Describe the image."]
+    for attribute in ATTRIBUTES:
+        for value in VALUES[attribute]:
+            texts.append(QUESTION[attribute].format(value=value))
+    for size in VALUES["size"]:
+        for colour in VALUES["colour"]:
+            for shape in VALUES["shape"]:
+                for frame in ("The image shows a {}.", "It is a {}.", "There is a {}.",
+                              "looking closely, there is a {}.", "a {}"):
+                    texts.append(frame.format(f"{size} {colour} {shape}"))
+    return texts
+
+
+def build_tokenizer(corpus: list[str]):
+    """A word-level tokenizer trained on ``corpus`` (each word and punctuation mark a token)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                       pre_tokenizers.Punctuation()])
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tokenizer.train_from_iterator(corpus, trainers.WordLevelTrainer(
+        special_tokens=SPECIAL_TOKENS, min_frequency=1))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>",
+                                   unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   extra_special_tokens={"image_token": "<image>"})
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+# ------------------------------------------------------------------------- model + processor
+
+def build_processor(tokenizer, config: TinyVLMConfig):
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": config.image_size},
+        crop_size={"height": config.image_size, "width": config.image_size})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                          patch_size=config.patch_size, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+
+
+def build_model(tokenizer, config: TinyVLMConfig):
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration)
+
+    torch.manual_seed(config.seed)
+    vision = CLIPVisionConfig(hidden_size=config.hidden_size,
+                              intermediate_size=4 * config.hidden_size,
+                              num_hidden_layers=config.vision_layers,
+                              num_attention_heads=config.heads, image_size=config.image_size,
+                              patch_size=config.patch_size)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=config.hidden_size,
+                       intermediate_size=4 * config.hidden_size,
+                       num_hidden_layers=config.text_layers, num_attention_heads=config.heads,
+                       num_key_value_heads=config.heads, max_position_embeddings=512,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    llava = LlavaConfig(vision_config=vision, text_config=text,
+                        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                        vision_feature_select_strategy="default", vision_feature_layer=-1,
+                        projector_hidden_act="gelu", tie_word_embeddings=True)
+    return LlavaForConditionalGeneration(llava)
+
+
+# ------------------------------------------------------------------------ pre-training data
+
+def task(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    """One (question, answer) about a scene: a caption, an attribute, or a yes/no check."""
+    kind = rng.random()
+    if kind < 0.25:
+        return "Describe the image.", scene.describe()
+    attribute = rng.choice(ATTRIBUTES)
+    if kind < 0.5:
+        return ATTRIBUTE_QUESTION[attribute], getattr(scene, attribute)
+    truth = rng.random() < 0.5
+    value = getattr(scene, attribute) if truth else \
+        rng.choice([v for v in VALUES[attribute] if v != getattr(scene, attribute)])
+    return QUESTION[attribute].format(value=value), "yes" if truth else "no"
+
+
+def conversation(question: str, answer: str | None = None, image: bool = True) -> list[dict]:
+    user = ([{"type": "image"}] if image else []) + [{"type": "text", "text": question}]
+    messages = [{"role": "user", "content": user}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
+
+
+def make_batch(processor, scenes: list[Scene], qa: list[tuple[str, str]], image_size: int):
+    """Processor inputs plus ``labels`` on the answer tokens (and closing <|end|>) only."""
+    tokenizer = processor.tokenizer
+    texts = [processor.apply_chat_template(conversation(q, a), tokenize=False) for q, a in qa]
+    batch = processor(text=texts, images=[draw(s, image_size) for s in scenes],
+                      return_tensors="pt", padding=True)
+    assistant = tokenizer.convert_tokens_to_ids("<|assistant|>")
+    labels = batch["input_ids"].clone()
+    after_assistant = (labels == assistant).long().cumsum(-1) > 0
+    labels[~after_assistant | (labels == assistant) | (batch["attention_mask"] == 0)] = -100
+    batch["labels"] = labels
+    return batch
+
+
+def attribute_targets(model, tokenizer, scenes: list[Scene]) -> torch.Tensor:
+    """Sum of the word embeddings of each scene's attributes: (batch, hidden), detached."""
+    ids = torch.tensor([[tokenizer.convert_tokens_to_ids(getattr(s, a)) for a in ATTRIBUTES]
+                        for s in scenes])
+    return model.get_input_embeddings()(ids).sum(1).detach()
+
+
+def itm_batch(processor, rng: random.Random, batch_size: int, image_size: int):
+    """Image-text matching examples in the chat format: a caption, right or with one wrong
+    attribute (a hard negative); ``match`` is 1 for the right ones."""
+    scenes = [Scene.random(rng) for _ in range(batch_size)]
+    captions, match = [], []
+    for scene in scenes:
+        right = rng.random() < 0.5
+        shown = scene if right else _one_wrong(scene, rng)
+        captions.append(processor.apply_chat_template(
+            conversation("Describe the image.", shown.describe()), tokenize=False))
+        match.append(float(right))
+    batch = processor(text=captions, images=[draw(s, image_size) for s in scenes],
+                      return_tensors="pt", padding=True)
+    return batch, torch.tensor(match)
+
+
+def _one_wrong(scene: Scene, rng: random.Random) -> Scene:
+    attribute = rng.choice(ATTRIBUTES)
+    return scene.with_attribute(attribute, rng.choice(
+        [v for v in VALUES[attribute] if v != getattr(scene, attribute)]))
+
+
+def itm_loss(model, probe: torch.nn.Linear, batch, match: torch.Tensor) -> torch.Tensor:
+    """BLIP-style image-text matching: a linear probe on the last real token's hidden state
+    classifies match vs mismatch. The probe is discarded after pre-training; what stays is a
+    backbone whose final-token state carries whether the text agrees with the image."""
+    hidden = model.model(**batch).last_hidden_state
+    last = batch["attention_mask"].sum(-1) - 1
+    logits = probe(hidden[torch.arange(len(last)), last]).squeeze(-1)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, match)
+
+
+def alignment_loss(model, pixel_values, targets) -> torch.Tensor:
+    """Scale-free MSE of every image token onto its scene's attribute-embedding sum."""
+    features = model.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+    tokens = torch.stack(list(features.pooler_output))            # (batch, tokens, hidden)
+    target = targets[:, None, :].expand_as(tokens)
+    return ((tokens - target) ** 2).mean() / (target ** 2).mean()
+
+
+# ------------------------------------------------------------------------------- training
+
+def pretrain(folder: Path, config: TinyVLMConfig | None = None, log=print) -> dict:
+    """Build, pre-train and save the tiny base to ``folder``; returns the report it writes."""
+    config = config or TinyVLMConfig()
+    folder = Path(folder)
+    tokenizer = build_tokenizer(vocabulary_corpus())
+    processor = build_processor(tokenizer, config)
+    model = build_model(tokenizer, config)
+    rng = random.Random(f"pretrain/{config.seed}")
+    report = {"config": config.model_dump()}
+    start = time.perf_counter()
+
+    # Stage 1: the language model (and its embeddings) frozen; vision tower + projector learn.
+    for p in model.model.language_model.parameters():
+        p.requires_grad_(False)
+    model.get_input_embeddings().weight.requires_grad_(False)
+    report["align_loss"] = _run_stage(model, processor, tokenizer, config, rng,
+                                      config.align_steps, lm_weight=0.0, align_weight=1.0,
+                                      log=log, name="align")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    report["tune_loss"] = _run_stage(model, processor, tokenizer, config, rng, config.tune_steps,
+                                     lm_weight=1.0, align_weight=config.align_weight, log=log,
+                                     name="tune")
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    model.eval()
+    report["grounding"] = grounding_accuracy(model, processor, config)
+    log(f"grounding accuracy on {config.eval_scenes} held-out scenes: "
+        f"{report['grounding']['overall']:.3f} {report['grounding']['by_attribute']}")
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "pretrain_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _run_stage(model, processor, tokenizer, config, rng, steps, lm_weight, align_weight, log,
+               name) -> float:
+    if steps == 0:
+        return float("nan")
+    params = [p for p in model.parameters() if p.requires_grad]
+    probe = torch.nn.Linear(config.hidden_size, 1)
+    use_itm = bool(lm_weight and config.itm_weight)
+    if use_itm:
+        params += list(probe.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
+                                                 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    model.train()
+    running = None
+    for step in range(steps):
+        scenes = [Scene.random(rng) for _ in range(config.batch_size)]
+        batch = make_batch(processor, scenes, [task(s, rng) for s in scenes], config.image_size)
+        loss = torch.zeros(())
+        if lm_weight:
+            loss = loss + lm_weight * model(**batch).loss
+        if use_itm:
+            matching, match = itm_batch(processor, rng, config.batch_size, config.image_size)
+            loss = loss + config.itm_weight * itm_loss(model, probe, matching, match)
+        if align_weight:
+            targets = attribute_targets(model, tokenizer, scenes)
+            loss = loss + align_weight * alignment_loss(model, batch["pixel_values"], targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            log(f"{name} step {step + 1}/{steps} loss {running:.4f}")
+        if lm_weight and config.eval_every and (step + 1) % config.eval_every == 0:
+            model.eval()
+            log(f"{name} step {step + 1}: grounding {grounding_accuracy(model, processor, config)}")
+            model.train()
+    return running
+
+
+@torch.no_grad()
+def grounding_accuracy(model, processor, config: TinyVLMConfig) -> dict:
+    """Yes/no accuracy on held-out scenes: for each attribute, the true value and a wrong one.
+
+    A question is answered correctly when the logit of the right word (``yes``/``no``) beats
+    the other at the answer position.
+    """
+    tokenizer = processor.tokenizer
+    yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
+    rng = random.Random(f"grounding-eval/{config.seed}")
+    correct = {a: 0 for a in ATTRIBUTES}
+    total = {a: 0 for a in ATTRIBUTES}
+    scenes = [Scene.random(rng) for _ in range(config.eval_scenes)]
+    for start in range(0, len(scenes), 64):
+        chunk = scenes[start:start + 64]
+        questions, truths, attrs, images = [], [], [], []
+        for scene in chunk:
+            for attribute in ATTRIBUTES:
+                wrong = rng.choice([v for v in VALUES[attribute] if v != getattr(scene, attribute)])
+                for value, truth in ((getattr(scene, attribute), True), (wrong, False)):
+                    questions.append(QUESTION[attribute].format(value=value))
+                    truths.append(truth)
+                    attrs.append(attribute)
+                    images.append(draw(scene, config.image_size))
+        texts = [processor.apply_chat_template(conversation(q), tokenize=False,
+                                               add_generation_prompt=True) for q in questions]
+        processor.tokenizer.padding_side = "left"
+        batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
+        processor.tokenizer.padding_side = "right"
+        logits = model(**batch).logits[:, -1]
+        said_yes = logits[:, yes] > logits[:, no]
+        for attribute, truth, answer in zip(attrs, truths, said_yes.tolist()):
+            total[attribute] += 1
+            correct[attribute] += int(answer == truth)
+    by_attribute = {a: round(correct[a] / total[a], 4) for a in ATTRIBUTES}
+    return {"overall": round(sum(correct.values()) / sum(total.values()), 4),
+            "by_attribute": by_attribute, "questions": sum(total.values())}

@@ -1,0 +1,333 @@
+"""The training recipe: one loop for the standard and the shortcut-aware reward model.
+
+Reading order of :func:`train`: batch -> forward -> per-pair BT loss -> weights -> reduce ->
+step -> log -> checkpoint. The shortcut-aware variants differ only in where the text-only
+proxy's per-pair losses come from (a jointly trained proxy, or a cache written by a proxy
+trained beforehand) and in the weights they give (:mod:`mmrm.weighting`).
+
+accelerate runs the loop: devices, mixed precision, gradient accumulation, and DeepSpeed ZeRO
+when launched with one of the accelerate configs under ``configs/accelerate/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mmrm.config import Finetune, TrainConfig
+from mmrm.data import InputMode, PairCollator, load_pairs, set_right_padding
+from mmrm.evaluate import pairwise_accuracy, score_pairs
+from mmrm.model import RewardModel, load_processor
+from mmrm.tracking import NoOpTracker, Tracker, flatten
+from mmrm.weighting import Weighting, bradley_terry_loss, pair_weights, weight_statistics
+
+STATE_FILE = "trainer_state.json"
+
+
+class TrainCollator:
+    """The reward model's view of a batch and, for ``sfc_joint``, the proxy's view."""
+
+    def __init__(self, model_view: PairCollator, proxy_view: PairCollator | None):
+        self.model_view, self.proxy_view = model_view, proxy_view
+
+    def __call__(self, pairs):
+        batch = {"model": self.model_view(pairs), "ids": [p.id for p in pairs]}
+        if self.proxy_view is not None:
+            batch["proxy"] = self.proxy_view(pairs)
+        return batch
+
+
+def model_inputs(view: dict) -> dict:
+    """Collator output minus bookkeeping, plus how many sequences share each image."""
+    inputs = {k: v for k, v in view.items() if k != "ids"}
+    return {**inputs, "sequences_per_image": 2}
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def apply_finetune(model: RewardModel, config: TrainConfig) -> RewardModel:
+    """Freeze the vision tower, or wrap the language model in LoRA adapters, as configured."""
+    if config.finetune is Finetune.FREEZE_VISION:
+        for p in model.vision_parameters():
+            p.requires_grad_(False)
+    elif config.finetune is Finetune.LORA:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha,
+                          lora_dropout=config.lora.dropout,
+                          target_modules=config.lora.target_modules)
+        language_model = model.backbone.model.language_model
+        model.backbone.model.language_model = get_peft_model(language_model, lora)
+    if config.gradient_checkpointing:
+        model.backbone.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
+    """AdamW without decay on biases/norms; linear warm-up then cosine (or constant)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() < 2 else decay).append(p)
+    o = config.optim
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=o.lr, betas=(o.beta1, o.beta2))
+    warmup = max(1, int(o.warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if o.scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def load_proxy_losses(path: str | Path, pairs) -> dict[str, float]:
+    cache = json.loads(Path(path).read_text())
+    losses = cache["losses"] if "losses" in cache else cache
+    missing = [p.id for p in pairs if p.id not in losses]
+    if missing:
+        raise ValueError(f"{path}: no proxy loss for {len(missing)} training pairs "
+                         f"(e.g. {missing[:3]}); was the proxy run on the same data?")
+    return losses
+
+
+def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
+          resume: bool = True) -> dict:
+    """Train one reward model; returns the final metrics (also in ``output_dir``).
+
+    Args:
+        config: the validated run configuration.
+        tracker: where metrics go (no-op by default).
+        log: progress lines go here.
+        resume: continue from the newest checkpoint in ``output_dir`` if there is one.
+    """
+    from accelerate import Accelerator
+
+    tracker = tracker or NoOpTracker()
+    out = Path(config.output_dir)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                              gradient_accumulation_steps=config.gradient_accumulation_steps)
+    set_seed(config.seed)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    processor = load_processor(config.model, config.trust_remote_code)
+    set_right_padding(processor)
+
+    reward_model = apply_finetune(RewardModel.from_base(
+        config.model, mode=config.mode.value, dtype=dtype,
+        trust_remote_code=config.trust_remote_code,
+        attn_implementation=config.attn_implementation), config)
+    weighting = config.shortcut.weighting
+    modules = nn.ModuleDict({"reward": reward_model})
+    proxy_view = None
+    if weighting is Weighting.SFC_JOINT:
+        proxy = RewardModel.from_base(config.model, mode=config.shortcut.proxy_mode.value,
+                                      dtype=dtype, trust_remote_code=config.trust_remote_code,
+                                      attn_implementation=config.attn_implementation)
+        modules["proxy"] = apply_finetune(proxy, config)
+        proxy_view = PairCollator(processor, config.shortcut.proxy_mode, config.data.max_length)
+
+    image_root = Path(config.data.image_root) if config.data.image_root else None
+    pairs = [p for path in config.data.train for p in load_pairs(path, image_root=image_root)]
+    proxy_losses = load_proxy_losses(config.shortcut.proxy_losses, pairs) \
+        if weighting is Weighting.SFC_TWO_STAGE else None
+    generator = torch.Generator().manual_seed(config.seed)
+    collator = TrainCollator(PairCollator(processor, config.mode, config.data.max_length),
+                             proxy_view)
+    loader = DataLoader(pairs, batch_size=config.per_device_batch_size, shuffle=True,
+                        generator=generator, collate_fn=collator, drop_last=False)
+    steps_per_epoch = math.ceil(len(loader) / config.gradient_accumulation_steps)
+    total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
+    optimizer, scheduler = build_optimizer(modules, config, total_steps)
+    modules, optimizer, loader, scheduler = accelerator.prepare(modules, optimizer, loader,
+                                                                scheduler)
+    core = accelerator.unwrap_model(modules)
+
+    step, start_epoch, skip_batches = 0, 0, 0
+    checkpoint = latest_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        step, start_epoch, skip_batches = state["step"], state["epoch"], state["batch_in_epoch"]
+        log(f"resumed from {checkpoint} at step {step}")
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(config.model_dump_json(indent=2) + "\n")
+        tracker.log_params(flatten(config.model_dump(mode="json")))
+    metrics_log = open(out / "metrics.jsonl", "a") if accelerator.is_main_process else None
+    modules.train()
+    started, seen_pairs, window = time.perf_counter(), 0, []
+    epoch = start_epoch
+    while step < total_steps:
+        # set_epoch-like reseeding keeps the order reproducible and resumable per epoch
+        generator.manual_seed(config.seed + epoch)
+        batches = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+        batch_in_epoch = skip_batches
+        skip_batches = 0
+        for batch in batches:
+            batch_in_epoch += 1
+            with accelerator.accumulate(modules):
+                # forward: one reward per sequence; chosen first, rejected second
+                rewards = core["reward"](**model_inputs(batch["model"]))
+                chosen, rejected = rewards.float().chunk(2)
+                mm_loss = bradley_terry_loss(chosen, rejected)            # per pair
+                text_loss = None
+                if weighting is Weighting.SFC_JOINT:
+                    text_rewards = core["proxy"](**model_inputs(batch["proxy"])).float()
+                    text_loss = bradley_terry_loss(*text_rewards.chunk(2))
+                elif weighting is Weighting.SFC_TWO_STAGE:
+                    text_loss = torch.tensor([proxy_losses[i] for i in batch["ids"]],
+                                             device=mm_loss.device)
+                weights = pair_weights(weighting, mm_loss, text_loss, eps=config.shortcut.eps,
+                                       normalize=config.shortcut.normalize)
+                loss = (weights * mm_loss).mean()                          # reduce
+                if weighting is Weighting.SFC_JOINT:
+                    loss = loss + text_loss.mean()      # the proxy learns plain BT, same step
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(modules.parameters(),
+                                                config.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            seen_pairs += len(batch["ids"])
+            window.append(_batch_stats(loss, mm_loss, chosen, rejected, weights, text_loss))
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            if step % config.log_steps == 0 or step == total_steps:
+                record = _reduce_window(window, step, scheduler, started, seen_pairs)
+                window = []
+                if metrics_log is not None:
+                    metrics_log.write(json.dumps(record) + "\n")
+                    metrics_log.flush()
+                tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
+                log(_progress_line(record, total_steps))
+            if config.save_steps and step % config.save_steps == 0:
+                save_checkpoint(accelerator, out, step, epoch, batch_in_epoch,
+                                config.save_total_limit)
+            if step >= total_steps:
+                break
+        epoch += 1
+
+    if metrics_log is not None:
+        metrics_log.close()
+    result = {"steps": step, "pairs_seen": seen_pairs,
+              "seconds": round(time.perf_counter() - started, 2)}
+    if accelerator.is_main_process:
+        model = core["reward"]
+        model.eval()
+        eval_collator = PairCollator(processor, config.mode, config.data.max_length)
+        chosen, rejected = score_pairs(model, eval_collator, pairs[:1000], config.eval_batch_size)
+        all_rewards = torch.cat([chosen, rejected])
+        model.config.reward_mean = all_rewards.mean().item()
+        model.config.reward_std = max(all_rewards.std().item(), 1e-6)
+        model.config.extra = {"weighting": weighting.value, "train": list(config.data.train)}
+        _save_final(model, processor, out / "final")
+        for name, path in config.data.eval.items():
+            eval_pairs = load_pairs(path, image_root=image_root)
+            c, r = score_pairs(model, eval_collator, eval_pairs, config.eval_batch_size)
+            result[f"eval/{name}/accuracy"] = pairwise_accuracy(c, r)
+        tracker.log_metrics({k: v for k, v in result.items() if k.startswith("eval/")}, step)
+        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _save_final(model: RewardModel, processor, path: Path) -> None:
+    """Save; LoRA adapters are merged so the saved backbone is a plain HF model."""
+    language_model = model.backbone.model.language_model
+    if hasattr(language_model, "merge_and_unload"):
+        model.backbone.model.language_model = language_model.merge_and_unload()
+    model.save(path, processor)
+
+
+def _batch_stats(loss, mm_loss, chosen, rejected, weights, text_loss) -> dict:
+    stats = {"loss": loss.item(), "bt_loss": mm_loss.mean().item(),
+             "accuracy": (chosen > rejected).float().mean().item(),
+             "margin": (chosen - rejected).mean().item(), "n": len(mm_loss)}
+    stats.update(weight_statistics(weights, text_loss))
+    if text_loss is not None:
+        stats["proxy_loss"] = text_loss.mean().item()
+    return stats
+
+
+def _reduce_window(window: list[dict], step: int, scheduler, started: float, seen: int) -> dict:
+    total = sum(w["n"] for w in window)
+    keys = {k for w in window for k in w if k != "n"}
+    record = {"step": step, "lr": scheduler.get_last_lr()[0],
+              "pairs_per_second": seen / max(1e-9, time.perf_counter() - started)}
+    for key in sorted(keys):
+        values = [(w[key], w["n"]) for w in window if key in w]
+        record[key] = sum(v * n for v, n in values) / sum(n for _, n in values)
+    record["pairs_in_window"] = total
+    return record
+
+
+def _progress_line(record: dict, total_steps: int) -> str:
+    text = (f"step {record['step']}/{total_steps} loss {record['loss']:.4f} "
+            f"acc {record['accuracy']:.3f} lr {record['lr']:.2e}")
+    if "weight/mean_proxy_wrong" in record or "weight/mean_proxy_right" in record:
+        text += (f" w {record['weight/mean']:.3f} (proxy wrong "
+                 f"{record.get('weight/mean_proxy_wrong', float('nan')):.3f} / right "
+                 f"{record.get('weight/mean_proxy_right', float('nan')):.3f})")
+    return text
+
+
+def save_checkpoint(accelerator, out: Path, step: int, epoch: int, batch_in_epoch: int,
+                    limit: int) -> Path:
+    """Model, optimizer, scheduler and RNG states (accelerate) plus the data position."""
+    path = out / f"checkpoint-{step}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / STATE_FILE).write_text(json.dumps(
+            {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch}) + "\n")
+        for old in sorted(out.glob("checkpoint-*"), key=_checkpoint_step)[:-limit]:
+            shutil.rmtree(old)
+    return path
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = [p for p in out.glob("checkpoint-*") if (p / STATE_FILE).exists()]
+    return max(done, key=_checkpoint_step) if done else None
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+def compute_proxy_losses(model_dir: str | Path, data: list[str], out: str | Path,
+                         batch_size: int = 32, image_root: str | None = None) -> dict:
+    """Per-pair BT losses of a trained (frozen) proxy over ``data``, cached as JSON."""
+    model = RewardModel.load(model_dir).eval()
+    processor = load_processor(model_dir)
+    set_right_padding(processor)
+    collator = PairCollator(processor, InputMode(model.config.mode))
+    root = Path(image_root) if image_root else None
+    pairs = [p for path in data for p in load_pairs(path, image_root=root)]
+    chosen, rejected = score_pairs(model, collator, pairs, batch_size)
+    losses = bradley_terry_loss(chosen, rejected)
+    cache = {"proxy": str(model_dir), "mode": model.config.mode,
+             "accuracy": pairwise_accuracy(chosen, rejected),
+             "losses": {p.id: round(float(l), 6) for p, l in zip(pairs, losses)}}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(cache) + "\n")
+    return cache

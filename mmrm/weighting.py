@@ -1,0 +1,79 @@
+"""Per-sample losses and the weights that make a reward model shortcut-aware.
+
+Losses here return one value per pair; the training loop reduces them, so a weighting scheme
+is one line in that loop (``(weights * losses).mean()``), not a different loss.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+
+
+class Weighting(str, Enum):
+    """How pairs are weighted in the reward model's loss."""
+
+    NONE = "none"                  # the standard Bradley-Terry RM
+    SFC_JOINT = "sfc_joint"        # the paper: proxy trained jointly, in the same step
+    SFC_TWO_STAGE = "sfc_two_stage"  # proxy trained first and frozen; its losses cached
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Per-pair Bradley-Terry loss ``-log sigmoid(r_chosen - r_rejected)``.
+
+    Worked example: rewards 2.0 vs 0.0 give ``-log(sigmoid(2)) = log(1 + e^-2) = 0.1269``;
+    equal rewards give ``log 2 = 0.6931``.
+    """
+    return -F.logsigmoid(chosen - rejected)
+
+
+def shortcut_failure_coefficient(text_loss: torch.Tensor, mm_loss: torch.Tensor,
+                                 eps: float = 0.0) -> torch.Tensor:
+    """The Shortcut-Failure Coefficient of each pair (Li et al., 2025, Sec. 4, Eq. 5).
+
+    ``SFC = eps/2 + L_text / (eps + L_text + L_mm)``, both losses detached, so the weight is
+    a constant of the step. ``eps = 0`` gives the plain ratio; ``eps > 0`` keeps the weight
+    defined when both losses are ~0 (both models confident and right: weight ~ 1/2).
+
+    Worked example: ``L_text = 3.0`` (proxy confidently wrong), ``L_mm = 1.0`` gives 0.75;
+    ``L_text = 0.05`` (proxy right), ``L_mm = 0.45`` gives 0.1.
+    """
+    text_loss, mm_loss = text_loss.detach(), mm_loss.detach()
+    return eps / 2 + text_loss / (eps + text_loss + mm_loss).clamp_min(1e-12)
+
+
+def pair_weights(scheme: Weighting | str, mm_loss: torch.Tensor,
+                 text_loss: torch.Tensor | None, *, eps: float = 0.0,
+                 normalize: bool = False) -> torch.Tensor:
+    """Weights of a batch of pairs under ``scheme``; optionally rescaled to mean 1."""
+    if Weighting(scheme) is Weighting.NONE:
+        return torch.ones_like(mm_loss)
+    if text_loss is None:
+        raise ValueError(f"weighting {Weighting(scheme).value} needs the text-only proxy's "
+                         f"losses")
+    weights = shortcut_failure_coefficient(text_loss, mm_loss, eps)
+    if normalize:
+        weights = weights / weights.mean().clamp_min(1e-12)
+    return weights
+
+
+def weight_statistics(weights: torch.Tensor, text_loss: torch.Tensor | None) -> dict[str, float]:
+    """Mean, quantiles and the mean weight where the text-only proxy is wrong vs right.
+
+    The proxy is wrong on a pair when its loss exceeds ``log 2`` (it scores the rejected
+    response higher).
+    """
+    w = weights.detach().float()
+    q = torch.quantile(w, torch.tensor([0.1, 0.5, 0.9]))
+    stats = {"weight/mean": w.mean().item(), "weight/p10": q[0].item(),
+             "weight/p50": q[1].item(), "weight/p90": q[2].item()}
+    if text_loss is not None:
+        wrong = text_loss.detach() > torch.log(torch.tensor(2.0))
+        stats["weight/proxy_wrong_frac"] = wrong.float().mean().item()
+        if wrong.any():
+            stats["weight/mean_proxy_wrong"] = w[wrong].mean().item()
+        if (~wrong).any():
+            stats["weight/mean_proxy_right"] = w[~wrong].mean().item()
+    return stats
