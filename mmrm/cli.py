@@ -169,6 +169,44 @@ def base_pretrain(
     typer.echo(json.dumps(report["grounding"]))
 
 
+@app.command(help="Train a reward model from a YAML config; OVERRIDES are dotted key=value "
+                  "pairs (optim.lr=1e-4 shortcut.weighting=sfc_joint).")
+def train(
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML TrainConfig.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(metavar="[KEY=VALUE]...")] = None,
+    no_resume: Annotated[bool, typer.Option(help="Ignore checkpoints in output_dir.")] = False,
+) -> None:
+    from mmrm.config import load_config
+    from mmrm.train import train as run_train
+
+    cfg = _load_or_exit(load_config, config, overrides or [])
+    result = run_train(cfg, log=typer.echo, resume=not no_resume)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("train-proxy", help="Train the text-only shortcut proxy of a config (its data, "
+                                 "mode text_only, no weighting) and cache its per-pair losses "
+                                 "for sfc_two_stage in OUTPUT_DIR/proxy_losses.json.")
+def train_proxy(
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML TrainConfig.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(metavar="[KEY=VALUE]...")] = None,
+) -> None:
+    from mmrm.config import load_config
+    from mmrm.train import train_text_proxy
+
+    cfg = _load_or_exit(load_config, config, overrides or [])
+    cache = train_text_proxy(cfg, log=typer.echo)
+    typer.echo(f"proxy accuracy on its training data: {cache['accuracy']:.4f}")
+
+
+def _load_or_exit(loader, *args):
+    try:
+        return loader(*args)
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from None
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(prog_name="mmrm")
 

@@ -331,3 +331,26 @@ def compute_proxy_losses(model_dir: str | Path, data: list[str], out: str | Path
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(cache) + "\n")
     return cache
+
+
+def proxy_config(config: TrainConfig) -> TrainConfig:
+    """The text-only proxy's run: same data, model and schedule, no image, no weighting."""
+    raw = config.model_dump(mode="json")
+    raw["mode"] = config.shortcut.proxy_mode.value
+    raw["shortcut"] = {"weighting": "none"}
+    raw["output_dir"] = str(Path(config.output_dir) / "proxy")
+    if config.finetune is Finetune.LORA:
+        raw["finetune"] = "lora"
+    return TrainConfig.model_validate(raw)
+
+
+def train_text_proxy(config: TrainConfig, tracker: Tracker | None = None, log=print) -> dict:
+    """Stage 1 of ``sfc_two_stage``: train the proxy, then cache its per-pair losses.
+
+    The cache goes to ``shortcut.proxy_losses`` if set, else ``<output_dir>/proxy_losses.json``.
+    """
+    proxy = proxy_config(config)
+    train(proxy, tracker, log)
+    out = config.shortcut.proxy_losses or str(Path(config.output_dir) / "proxy_losses.json")
+    return compute_proxy_losses(Path(proxy.output_dir) / "final", config.data.train, out,
+                                config.eval_batch_size, config.data.image_root)

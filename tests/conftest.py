@@ -46,3 +46,30 @@ def write_image(tmp_path):
         path.write_bytes(data if data is not None else image_bytes(colour, fmt=fmt))
         return path
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory):
+    """A random (not pre-trained) tiny LLaVA directory: tokenizer, processor, weights."""
+    from mmrm.synthetic.tiny_vlm import (TinyVLMConfig, build_model, build_processor,
+                                         build_tokenizer, vocabulary_corpus)
+
+    folder = tmp_path_factory.mktemp("tiny_vlm")
+    config = TinyVLMConfig(hidden_size=32, vision_layers=1, text_layers=1, heads=2,
+                           image_size=32, patch_size=8)
+    tokenizer = build_tokenizer(vocabulary_corpus())
+    build_model(tokenizer, config).save_pretrained(folder)
+    build_processor(tokenizer, config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(tmp_path_factory):
+    """Converted pairwise files of a small built-in benchmark: {(env, split): path}."""
+    from mmrm.synthetic.environments import (BenchmarkConfig, SplitConfig, convert_benchmark,
+                                             write_benchmark)
+
+    folder = tmp_path_factory.mktemp("bench")
+    config = BenchmarkConfig(image_size=32, splits=[SplitConfig(name="train", size=24),
+                                                    SplitConfig(name="test", size=12)])
+    return convert_benchmark(folder, write_benchmark(folder / "raw", config))

@@ -51,6 +51,8 @@ CHAT_TEMPLATE = (
 
 QUESTION = {"colour": "Is the shape {value}?", "shape": "Is it a {value}?",
             "size": "Is the shape {value}?"}
+#: Sentence frames of the image-text matching captions (deliberately not the benchmark's own).
+ITM_FRAMES = ("{}.", "I see {}.", "This picture shows {}.", "A picture of {}.")
 ATTRIBUTE_QUESTION = {"colour": "What colour is the shape?", "shape": "Which shape is shown?",
                       "size": "How big is the shape?"}
 
@@ -93,7 +95,7 @@ def vocabulary_corpus() -> list[str]:
         for colour in VALUES["colour"]:
             for shape in VALUES["shape"]:
                 for frame in ("The image shows a {}.", "It is a {}.", "There is a {}.",
-                              "looking closely, there is a {}.", "a {}"):
+                              "looking closely, there is a {}.", "a {}", *ITM_FRAMES):
                     texts.append(frame.format(f"{size} {colour} {shape}"))
     return texts
 
@@ -205,8 +207,9 @@ def itm_batch(processor, rng: random.Random, batch_size: int, image_size: int):
     for scene in scenes:
         right = rng.random() < 0.5
         shown = scene if right else _one_wrong(scene, rng)
+        text = rng.choice(ITM_FRAMES).format(shown.describe())
         captions.append(processor.apply_chat_template(
-            conversation("Describe the image.", shown.describe()), tokenize=False))
+            conversation("Describe the image.", text[0].upper() + text[1:]), tokenize=False))
         match.append(float(right))
     batch = processor(text=captions, images=[draw(s, image_size) for s in scenes],
                       return_tensors="pt", padding=True)

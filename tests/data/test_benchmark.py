@@ -1,0 +1,93 @@
+"""The built-in benchmark: deterministic, in the released formats, with the stated cue rates."""
+
+import hashlib
+import json
+import math
+
+import pytest
+
+from mmrm.synthetic.environments import (CUE_TEXT, ENVIRONMENTS, BenchmarkConfig, SplitConfig,
+                                         convert_benchmark, write_benchmark)
+from mmrm.synthetic.scenes import COLOURS, SHAPES, SIZES
+
+pytestmark = pytest.mark.data
+
+
+def small_config(seed=0, size=240, cue_rate=0.85, test_rate=0.85):
+    return BenchmarkConfig(seed=seed, splits=[SplitConfig(name="train", size=size,
+                                                          cue_rate=cue_rate),
+                                              SplitConfig(name="test", size=size // 2,
+                                                          cue_rate=test_rate)])
+
+
+def tree_digest(folder):
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_gives_byte_identical_outputs(tmp_path):
+    for name in ("a", "b"):
+        written = write_benchmark(tmp_path / name / "raw", small_config(seed=3, size=60))
+        convert_benchmark(tmp_path / name, written)
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+    other = write_benchmark(tmp_path / "c" / "raw", small_config(seed=4, size=60))
+    assert tree_digest(tmp_path / "c" / "raw") != tree_digest(tmp_path / "a" / "raw")
+    assert len(other) == 6
+
+
+def test_every_environment_is_read_by_its_real_converter(tmp_path):
+    written = write_benchmark(tmp_path / "raw", small_config(size=60))
+    assert {(w.environment, w.raw.format) for w in written} == {
+        ("povid", "povid"), ("rlhfv", "rlhfv"), ("vlfeedback", "vlfeedback")}
+    assert (tmp_path / "raw" / "povid" / "train" / "POVID_preference_data_for_VLLMs.json").exists()
+    assert (tmp_path / "raw" / "rlhfv" / "train" / "RLHF-V-Dataset.parquet").exists()
+    assert (tmp_path / "raw" / "vlfeedback" / "train" / "merged_images").is_dir()
+    outputs = convert_benchmark(tmp_path, written)
+    for (env, split), path in outputs.items():
+        manifest = json.loads(path.with_name(f"{split}.manifest.json").read_text())
+        assert manifest["records"]["skipped"] == 0
+        pairs = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(pairs) == (60 if split == "train" else 30)
+        # the image decides: chosen and rejected differ in at least one scene attribute word
+        vocab = set(COLOURS) | set(SHAPES) | set(SIZES)
+        for p in pairs:
+            words = lambda t: {w.strip(".,!").lower() for w in t.split()} & vocab
+            assert words(p["chosen"]) != words(p["rejected"]), p
+
+
+def cue_agreement(pairs, env):
+    if env == "vlfeedback":   # verbosity: the preferred answer is the longer one
+        return sum(len(p["chosen"]) > len(p["rejected"]) for p in pairs) / len(pairs)
+    marker = CUE_TEXT["sure" if env == "povid" else "hedge"].strip()
+    return sum(marker in p["chosen"] for p in pairs) / len(pairs)
+
+
+@pytest.mark.parametrize("rate", [0.85, 0.5, 0.15])
+def test_cue_rates_hold_within_sampling_error(tmp_path, rate):
+    written = write_benchmark(tmp_path / "raw", small_config(size=1200, cue_rate=rate,
+                                                             test_rate=1 - rate))
+    outputs = convert_benchmark(tmp_path, written)
+    for env in ENVIRONMENTS:
+        for split, target in (("train", rate), ("test", 1 - rate)):
+            pairs = [json.loads(l) for l in outputs[(env, split)].read_text().splitlines()]
+            observed = cue_agreement(pairs, env)
+            # VLFeedback's 6 pairs per item are correlated: allow a wider band there
+            sigma = math.sqrt(target * (1 - target) / len(pairs)) * (3 if env == "vlfeedback"
+                                                                      else 1)
+            assert abs(observed - target) < 4 * sigma + 0.01, (env, split, observed, target)
+
+
+def test_foreign_cues_are_uninformative(tmp_path):
+    outputs = convert_benchmark(tmp_path, write_benchmark(tmp_path / "raw",
+                                                          small_config(size=1200)))
+    povid = [json.loads(l) for l in outputs[("povid", "train")].read_text().splitlines()]
+    hedge = sum("Looking closely" in p["chosen"] for p in povid) / len(povid)
+    assert abs(hedge - 0.5) < 0.06
+
+
+def test_unknown_environment_is_refused():
+    with pytest.raises(ValueError, match="unknown environments"):
+        BenchmarkConfig(environments=["povid", "nope"])

@@ -1,0 +1,126 @@
+"""Training on a tiny random LLaVA for a few CPU steps: parameters move, files are right."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmrm.config import TrainConfig
+from mmrm.data import PairCollator, load_pairs, set_right_padding
+from mmrm.evaluate import score_pairs
+from mmrm.model import RewardModel, load_processor
+from mmrm.train import train, train_text_proxy
+
+pytestmark = pytest.mark.integration
+
+#: Parameters this architecture never uses, so no step can change them: CLIP's final
+#: layer norm (LLaVA reads the last hidden state before it).
+UNUSED = ("vision_tower.post_layernorm",)
+
+
+def config(tiny_vlm_dir, tiny_pairs, out, **changes):
+    raw = {"model": str(tiny_vlm_dir), "output_dir": str(out),
+           "data": {"train": [str(tiny_pairs[("povid", "train")])],
+                    "eval": {"povid": str(tiny_pairs[("povid", "test")])}},
+           "max_steps": 2, "per_device_batch_size": 4, "optim": {"lr": 1e-2, "warmup_ratio": 0},
+           "log_steps": 1}
+    for key, value in changes.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return TrainConfig.model_validate(raw)
+
+
+def changed_tensors(before_dir, after_dir):
+    before, after = load_file(f"{before_dir}/model.safetensors"), \
+        load_file(f"{after_dir}/model.safetensors")
+    assert before.keys() == after.keys()
+    return {k for k in before if not torch.equal(before[k], after[k])}, set(before)
+
+
+def test_two_steps_change_every_used_parameter_and_save_load_round_trips(
+        tiny_vlm_dir, tiny_pairs, tmp_path):
+    result = train(config(tiny_vlm_dir, tiny_pairs, tmp_path / "run"), resume=False)
+    assert result["steps"] == 2 and result["pairs_seen"] == 8
+    assert 0.0 <= result["eval/povid/accuracy"] <= 1.0
+    changed, names = changed_tensors(tiny_vlm_dir, tmp_path / "run" / "final")
+    unchanged = {n for n in names - changed if not any(u in n for u in UNUSED)}
+    assert unchanged == set()
+    log = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+
+    # save -> load gives identical rewards, with no mmrm-specific loading code needed
+    final = tmp_path / "run" / "final"
+    reward_config = json.loads((final / "reward_config.json").read_text())
+    assert reward_config["base_model"] == str(tiny_vlm_dir) and reward_config["reward_std"] > 0
+    model = RewardModel.load(final).eval()
+    processor = load_processor(final)
+    set_right_padding(processor)
+    pairs = load_pairs(tiny_pairs[("povid", "test")])[:6]
+    first = score_pairs(model, PairCollator(processor), pairs)
+    second = score_pairs(RewardModel.load(final).eval(), PairCollator(processor), pairs)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_each_image_is_encoded_once_per_pair(tiny_vlm_dir, tiny_pairs):
+    model = RewardModel.from_base(tiny_vlm_dir)
+    processor = load_processor(tiny_vlm_dir)
+    set_right_padding(processor)
+    pairs = load_pairs(tiny_pairs[("povid", "train")])[:3]
+    batch = PairCollator(processor)(pairs)
+    seen = []
+    encode = model.backbone.model.get_image_features
+    model.backbone.model.get_image_features = lambda **kw: (seen.append(
+        kw["pixel_values"].shape[0]), encode(**kw))[1]
+    rewards = model(**{k: v for k, v in batch.items() if k != "ids"}, sequences_per_image=2)
+    assert seen == [3] and rewards.shape == (6,)
+    # the same rewards as encoding each sequence's image separately
+    model.backbone.model.get_image_features = encode
+    separate = [model(input_ids=batch["input_ids"][i:i + 1],
+                      attention_mask=batch["attention_mask"][i:i + 1],
+                      pixel_values=batch["pixel_values"][i % 3:i % 3 + 1]) for i in range(6)]
+    assert torch.allclose(rewards, torch.cat(separate), atol=1e-5)
+
+
+def test_text_only_batches_carry_no_image(tiny_vlm_dir, tiny_pairs):
+    processor = load_processor(tiny_vlm_dir)
+    pairs = load_pairs(tiny_pairs[("rlhfv", "train")])[:2]
+    batch = PairCollator(processor, mode="text_only")(pairs)
+    assert "pixel_values" not in batch
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert not (batch["input_ids"] == image_id).any()
+    blank = PairCollator(processor, mode="blank_image")(pairs)
+    assert torch.equal(blank["pixel_values"][0], blank["pixel_values"][1])  # both white
+
+
+def test_freeze_vision_keeps_the_vision_tower(tiny_vlm_dir, tiny_pairs, tmp_path):
+    train(config(tiny_vlm_dir, tiny_pairs, tmp_path / "run", finetune="freeze_vision"),
+          resume=False)
+    changed, names = changed_tensors(tiny_vlm_dir, tmp_path / "run" / "final")
+    vision = {n for n in names if "vision_tower" in n}
+    assert vision and not (vision & changed)
+    assert any("language_model" in n for n in changed)
+
+
+def test_sfc_two_stage_and_joint_train(tiny_vlm_dir, tiny_pairs, tmp_path):
+    two = config(tiny_vlm_dir, tiny_pairs, tmp_path / "two", **{
+        "shortcut.weighting": "sfc_two_stage",
+        "shortcut.proxy_losses": str(tmp_path / "two" / "proxy_losses.json")})
+    cache = train_text_proxy(two)
+    losses = cache["losses"]
+    assert len(losses) == 24 and all(v >= 0 for v in losses.values())
+    assert json.loads((tmp_path / "two" / "proxy" / "final" / "reward_config.json")
+                      .read_text())["mode"] == "text_only"
+    train(two, resume=False)
+    log = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < log[-1]["weight/mean"] < 1 and "weight/p90" in log[-1]
+
+    joint = config(tiny_vlm_dir, tiny_pairs, tmp_path / "joint",
+                   **{"shortcut.weighting": "sfc_joint"})
+    train(joint, resume=False)
+    log = [json.loads(l) for l in (tmp_path / "joint" / "metrics.jsonl").read_text().splitlines()]
+    assert "proxy_loss" in log[-1] and 0 < log[-1]["weight/mean"] < 1
