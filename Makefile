@@ -37,8 +37,20 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/mmrm sample data/sample
+# The main job on the built-in default: the synthetic shortcut benchmark, the tiny grounded
+# base (cached: built once), a standard RM and a shortcut-aware (two-stage SFC) RM trained on
+# the POVID-like environment and tested on all three.
+BASE := data/base/tiny/config.json
+
+$(BASE): | $(STAMP)
+	$(BIN)/mmrm base pretrain data/base/tiny
+
+run: $(STAMP) $(BASE)
+	$(BIN)/mmrm benchmark make data/benchmark
+	$(BIN)/mmrm train configs/tiny/none.yaml --no-resume
+	$(BIN)/mmrm train-proxy configs/tiny/sfc_two_stage.yaml
+	$(BIN)/mmrm train configs/tiny/sfc_two_stage.yaml --no-resume
+	@echo "results: runs/tiny/povid/{none,sfc_two_stage}/result.json (per-step logs: metrics.jsonl)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

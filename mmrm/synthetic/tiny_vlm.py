@@ -77,6 +77,10 @@ class TinyVLMConfig(BaseModel):
     itm_weight: float = Field(1.0, ge=0, description="Image-text matching loss weight in "
                                                      "stage 2 (0 turns it off).")
     eval_scenes: int = Field(300, ge=1, description="Held-out scenes for grounding accuracy.")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base of the language model.")
+    attention_prior: bool = Field(False, description="Initialise each LM attention layer "
+                                                     "with k_proj = q_proj, so that attention "
+                                                     "starts as a similarity match.")
     eval_every: int = Field(0, ge=0, description="Log grounding accuracy every N stage-2 "
                                                  "steps (0: only at the end).")
 
@@ -146,12 +150,20 @@ def build_model(tokenizer, config: TinyVLMConfig):
                        num_hidden_layers=config.text_layers, num_attention_heads=config.heads,
                        num_key_value_heads=config.heads, max_position_embeddings=512,
                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+                       eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+                       rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta})
     llava = LlavaConfig(vision_config=vision, text_config=text,
                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                         vision_feature_select_strategy="default", vision_feature_layer=-1,
                         projector_hidden_act="gelu", tie_word_embeddings=True)
-    return LlavaForConditionalGeneration(llava)
+    model = LlavaForConditionalGeneration(llava)
+    if config.attention_prior:
+        # q.k = (Wx).(Wy): a token attends to tokens that look like it, e.g. the word "red"
+        # to image tokens aligned with the embedding of "red". Training moves on from here.
+        with torch.no_grad():
+            for layer in model.model.language_model.layers:
+                layer.self_attn.k_proj.weight.copy_(layer.self_attn.q_proj.weight)
+    return model
 
 
 # ------------------------------------------------------------------------ pre-training data

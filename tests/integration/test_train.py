@@ -124,3 +124,21 @@ def test_sfc_two_stage_and_joint_train(tiny_vlm_dir, tiny_pairs, tmp_path):
     train(joint, resume=False)
     log = [json.loads(l) for l in (tmp_path / "joint" / "metrics.jsonl").read_text().splitlines()]
     assert "proxy_loss" in log[-1] and 0 < log[-1]["weight/mean"] < 1
+
+
+def test_saved_model_scores_the_same_without_mmrm(tiny_vlm_dir, tiny_pairs, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    train(config(tiny_vlm_dir, tiny_pairs, tmp_path / "run"), resume=False)
+    final = tmp_path / "run" / "final"
+    [pair] = load_pairs(tiny_pairs[("rlhfv", "test")])[:1]
+    script = Path(__file__).resolve().parents[2] / "examples" / "score_without_mmrm.py"
+    out = subprocess.run([sys.executable, str(script), str(final), str(pair.image_file),
+                          pair.prompt, pair.chosen], capture_output=True, text=True, check=True)
+    reward = json.loads(out.stdout.strip().splitlines()[-1])["reward"]
+    processor = load_processor(final)
+    set_right_padding(processor)
+    chosen, _ = score_pairs(RewardModel.load(final), PairCollator(processor), [pair])
+    assert reward == pytest.approx(chosen.item(), abs=1e-5)
