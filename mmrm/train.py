@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -31,6 +32,8 @@ from mmrm.tracking import NoOpTracker, Tracker, flatten
 from mmrm.weighting import Weighting, bradley_terry_loss, pair_weights, weight_statistics
 
 STATE_FILE = "trainer_state.json"
+#: Seconds to sleep after each step; only the resume test sets it, to kill a run mid-way.
+_STEP_DELAY = float(os.environ.get("MMRM_TEST_STEP_DELAY", "0"))
 
 
 class TrainCollator:
@@ -222,6 +225,8 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
                     metrics_log.flush()
                 tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
                 log(_progress_line(record, total_steps))
+            if _STEP_DELAY:
+                time.sleep(_STEP_DELAY)
             if config.save_steps and step % config.save_steps == 0:
                 save_checkpoint(accelerator, out, step, epoch, batch_in_epoch,
                                 config.save_total_limit)

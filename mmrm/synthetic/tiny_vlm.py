@@ -225,7 +225,20 @@ def itm_batch(processor, rng: random.Random, batch_size: int, image_size: int):
         match.append(float(right))
     batch = processor(text=captions, images=[draw(s, image_size) for s in scenes],
                       return_tensors="pt", padding=True)
-    return batch, torch.tensor(match)
+    return batch, torch.tensor(match), word_grounding_labels(processor.tokenizer, batch,
+                                                             scenes)
+
+
+def word_grounding_labels(tokenizer, batch, scenes: list[Scene]) -> torch.Tensor:
+    """Per token: 1 if it names an attribute value the scene has, 0 if one it lacks, -1 else."""
+    labels = torch.full_like(batch["input_ids"], -1)
+    for attribute in ATTRIBUTES:
+        for value in VALUES[attribute]:
+            token = tokenizer.convert_tokens_to_ids(value)
+            present = torch.tensor([getattr(s, attribute) == value for s in scenes])
+            at = batch["input_ids"] == token
+            labels[at] = present[:, None].expand_as(at)[at].long()
+    return labels
 
 
 def _one_wrong(scene: Scene, rng: random.Random) -> Scene:
@@ -234,14 +247,26 @@ def _one_wrong(scene: Scene, rng: random.Random) -> Scene:
         [v for v in VALUES[attribute] if v != getattr(scene, attribute)]))
 
 
-def itm_loss(model, probe: torch.nn.Linear, batch, match: torch.Tensor) -> torch.Tensor:
-    """BLIP-style image-text matching: a linear probe on the last real token's hidden state
-    classifies match vs mismatch. The probe is discarded after pre-training; what stays is a
-    backbone whose final-token state carries whether the text agrees with the image."""
+def itm_loss(model, probes: torch.nn.Linear, batch, match: torch.Tensor,
+             word_labels: torch.Tensor) -> torch.Tensor:
+    """Image-text matching at two grains, with linear probes discarded after pre-training.
+
+    * sentence (BLIP-style ITM): the last real token's state says whether the caption agrees
+      with the image;
+    * word (phrase grounding): each attribute word's state says whether the image has that
+      attribute (``word_labels``: 1 present, 0 absent, -1 not an attribute word). This dense
+      signal is what teaches a word to look at the image.
+    """
     hidden = model.model(**batch).last_hidden_state
     last = batch["attention_mask"].sum(-1) - 1
-    logits = probe(hidden[torch.arange(len(last)), last]).squeeze(-1)
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits, match)
+    logits = probes(hidden)                                    # (batch, length, 2)
+    sentence = logits[torch.arange(len(last)), last, 0]
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(sentence, match)
+    words = word_labels >= 0
+    if words.any():
+        loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(
+            logits[..., 1][words], word_labels[words].float())
+    return loss
 
 
 def alignment_loss(model, pixel_values, targets) -> torch.Tensor:
@@ -294,10 +319,10 @@ def _run_stage(model, processor, tokenizer, config, rng, steps, lm_weight, align
     if steps == 0:
         return float("nan")
     params = [p for p in model.parameters() if p.requires_grad]
-    probe = torch.nn.Linear(config.hidden_size, 1)
+    probes = torch.nn.Linear(config.hidden_size, 2)
     use_itm = bool(lm_weight and config.itm_weight)
     if use_itm:
-        params += list(probe.parameters())
+        params += list(probes.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
@@ -311,8 +336,9 @@ def _run_stage(model, processor, tokenizer, config, rng, steps, lm_weight, align
         if lm_weight:
             loss = loss + lm_weight * model(**batch).loss
         if use_itm:
-            matching, match = itm_batch(processor, rng, config.batch_size, config.image_size)
-            loss = loss + config.itm_weight * itm_loss(model, probe, matching, match)
+            matching, match, words = itm_batch(processor, rng, config.batch_size,
+                                               config.image_size)
+            loss = loss + config.itm_weight * itm_loss(model, probes, matching, match, words)
         if align_weight:
             targets = attribute_targets(model, tokenizer, scenes)
             loss = loss + align_weight * alignment_loss(model, batch["pixel_values"], targets)
