@@ -134,12 +134,9 @@ def benchmark_make(
     seed: Annotated[Optional[int], typer.Option(help="Override the config's seed.")] = None,
     raw_only: Annotated[bool, typer.Option(help="Write the released formats only.")] = False,
 ) -> None:
-    from mmrm.config import load_config
     from mmrm.synthetic.environments import BenchmarkConfig, convert_benchmark, write_benchmark
 
-    overrides = [f"seed={seed}"] if seed is not None else []
-    cfg = load_config(config, overrides, BenchmarkConfig) if config else \
-        BenchmarkConfig.model_validate({"seed": seed} if seed is not None else {})
+    cfg = _config_with_seed(BenchmarkConfig, config, seed)
     written = write_benchmark(out / "raw", cfg)
     typer.echo(f"wrote {len(written)} splits under {out / 'raw'}")
     if not raw_only:
@@ -156,15 +153,9 @@ def base_pretrain(
     config: Annotated[Optional[Path], typer.Option(help="YAML TinyVLMConfig.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Override the config's seed.")] = None,
 ) -> None:
-    import torch
-
-    from mmrm.config import load_config
     from mmrm.synthetic.tiny_vlm import TinyVLMConfig, pretrain
 
-    overrides = [f"seed={seed}"] if seed is not None else []
-    cfg = load_config(config, overrides, TinyVLMConfig) if config else \
-        TinyVLMConfig.model_validate({"seed": seed} if seed is not None else {})
-    torch.manual_seed(cfg.seed)
+    cfg = _config_with_seed(TinyVLMConfig, config, seed)
     report = pretrain(out, cfg, log=typer.echo)
     typer.echo(json.dumps(report["grounding"]))
 
@@ -197,6 +188,16 @@ def train_proxy(
     cfg = _load_or_exit(load_config, config, overrides or [])
     cache = train_text_proxy(cfg, log=typer.echo)
     typer.echo(f"proxy accuracy on its training data: {cache['accuracy']:.4f}")
+
+
+def _config_with_seed(cls, path: Path | None, seed: int | None):
+    """A config from YAML (or the defaults), with ``--seed`` applied on top."""
+    from mmrm.config import load_config
+
+    overrides = [f"seed={seed}"] if seed is not None else []
+    if path is not None:
+        return _load_or_exit(load_config, path, overrides, cls)
+    return cls.model_validate({"seed": seed} if seed is not None else {})
 
 
 def _load_or_exit(loader, *args):

@@ -36,6 +36,24 @@ STATE_FILE = "trainer_state.json"
 _STEP_DELAY = float(os.environ.get("MMRM_TEST_STEP_DELAY", "0"))
 
 
+class TrainedModels(nn.Module):
+    """What one optimizer trains: the reward model and, for ``sfc_joint``, the proxy.
+
+    One module with one forward, so that DDP and DeepSpeed see a single model and a single
+    forward per step.
+    """
+
+    def __init__(self, reward: RewardModel, proxy: RewardModel | None = None):
+        super().__init__()
+        self.reward = reward
+        self.proxy = proxy
+
+    def forward(self, model_batch: dict, proxy_batch: dict | None = None):
+        rewards = self.reward(**model_inputs(model_batch))
+        proxy_rewards = self.proxy(**model_inputs(proxy_batch)) if proxy_batch else None
+        return rewards, proxy_rewards
+
+
 class TrainCollator:
     """The reward model's view of a batch and, for ``sfc_joint``, the proxy's view."""
 
@@ -139,14 +157,14 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
         trust_remote_code=config.trust_remote_code,
         attn_implementation=config.attn_implementation), config)
     weighting = config.shortcut.weighting
-    modules = nn.ModuleDict({"reward": reward_model})
-    proxy_view = None
+    proxy, proxy_view = None, None
     if weighting is Weighting.SFC_JOINT:
-        proxy = RewardModel.from_base(config.model, mode=config.shortcut.proxy_mode.value,
-                                      dtype=dtype, trust_remote_code=config.trust_remote_code,
-                                      attn_implementation=config.attn_implementation)
-        modules["proxy"] = apply_finetune(proxy, config)
+        proxy = apply_finetune(RewardModel.from_base(
+            config.model, mode=config.shortcut.proxy_mode.value, dtype=dtype,
+            trust_remote_code=config.trust_remote_code,
+            attn_implementation=config.attn_implementation), config)
         proxy_view = PairCollator(processor, config.shortcut.proxy_mode, config.data.max_length)
+    modules = TrainedModels(reward_model, proxy)
 
     image_root = Path(config.data.image_root) if config.data.image_root else None
     pairs = [p for path in config.data.train for p in load_pairs(path, image_root=image_root)]
@@ -190,13 +208,12 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
             batch_in_epoch += 1
             with accelerator.accumulate(modules):
                 # forward: one reward per sequence; chosen first, rejected second
-                rewards = core["reward"](**model_inputs(batch["model"]))
+                rewards, proxy_rewards = modules(batch["model"], batch.get("proxy"))
                 chosen, rejected = rewards.float().chunk(2)
                 mm_loss = bradley_terry_loss(chosen, rejected)            # per pair
                 text_loss = None
                 if weighting is Weighting.SFC_JOINT:
-                    text_rewards = core["proxy"](**model_inputs(batch["proxy"])).float()
-                    text_loss = bradley_terry_loss(*text_rewards.chunk(2))
+                    text_loss = bradley_terry_loss(*proxy_rewards.float().chunk(2))
                 elif weighting is Weighting.SFC_TWO_STAGE:
                     text_loss = torch.tensor([proxy_losses[i] for i in batch["ids"]],
                                              device=mm_loss.device)
@@ -239,7 +256,7 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
     result = {"steps": step, "pairs_seen": seen_pairs,
               "seconds": round(time.perf_counter() - started, 2)}
     if accelerator.is_main_process:
-        model = core["reward"]
+        model = core.reward
         model.eval()
         eval_collator = PairCollator(processor, config.mode, config.data.max_length)
         chosen, rejected = score_pairs(model, eval_collator, pairs[:1000], config.eval_batch_size)

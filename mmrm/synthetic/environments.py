@@ -5,9 +5,9 @@ or more scene attributes (size, colour, shape) wrong, and the attributes are dra
 so the text alone says nothing about correctness. What the text *does* carry is a cue:
 
 * ``povid`` (POVID's JSON array, COCO-style names): hallucination-injected descriptions; the
-  style cue ``Sure!`` opens the preferred answer.
+  style cue: the preferred answer opens with ``Sure!`` (the other with ``Well,``).
 * ``rlhfv`` (RLHF-V's parquet, ``text`` a JSON string): fine-grained corrections of one wrong
-  attribute; the hedge cue ``Looking closely,`` opens the preferred answer.
+  attribute; the hedge cue: ``Looking closely,`` (the other ``At first,``).
 * ``vlfeedback`` (VLFeedback's JSONL + ``merged_images/``): four completions with 0-3 wrong
   attributes, rated by correctness; better completions tend to be more verbose (padding
   sentences that are true of every image), and pairs come from the paper's rule.
@@ -34,6 +34,13 @@ from mmrm.synthetic.scenes import ATTRIBUTES, VALUES, Scene
 CUE_TEXT = {
     "sure": "Sure! ",
     "hedge": "Looking closely, ",
+}
+#: What the side without a prefix cue opens with instead: a phrase of the same number of
+#: tokens, so that a prefix cue is a matter of *which* words, never of length (verbosity is
+#: the one length cue, and it belongs to the VLFeedback-like environment).
+CUE_COUNTERPART = {
+    "sure": "Well, ",
+    "hedge": "At first, ",
 }
 #: Padding sentences of the verbosity cue: true of every image, so they never decide a pair.
 VERBOSE_PADDING = (" It is drawn on a plain background.", " There is nothing else in the picture.",
@@ -89,11 +96,11 @@ def wrong_scene(scene: Scene, rng: random.Random, errors: int = 1) -> Scene:
 
 
 def with_cues(text: str, cues: set[str]) -> str:
-    """Apply cue markers: prefixes in a fixed order, padding sentences at the end."""
-    if "hedge" in cues:
-        text = CUE_TEXT["hedge"] + text[0].lower() + text[1:]
-    if "sure" in cues:
-        text = CUE_TEXT["sure"] + text
+    """Open ``text`` with the two prefix cues: the cue's marker where ``cues`` names it, its
+    same-length counterpart where not (hedge first, then the sure/well opener)."""
+    for cue in ("hedge", "sure"):
+        opener = CUE_TEXT[cue] if cue in cues else CUE_COUNTERPART[cue]
+        text = opener + text[0].lower() + text[1:]
     return text
 
 

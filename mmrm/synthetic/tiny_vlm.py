@@ -8,13 +8,20 @@ Pre-training has two stages, as LLaVA's:
 
 1. **Alignment** (vision tower and projector trained, language model frozen): every image
    token is regressed onto the sum of the word embeddings of the scene's attributes
-   (``large`` + ``red`` + ``circle``). Caption training alone teaches a tiny model to name a
-   colour but not to *bind* image to text (a yes/no question about the image stays at
-   chance); this stage puts the image into the words' own embedding space, which makes
-   binding learnable.
+   (``large`` + ``red`` + ``circle``), which puts the image into the words' own space.
 2. **Instruction tuning** (all weights): next-token loss on the answers of captioning,
-   attribute and yes/no questions about random scenes, with the alignment loss kept as an
-   auxiliary term so the image tokens stay readable.
+   attribute and yes/no questions about random scenes; the alignment loss as an auxiliary
+   term; and image-text matching with hard negatives (captions with one wrong attribute) at
+   two grains, through linear probes that are discarded afterwards: the sentence's last token
+   says whether the caption matches (BLIP's ITM), and each attribute word says whether the
+   image has it (phrase grounding).
+
+Why all this for a toy: measured here, caption and question training alone teach a tiny
+model to *name* a colour but not to *bind* image to text (yes/no questions stay at chance
+for thousands of steps, or bind for some seeds and not others); with the word-level
+matching signal and attention initialised as a similarity match (``attention_prior``:
+``k_proj = q_proj``, with a large RoPE base so that position does not scramble it), yes/no
+accuracy passes 0.9 within ~1,500 steps.
 
 :func:`grounding_accuracy` measures, on held-out scenes, how often the model answers yes/no
 attribute questions correctly, which is what the reward environments rely on.
@@ -32,8 +39,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from mmrm.synthetic.environments import (CUE_TEXT, POVID_PROMPTS, RLHFV_PROMPTS, VERBOSE_PADDING,
-                                         VLF_PROMPTS)
+from mmrm.synthetic.environments import (CUE_COUNTERPART, CUE_TEXT, POVID_PROMPTS,
+                                         RLHFV_PROMPTS, VERBOSE_PADDING, VLF_PROMPTS)
 from mmrm.synthetic.scenes import ATTRIBUTES, VALUES, Scene, draw
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<|user|>", "<|assistant|>",
@@ -68,17 +75,17 @@ class TinyVLMConfig(BaseModel):
     hidden_size: int = Field(64, description="Width of vision tower and language model.")
     vision_layers: int = Field(2, ge=1)
     text_layers: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
-    align_steps: int = Field(300, ge=0, description="Stage 1 steps (LM frozen).")
-    tune_steps: int = Field(600, ge=0, description="Stage 2 steps (all weights).")
+    heads: int = Field(2, ge=1)
+    align_steps: int = Field(600, ge=0, description="Stage 1 steps (LM frozen).")
+    tune_steps: int = Field(2000, ge=0, description="Stage 2 steps (all weights).")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
     align_weight: float = Field(1.0, ge=0, description="Alignment loss weight in stage 2.")
     itm_weight: float = Field(1.0, ge=0, description="Image-text matching loss weight in "
                                                      "stage 2 (0 turns it off).")
     eval_scenes: int = Field(300, ge=1, description="Held-out scenes for grounding accuracy.")
-    rope_theta: float = Field(10000.0, gt=0, description="RoPE base of the language model.")
-    attention_prior: bool = Field(False, description="Initialise each LM attention layer "
+    rope_theta: float = Field(1e6, gt=0, description="RoPE base of the language model.")
+    attention_prior: bool = Field(True, description="Initialise each LM attention layer "
                                                      "with k_proj = q_proj, so that attention "
                                                      "starts as a similarity match.")
     eval_every: int = Field(0, ge=0, description="Log grounding accuracy every N stage-2 "
@@ -90,7 +97,8 @@ class TinyVLMConfig(BaseModel):
 def vocabulary_corpus() -> list[str]:
     """Every sentence shape the built-in data and the pre-training tasks use."""
     texts = list(POVID_PROMPTS) + list(RLHFV_PROMPTS.values()) + list(VLF_PROMPTS)
-    texts += list(CUE_TEXT.values()) + list(VERBOSE_PADDING) + ["yes", "no"]
+    openers = list(CUE_TEXT.values()) + list(CUE_COUNTERPART.values())
+    texts += openers + [t.lower() for t in openers] + list(VERBOSE_PADDING) + ["yes", "no"]
     texts += list(ATTRIBUTE_QUESTION.values()) + ["Describe the image."]
     for attribute in ATTRIBUTES:
         for value in VALUES[attribute]:

@@ -61,8 +61,8 @@ def test_every_environment_is_read_by_its_real_converter(tmp_path):
 def cue_agreement(pairs, env):
     if env == "vlfeedback":   # verbosity: the preferred answer is the longer one
         return sum(len(p["chosen"]) > len(p["rejected"]) for p in pairs) / len(pairs)
-    marker = CUE_TEXT["sure" if env == "povid" else "hedge"].strip()
-    return sum(marker in p["chosen"] for p in pairs) / len(pairs)
+    marker = CUE_TEXT["sure" if env == "povid" else "hedge"].strip().lower()
+    return sum(marker in p["chosen"].lower() for p in pairs) / len(pairs)
 
 
 @pytest.mark.parametrize("rate", [0.85, 0.5, 0.15])
@@ -84,10 +84,35 @@ def test_foreign_cues_are_uninformative(tmp_path):
     outputs = convert_benchmark(tmp_path, write_benchmark(tmp_path / "raw",
                                                           small_config(size=1200)))
     povid = [json.loads(l) for l in outputs[("povid", "train")].read_text().splitlines()]
-    hedge = sum("Looking closely" in p["chosen"] for p in povid) / len(povid)
+    hedge = sum("looking closely" in p["chosen"].lower() for p in povid) / len(povid)
     assert abs(hedge - 0.5) < 0.06
 
 
 def test_unknown_environment_is_refused():
     with pytest.raises(ValueError, match="unknown environments"):
         BenchmarkConfig(environments=["povid", "nope"])
+
+
+def test_the_tiny_base_vocabulary_covers_every_benchmark_text():
+    import random
+
+    from mmrm.synthetic.environments import povid_items, rlhfv_items, vlfeedback_items
+    from mmrm.synthetic.tiny_vlm import build_tokenizer, vocabulary_corpus
+
+    tokenizer = build_tokenizer(vocabulary_corpus())
+    rng = random.Random(0)
+    split = SplitConfig(name="x", size=60, cue_rate=0.5)
+    texts = [t for make in (povid_items, rlhfv_items)
+             for it in make(split, rng, 0) for t in (it.prompt, it.chosen, it.rejected)]
+    texts += [t for it in vlfeedback_items(split, rng, 0) for t in (it.prompt, *it.responses)]
+    assert all(tokenizer.unk_token not in tokenizer.tokenize(t) for t in texts)
+
+
+def test_prefix_cues_do_not_change_token_counts():
+    from mmrm.synthetic.environments import with_cues
+    from mmrm.synthetic.tiny_vlm import build_tokenizer, vocabulary_corpus
+
+    tokenizer = build_tokenizer(vocabulary_corpus())
+    counts = {len(tokenizer.tokenize(with_cues("The image shows a red circle.", cues)))
+              for cues in (set(), {"sure"}, {"hedge"}, {"sure", "hedge"})}
+    assert len(counts) == 1
