@@ -71,7 +71,8 @@ def main() -> None:
         small, large = write_file(Path(tmp), args.lines // 10), write_file(Path(tmp), args.lines)
         print(f"file: {args.lines} lines, {large.stat().st_size / 2**20:.1f} MiB")
         rows = {}
-        for name, fn in (("json.loads loop (baseline)", baseline), ("mmrm read_pairs", mmrm_reader)):
+        runs = (("json.loads loop (baseline)", baseline), ("mmrm read_pairs", mmrm_reader))
+        for name, fn in runs:
             _, _, peak_small = measure(fn, small)
             seconds, count, peak = measure(fn, large)
             assert count == args.lines, (name, count)
@@ -85,7 +86,8 @@ def main() -> None:
         print(f"mmrm peak heap growth for 10x the lines: {large_peak / small_peak:.1f}x "
               f"({(large_peak - small_peak) / (args.lines * 0.9):.0f} bytes per extra line, "
               f"the duplicate-id set)")
-        print(f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"process peak RSS: {peak_rss:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -20,4 +20,5 @@ with torch.no_grad():
     hidden = model.model(**inputs).last_hidden_state[0, -1]   # last token (no padding)
 reward = (hidden @ head["weight"][0] + head["bias"][0]).item()
 config = json.load(open(f"{rm_dir}/reward_config.json"))
-print(json.dumps({"reward": reward, "normalized": (reward - config["reward_mean"]) / config["reward_std"]}))
+normalized = (reward - config["reward_mean"]) / config["reward_std"]
+print(json.dumps({"reward": reward, "normalized": normalized}))

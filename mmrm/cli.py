@@ -49,7 +49,8 @@ MaxPixelsOption = Annotated[int, typer.Option(
                   "by content hash, and a manifest (counts read/written/skipped, sha256 of the "
                   "outputs) to OUT's stem + .manifest.json.")
 def convert(
-    src: Annotated[Path, typer.Argument(metavar="SRC", help="The released file (or folder of parquet shards).")],
+    src: Annotated[Path, typer.Argument(
+        metavar="SRC", help="The released file (or folder of parquet shards).")],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="The pairwise JSONL to write.")],
     format: Annotated[SourceFormat, typer.Option("--format", "-f", help="Source format.")],
     on_error: OnErrorOption = OnError.RAISE,

@@ -44,7 +44,8 @@ def rlhfv_text(row: dict) -> dict:
         raise FieldProblem("text", f"malformed JSON: {err.msg}", "malformed_json") from None
     if not isinstance(text, dict):
         raise FieldProblem("text", "expected a JSON object", "wrong_type")
-    return {key: text_field(text, key, prefix="text.") for key in ("question", "chosen", "rejected")}
+    return {key: text_field(text, key, prefix="text.")
+            for key in ("question", "chosen", "rejected")}
 
 
 def _convert_parquet(fmt: str, src: Path, out: Path, columns: list[str], read_text, on_error,
