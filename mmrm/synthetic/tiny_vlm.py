@@ -39,6 +39,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from mmrm.data import conversation
 from mmrm.synthetic.environments import (CUE_COUNTERPART, CUE_TEXT, POVID_PROMPTS,
                                          RLHFV_PROMPTS, VERBOSE_PADDING, VLF_PROMPTS)
 from mmrm.synthetic.scenes import ATTRIBUTES, VALUES, Scene, draw
@@ -190,18 +191,11 @@ def task(scene: Scene, rng: random.Random) -> tuple[str, str]:
     return QUESTION[attribute].format(value=value), "yes" if truth else "no"
 
 
-def conversation(question: str, answer: str | None = None, image: bool = True) -> list[dict]:
-    user = ([{"type": "image"}] if image else []) + [{"type": "text", "text": question}]
-    messages = [{"role": "user", "content": user}]
-    if answer is not None:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return messages
-
-
 def make_batch(processor, scenes: list[Scene], qa: list[tuple[str, str]], image_size: int):
     """Processor inputs plus ``labels`` on the answer tokens (and closing <|end|>) only."""
     tokenizer = processor.tokenizer
-    texts = [processor.apply_chat_template(conversation(q, a), tokenize=False) for q, a in qa]
+    texts = [processor.apply_chat_template(conversation(q, a, True), tokenize=False)
+             for q, a in qa]
     batch = processor(text=texts, images=[draw(s, image_size) for s in scenes],
                       return_tensors="pt", padding=True)
     assistant = tokenizer.convert_tokens_to_ids("<|assistant|>")
@@ -229,7 +223,8 @@ def itm_batch(processor, rng: random.Random, batch_size: int, image_size: int):
         shown = scene if right else _one_wrong(scene, rng)
         text = rng.choice(ITM_FRAMES).format(shown.describe())
         captions.append(processor.apply_chat_template(
-            conversation("Describe the image.", text[0].upper() + text[1:]), tokenize=False))
+            conversation("Describe the image.", text[0].upper() + text[1:], True),
+            tokenize=False))
         match.append(float(right))
     batch = processor(text=captions, images=[draw(s, image_size) for s in scenes],
                       return_tensors="pt", padding=True)
@@ -389,7 +384,7 @@ def grounding_accuracy(model, processor, config: TinyVLMConfig) -> dict:
                     truths.append(truth)
                     attrs.append(attribute)
                     images.append(draw(scene, config.image_size))
-        texts = [processor.apply_chat_template(conversation(q), tokenize=False,
+        texts = [processor.apply_chat_template(conversation(q, None, True), tokenize=False,
                                                add_generation_prompt=True) for q in questions]
         processor.tokenizer.padding_side = "left"
         batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
