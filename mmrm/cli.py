@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -189,6 +190,167 @@ def train_proxy(
     cfg = _load_or_exit(load_config, config, overrides or [])
     cache = train_text_proxy(cfg, log=typer.echo)
     typer.echo(f"proxy accuracy on its training data: {cache['accuracy']:.4f}")
+
+
+def _named_paths(items: list[str], what: str) -> dict[str, Path]:
+    """``NAME=PATH`` (or a bare ``PATH``, named by itself) -> ``{NAME: PATH}``."""
+    named = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (item, item)
+        if name in named:
+            typer.echo(f"error: {what} name {name!r} given twice", err=True)
+            raise typer.Exit(code=2)
+        named[name] = Path(path)
+    return named
+
+
+def _eval_files(data: dict[str, Path], fmt: SourceFormat, work: Path,
+                on_error: OnError) -> dict[str, Path]:
+    """Released benchmark files -> pairwise JSONL under ``work`` (pairs pass through)."""
+    if fmt.value == "pairs":
+        return data
+    converted = {}
+    for name, src in data.items():
+        out = work / re.sub(r"[^\w.-]+", "_", name) / "pairs.jsonl"
+        try:
+            manifest = run_convert(fmt.value, src, out, on_error=on_error)
+        except (RecordError, ValueError, FileNotFoundError) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(code=2) from None
+        _report(manifest, out)
+        converted[name] = out
+    return converted
+
+
+@app.command("eval", help="Evaluate a saved reward model on pairwise data: accuracy (ties "
+                          "count half, and are counted), reward margins, per data set and per "
+                          "subset (the records' `subset` field) with the macro average.\n\n"
+                          "DATA is NAME=PATH or PATH. With --format, PATH is a released "
+                          "benchmark (vlrewardbench: its data/ folder of parquet files; "
+                          "mmrewardbench: data/all_data.json) converted first under --work.")
+def eval_command(
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Saved RM directory.")],
+    data: Annotated[list[str], typer.Argument(metavar="DATA...", help="NAME=PATH or PATH.")],
+    format: Annotated[SourceFormat, typer.Option(
+        "--format", "-f", help="Format of DATA (default: mmrm pairwise JSONL).")] =
+        SourceFormat("pairs"),
+    out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+    plots: Annotated[Optional[Path], typer.Option(
+        help="Write reward/margin histograms (NAME.png) into this folder.")] = None,
+    work: Annotated[Path, typer.Option(help="Where converted benchmarks go.")] =
+        Path("data/eval"),
+    batch_size: Annotated[int, typer.Option(help="Pairs per forward.")] = 32,
+    on_error: OnErrorOption = OnError.RAISE,
+) -> None:
+    from mmrm.evaluate import evaluation_report, load_scorer, plot_reward_margins, score_file
+
+    files = _eval_files(_named_paths(data, "data set"), format, work, on_error)
+    scorer, collator = load_scorer(model)
+    reports = {}
+    for name, path in files.items():
+        pairs, chosen, rejected = score_file(scorer, collator, path, batch_size, progress=True)
+        reports[name] = {"file": str(path), **evaluation_report(pairs, chosen, rejected)}
+        if plots is not None:
+            plot_reward_margins(chosen, rejected, plots / f"{name}.png", f"{model} on {name}")
+    text = json.dumps({"model": str(model), "datasets": reports}, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    typer.echo(text)
+
+
+@app.command(help="The cross-distribution matrix: every model on every test set. Rows are "
+                  "ROW=MODEL_DIR; a row is in distribution on the column named like the part "
+                  "of ROW before '/' (povid/sfc_two_stage was trained on povid). Writes "
+                  "matrix.json, matrix.md and matrix.png to --out.")
+def matrix(
+    model: Annotated[list[str], typer.Option("--model", help="ROW=MODEL_DIR (repeat).")],
+    test: Annotated[list[str], typer.Option("--test", help="SOURCE=PAIRS.jsonl (repeat).")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/matrix"),
+    batch_size: Annotated[int, typer.Option(help="Pairs per forward.")] = 32,
+) -> None:
+    from mmrm.evaluate import cross_distribution
+
+    result = cross_distribution(_named_paths(model, "model"), _named_paths(test, "test"),
+                                batch_size=batch_size, progress=True)
+    paths = result.write(out)
+    typer.echo(result.to_markdown())
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command(help="How exploitable is a preference data set by text alone? Trains (--config) "
+                  "or loads (--proxy) a text-only proxy RM, scores TEST (default DATA), and "
+                  "reports text-only accuracy, the shortcut-failure subset, a multimodal RM's "
+                  "accuracy on it vs the rest and their gap (SFD, with --model), and the most "
+                  "predictive textual cues of DATA.")
+def diagnose(
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Pairwise JSONL (training).")],
+    test: Annotated[Optional[Path], typer.Option(
+        help="Held-out pairs of the same distribution (default: DATA itself).")] = None,
+    proxy: Annotated[Optional[Path], typer.Option(help="A trained text-only RM.")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        help="TrainConfig YAML to train the proxy with (its data.train becomes DATA).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="A multimodal RM, for the SFD.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/diagnose"),
+    top: Annotated[int, typer.Option(help="Cues to list.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Pairs per forward.")] = 32,
+) -> None:
+    from mmrm.data import load_pairs
+    from mmrm.evaluate import diagnose_pairs, diagnosis_markdown, load_scorer, score_file
+
+    if (proxy is None) == (config is None):
+        typer.echo("error: give exactly one of --proxy DIR or --config CONFIG", err=True)
+        raise typer.Exit(code=2)
+    if proxy is None:
+        proxy = _train_diagnosis_proxy(config, data, out)
+    test = test or data
+    scorer, collator = load_scorer(proxy)
+    if collator.mode.value == "multimodal":
+        typer.echo(f"warning: {proxy} was trained with images; a text-only proxy is expected",
+                   err=True)
+    pairs, text_c, text_r = score_file(scorer, collator, test, batch_size, progress=True)
+    mm_scores = None
+    if model is not None:
+        scorer, collator = load_scorer(model)
+        mm_scores = score_file(scorer, collator, test, batch_size, progress=True)[1:]
+    report = diagnose_pairs(pairs, text_c, text_r, mm_scores, load_pairs(data), top)
+    report = {"data": str(data), "test": str(test), "proxy": str(proxy),
+              "model": str(model) if model else None, **report}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "diagnosis.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "diagnosis.md").write_text(diagnosis_markdown(report))
+    typer.echo(diagnosis_markdown(report))
+    typer.echo(f"wrote {out / 'diagnosis.json'}, {out / 'diagnosis.md'}")
+
+
+def _train_diagnosis_proxy(config: Path, data: Path, out: Path) -> Path:
+    from mmrm.config import TrainConfig, load_config
+    from mmrm.train import proxy_config, train as run_train
+
+    raw = _load_or_exit(load_config, config, []).model_dump(mode="json")
+    raw["data"].update(train=[str(data)], eval={})
+    raw["output_dir"] = str(out / "run")
+    run = proxy_config(TrainConfig.model_validate(raw))
+    run_train(run, log=typer.echo, resume=False)
+    return Path(run.output_dir) / "final"
+
+
+@app.command("plot-weights", help="Histograms of the SFC pair weights over training (early, "
+                                  "middle, late) from a run's metrics.jsonl.")
+def plot_weights(
+    run: Annotated[Path, typer.Argument(help="Run folder (with metrics.jsonl) or the file.")],
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write.")] = None,
+) -> None:
+    from mmrm.evaluate import plot_weight_histograms
+
+    metrics = run / "metrics.jsonl" if run.is_dir() else run
+    try:
+        path = plot_weight_histograms(metrics, out or metrics.with_name("weights.png"))
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"wrote {path}")
 
 
 def _config_with_seed(cls, path: Path | None, seed: int | None):

@@ -29,7 +29,8 @@ from mmrm.data import InputMode, PairCollator, load_pairs, set_right_padding
 from mmrm.evaluate import pairwise_accuracy, score_pairs
 from mmrm.model import RewardModel, load_processor
 from mmrm.tracking import NoOpTracker, Tracker, flatten
-from mmrm.weighting import Weighting, bradley_terry_loss, pair_weights, weight_statistics
+from mmrm.weighting import (Weighting, bradley_terry_loss, pair_weights, weight_histogram,
+                            weight_statistics)
 
 STATE_FILE = "trainer_state.json"
 #: Seconds to sleep after each step; only the resume test sets it, to kill a run mid-way.
@@ -240,7 +241,8 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
                 if metrics_log is not None:
                     metrics_log.write(json.dumps(record) + "\n")
                     metrics_log.flush()
-                tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
+                tracker.log_metrics({k: v for k, v in record.items()
+                                     if k not in ("step", "weight/hist")}, step)
                 log(_progress_line(record, total_steps))
             if _STEP_DELAY:
                 time.sleep(_STEP_DELAY)
@@ -288,19 +290,23 @@ def _batch_stats(loss, mm_loss, chosen, rejected, weights, text_loss) -> dict:
              "margin": (chosen - rejected).mean().item(), "n": len(mm_loss)}
     stats.update(weight_statistics(weights, text_loss))
     if text_loss is not None:
+        stats["weight/hist"] = weight_histogram(weights)
         stats["proxy_loss"] = text_loss.mean().item()
     return stats
 
 
 def _reduce_window(window: list[dict], step: int, scheduler, started: float, seen: int) -> dict:
     total = sum(w["n"] for w in window)
-    keys = {k for w in window for k in w if k != "n"}
+    keys = {k for w in window for k in w if k not in ("n", "weight/hist")}
     record = {"step": step, "lr": scheduler.get_last_lr()[0],
               "pairs_per_second": seen / max(1e-9, time.perf_counter() - started)}
     for key in sorted(keys):
         values = [(w[key], w["n"]) for w in window if key in w]
         record[key] = sum(v * n for v, n in values) / sum(n for _, n in values)
     record["pairs_in_window"] = total
+    hists = [w["weight/hist"] for w in window if "weight/hist" in w]
+    if hists:   # counts add up; kept out of the tracker's scalar metrics
+        record["weight/hist"] = [sum(column) for column in zip(*hists)]
     return record
 
 

@@ -59,6 +59,23 @@ def pair_weights(scheme: Weighting | str, mm_loss: torch.Tensor,
     return weights
 
 
+#: Fixed bin edges of the logged weight histograms (0 to 2 by 0.05; larger weights, possible
+#: only with ``normalize``, fall in the last bin), so histograms from any step add up.
+WEIGHT_BIN_EDGES = [round(0.05 * i, 2) for i in range(41)]
+
+
+def weight_histogram(weights: torch.Tensor) -> list[int]:
+    """Counts of ``weights`` in :data:`WEIGHT_BIN_EDGES`' bins.
+
+    >>> h = weight_histogram(torch.tensor([0.01, 0.52, 7.0])); (h[0], h[10], h[-1], sum(h))
+    (1, 1, 1, 3)
+    """
+    top = WEIGHT_BIN_EDGES[-1]
+    w = weights.detach().float().clamp(0.0, top - 1e-6)
+    counts = torch.histc(w, bins=len(WEIGHT_BIN_EDGES) - 1, min=0.0, max=top)
+    return [int(c) for c in counts]
+
+
 def weight_statistics(weights: torch.Tensor, text_loss: torch.Tensor | None) -> dict[str, float]:
     """Mean, quantiles and the mean weight where the text-only proxy is wrong vs right.
 

@@ -73,3 +73,25 @@ def tiny_pairs(tmp_path_factory):
     config = BenchmarkConfig(image_size=32, splits=[SplitConfig(name="train", size=24),
                                                     SplitConfig(name="test", size=12)])
     return convert_benchmark(folder, write_benchmark(folder / "raw", config))
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tiny_vlm_dir, tiny_pairs, tmp_path_factory):
+    """Two short runs on the tiny benchmark's POVID-like split, each evaluated on every test
+    split: ``{"none": run_dir, "sfc_joint": run_dir}`` (the saved RM is ``run_dir/final``)."""
+    from mmrm.config import TrainConfig
+    from mmrm.train import train
+
+    runs = {}
+    for weighting in ("none", "sfc_joint"):
+        out = tmp_path_factory.mktemp(f"run_{weighting}")
+        train(TrainConfig.model_validate({
+            "model": str(tiny_vlm_dir), "output_dir": str(out),
+            "data": {"train": [str(tiny_pairs[("povid", "train")])],
+                     "eval": {env: str(path) for (env, split), path in tiny_pairs.items()
+                              if split == "test"}},
+            "shortcut": {"weighting": weighting}, "max_steps": 3, "per_device_batch_size": 8,
+            "optim": {"lr": 1e-2, "warmup_ratio": 0}, "log_steps": 1}), resume=False,
+            log=lambda line: None)
+        runs[weighting] = out
+    return runs

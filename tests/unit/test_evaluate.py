@@ -1,0 +1,109 @@
+"""Accuracy, margins, subsets, the matrix, SFD and textual cues on hand-computed inputs."""
+
+import doctest
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import mmrm.evaluate as evaluate
+import mmrm.weighting as weighting
+from mmrm.evaluate import (CrossDistributionMatrix, evaluation_report, pairwise_accuracy,
+                           plot_weight_histograms, proxy_is_wrong, shortcut_failure_degradation,
+                           textual_cues)
+from mmrm.formats import PairRecord
+
+pytestmark = pytest.mark.unit
+
+
+def pair(i, chosen="a", rejected="b", **extra):
+    return PairRecord(id=str(i), prompt="p", img_path="x.png", chosen=chosen,
+                      rejected=rejected, extra=extra)
+
+
+def test_docstring_examples_hold():
+    for module in (evaluate, weighting):
+        failed, tried = doctest.testmod(module)
+        assert tried > 0 and failed == 0, module.__name__
+
+
+def test_accuracy_counts_ties_half_and_reports_them():
+    chosen = torch.tensor([2.0, 1.0, 0.0, 5.0])
+    rejected = torch.tensor([1.0, 1.0, 3.0, 4.0])
+    assert pairwise_accuracy(chosen, rejected) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    report = evaluate.accuracy_report(chosen, rejected)
+    assert report["ties"] == 1 and report["pairs"] == 4
+    assert report["margin"]["mean"] == pytest.approx((1 + 0 - 3 + 1) / 4)
+
+
+def test_subsets_and_macro_average_by_hand():
+    # group A: 2 pairs, 1 right -> 0.5; group B: 1 pair, right -> 1.0; C: 1 pair, wrong -> 0.0
+    pairs = [pair(0, subset="A"), pair(1, subset="A"), pair(2, subset="B"), pair(3, subset="C")]
+    chosen = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    rejected = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    report = evaluation_report(pairs, chosen, rejected)
+    assert report["accuracy"] == pytest.approx(0.5)
+    assert {k: v["accuracy"] for k, v in report["subsets"].items()} == \
+        {"A": 0.5, "B": 1.0, "C": 0.0}
+    assert report["macro_accuracy"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert "subsets" not in evaluation_report([pair(0)], chosen[:1], rejected[:1])
+
+
+def test_shortcut_failure_degradation_by_hand():
+    text_c = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    text_r = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 0.0])   # proxy wrong on pairs 4 and 5
+    mm_c = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0])
+    mm_r = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 1.0])     # right on 3/4 rest, 1/2 failure
+    failure = proxy_is_wrong(text_c, text_r)
+    assert failure.tolist() == [False] * 4 + [True, True]
+    result = shortcut_failure_degradation(mm_c, mm_r, failure)
+    assert result["accuracy_rest"] == pytest.approx(0.75)
+    assert result["accuracy_failure"] == pytest.approx(0.5)
+    assert result["sfd"] == pytest.approx(0.25)
+    assert (result["failure_pairs"], result["rest_pairs"]) == (2, 4)
+
+
+def test_textual_cues_find_the_planted_opener_and_length():
+    # "Sure!" opens the chosen answer in 16 pairs and the rejected one in 4: accuracy 0.8
+    pairs = [pair(i, "Sure! it is red", "Well, it is blue") for i in range(16)] + \
+            [pair(16 + i, "Well, it is red", "Sure! it is blue") for i in range(4)] + \
+            [pair(20 + i, "it is red and round", "it is blue") for i in range(10)]
+    cues = {c["cue"]: c for c in textual_cues(pairs, min_pairs=5, top=50)}
+    sure = cues['has "sure"']
+    assert sure["coverage"] == pytest.approx(20 / 30) and sure["accuracy"] == pytest.approx(0.8)
+    assert cues['lacks "well"']["accuracy"] == pytest.approx(0.8)
+    longer = cues["longer response (words)"]
+    assert longer["coverage"] == pytest.approx(10 / 30) and longer["accuracy"] == 1.0
+    best = textual_cues(pairs, min_pairs=5, top=1)[0]      # the colour decides every pair
+    assert ("red" in best["cue"] or "blue" in best["cue"]) and best["score"] == 0.5
+
+
+def test_matrix_summary_markdown_and_heatmap(tmp_path):
+    matrix = CrossDistributionMatrix(
+        {"povid/none": {"povid": 0.9, "rlhfv": 0.6, "vlf": 0.5},
+         "rlhfv": {"povid": 0.7, "rlhfv": 0.8, "vlf": 0.6}})
+    assert matrix.row_summary("povid/none") == {"id": 0.9, "ood": pytest.approx(0.55)}
+    summary = matrix.summary()
+    assert summary["iid_mean"] == pytest.approx(0.85)
+    assert summary["ood_mean"] == pytest.approx((0.55 + 0.65) / 2)
+    paths = matrix.write(tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["sources"] == {"povid/none": "povid", "rlhfv": "rlhfv"}
+    assert "| povid/none | **0.900** | 0.600 | 0.500 | 0.900 | 0.550 |" in \
+        paths["markdown"].read_text()
+    with Image.open(paths["png"]) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+        assert len(set(image.convert("RGB").getdata())) > 10   # not a blank canvas
+
+
+def test_weight_histogram_plot_reads_training_logs(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    hist = weighting.weight_histogram(torch.tensor([0.1, 0.2, 0.9]))
+    metrics.write_text("\n".join(json.dumps({"step": s, "weight/hist": hist})
+                                 for s in range(1, 7)) + "\n")
+    out = plot_weight_histograms(metrics, tmp_path / "w.png")
+    assert out.stat().st_size > 1000
+    metrics.write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+    with pytest.raises(ValueError, match="no weight/hist"):
+        plot_weight_histograms(metrics, tmp_path / "w2.png")
