@@ -192,6 +192,53 @@ def train_proxy(
     typer.echo(f"proxy accuracy on its training data: {cache['accuracy']:.4f}")
 
 
+@app.command(help="Score every response of an inference file with a saved reward model, on "
+                  "Ray workers: one output line per input item, in input order, with `scores` "
+                  "and `best`. Rerunning with the same OUTPUT resumes where it stopped.")
+def score(
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Saved RM directory.")],
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="Inference JSONL: prompt, "
+                                          "img_path, responses, optional id.")],
+    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="JSONL to write.")],
+    workers: Annotated[int, typer.Option(help="Scorer actors.")] = 1,
+    gpus_per_worker: Annotated[float, typer.Option(
+        help="GPUs per actor: 1, or 0.5 for two per GPU; 0 runs on CPU.")] = 0.0,
+    threads_per_worker: Annotated[int, typer.Option(help="torch threads of a CPU actor.")] = 1,
+    batch_responses: Annotated[int, typer.Option(help="Responses per forward.")] = 64,
+    chunk_items: Annotated[int, typer.Option(help="Items per written chunk.")] = 256,
+    normalize: Annotated[bool, typer.Option(
+        help="Scores as (r - mean) / std of the model's training rewards.")] = False,
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 on the workers.")] = "fp32",
+    address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster address (default RAY_ADDRESS, else a local Ray).")] = None,
+    errors: Annotated[Optional[Path], typer.Option(
+        help="Bad items file (default OUTPUT stem + .errors.jsonl).")] = None,
+    on_error: OnErrorOption = OnError.RAISE,
+    image_root: ImageRootOption = None,
+) -> None:
+    from mmrm.score import ScoreConfig, score_file
+
+    config = ScoreConfig(model=str(model), input=str(input), output=str(output),
+                         errors=str(errors) if errors else None, workers=workers,
+                         gpus_per_worker=gpus_per_worker,
+                         threads_per_worker=threads_per_worker,
+                         batch_responses=batch_responses, chunk_items=chunk_items,
+                         normalize=normalize, on_error=on_error, address=address,
+                         image_root=str(image_root) if image_root else None, dtype=dtype)
+    try:
+        totals = score_file(config, show_bar=True)
+    except (RecordError, ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from None
+    if totals.get("already_complete"):
+        typer.echo(f"{output} is already complete ({totals['items_written']} items)")
+        return
+    typer.echo(f"scored {totals['items_scored']} items ({totals['responses']} responses) in "
+               f"{totals['seconds']} s; {totals['items_failed']} bad items -> "
+               f"{config.errors_path}; lines read {totals['ledger']['read']} = written "
+               f"{totals['ledger']['written']} + skipped {totals['ledger']['skipped']}")
+
+
 def _named_paths(items: list[str], what: str) -> dict[str, Path]:
     """``NAME=PATH`` (or a bare ``PATH``, named by itself) -> ``{NAME: PATH}``."""
     named = {}

@@ -9,6 +9,7 @@ the record is counted under a short reason and the run goes on. Either way
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -75,6 +76,9 @@ class Ledger:
     written: int = 0
     skipped_by_reason: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    #: Called with every skipped bad record (for an errors file that lists them all).
+    on_bad: Callable[[RecordError], None] | None = field(default=None, repr=False,
+                                                          compare=False)
 
     @property
     def skipped(self) -> int:
@@ -85,6 +89,8 @@ class Ledger:
         if OnError(self.on_error) is OnError.RAISE:
             raise err
         self.skip(err.reason, str(err))
+        if self.on_bad is not None:
+            self.on_bad(err)
 
     def skip(self, reason: str, example: str | None = None) -> None:
         """Count a record that is dropped by design (a tie, say) under any policy."""

@@ -1,0 +1,470 @@
+"""Batch scoring with Ray: many candidate responses per (prompt, image), in input order,
+resumable, and robust to a worker dying.
+
+``mmrm score MODEL INPUT.jsonl OUTPUT.jsonl`` reads the inference format
+``{"prompt", "img_path", "responses": [...], "id"?}`` and writes one line per input item, in
+input order: the input fields plus ``scores`` (one per response) and ``best`` (the index of the
+highest score).
+
+How it runs:
+
+* **Workers** are Ray actors (:class:`ResponseScorer`), each holding the reward model; a
+  GPU each, a fraction of a GPU, or CPU threads. Batches go to whichever actor is free
+  (:class:`ray.util.ActorPool`); Ray restarts an actor that dies and retries its batch
+  (``max_restarts`` / ``max_task_retries``), so a killed worker costs time, not items.
+* **Efficiency**: an item's image is preprocessed once and encoded once for all its
+  responses (the reward model reuses the features across sequences); batches are cut by
+  token length within a window of items. The prompt's key/value cache is *not* shared across
+  responses: see :func:`score_items` for why.
+* **Order, chunks and resume**: items are taken in windows of ``chunk_items``; a window's
+  lines are appended to OUTPUT (and bad items to the errors file) only once the whole window
+  and every window before it are scored, then ``OUTPUT.state.json`` is replaced atomically
+  with the input's sha256, the next input line and the byte length of both files. A rerun
+  with the same OUTPUT truncates both files to the recorded length (dropping a chunk that was
+  half-written when the driver died) and goes on from the next line: no item is scored twice
+  or lost. The key is the input line number plus the input file's hash; a different input
+  refuses to resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from mmrm.formats import ImageCheck, ImageRules, InferenceRecord, read_inference
+from mmrm.ledger import Ledger, OnError, RecordError
+
+STATE_SUFFIX = ".state.json"
+#: Test hook: seconds each batch sleeps inside the actor (read by the driver at start, so a
+#: test can kill a run halfway).
+BATCH_DELAY_ENV = "MMRM_TEST_BATCH_DELAY"
+
+
+@dataclass
+class ScoreConfig:
+    """One scoring run.
+
+    Args:
+        model: saved reward model directory.
+        input: inference JSONL.
+        output: JSONL to write (``OUTPUT.state.json`` beside it while it is in progress).
+        errors: where bad items go (default ``OUTPUT`` with ``.errors.jsonl``).
+        workers: scorer actors.
+        gpus_per_worker: 1 = a GPU each, 0.5 = two per GPU, 0 = CPU.
+        threads_per_worker: torch threads of a CPU worker.
+        batch_responses: responses per forward (items are packed up to this many).
+        chunk_items: items per written chunk (the resume granularity).
+        normalize: scores as ``(r - reward_mean) / reward_std`` from the model's config.
+        on_error: raise at the first bad item, or skip it into the errors file.
+        address: Ray cluster to join (default ``RAY_ADDRESS``, else a local one).
+        image_root: root of ``img_path`` (default: the input file's folder).
+        dtype: ``bf16`` / ``fp16`` / ``fp32`` weights on the workers.
+    """
+
+    model: str
+    input: str
+    output: str
+    errors: str | None = None
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    threads_per_worker: int = 1
+    batch_responses: int = 64
+    chunk_items: int = 256
+    normalize: bool = False
+    on_error: OnError = OnError.RAISE
+    address: str | None = None
+    image_root: str | None = None
+    dtype: str = "fp32"
+
+    @property
+    def errors_path(self) -> Path:
+        if self.errors:
+            return Path(self.errors)
+        out = Path(self.output)
+        return out.with_name(out.name.removesuffix(".jsonl") + ".errors.jsonl")
+
+
+# ---------------------------------------------------------------------------- the worker
+class _ReuseImageInputs:
+    """Wraps a processor's image processor so that the same list of images is preprocessed
+    once however many times the processor is called with it (once per response)."""
+
+    def __init__(self, image_processor):
+        self._inner = image_processor
+        self._key, self._value = None, None
+
+    def __call__(self, images, *args, **kwargs):
+        key = (tuple(id(i) for i in images) if isinstance(images, list) else id(images),
+               repr(sorted(kwargs.items())))
+        if key != self._key:
+            self._key, self._value = key, self._inner(images, *args, **kwargs)
+        return self._value
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class ResponseScorer:
+    """Holds one reward model and scores batches of items (a Ray actor, or plain in tests)."""
+
+    def __init__(self, model_dir: str, dtype: str = "fp32", threads: int = 1,
+                 device: str | None = None, name: str = "", batch_delay: float = 0.0):
+        from mmrm.data import set_right_padding
+        from mmrm.model import RewardModel, load_processor
+
+        if threads:
+            torch.set_num_threads(threads)
+        torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = RewardModel.load(model_dir, dtype=torch_dtype).to(self.device).eval()
+        self.processor = load_processor(model_dir, self.model.config.trust_remote_code)
+        set_right_padding(self.processor)
+        self.processor.image_processor = _ReuseImageInputs(self.processor.image_processor)
+        self.name, self.batch_delay = name, batch_delay
+        self.incarnation = f"{os.getpid()}-{time.monotonic_ns()}"
+
+    def score(self, items: list[dict]) -> dict:
+        """Scores of each item; an item that fails is returned with its error instead.
+
+        Returns ``{"results": [{"line", "scores"} | {"line", "error"}], "worker": the
+        incarnation (process) that scored it, "actor": the actor's name}``.
+        """
+        if self.batch_delay:
+            time.sleep(self.batch_delay)
+        results = []
+        by_count: dict[int, list[dict]] = {}
+        for item in items:
+            by_count.setdefault(len(item["responses"]), []).append(item)
+        for group in by_count.values():
+            try:
+                scores = score_items(self.model, self.processor, group, self.device)
+                results += [{"line": it["line"], "scores": s} for it, s in zip(group, scores)]
+            except Exception:      # one bad item must not sink the others: retry them alone
+                for item in group:
+                    try:
+                        scores = score_items(self.model, self.processor, [item], self.device)
+                        results.append({"line": item["line"], "scores": scores[0]})
+                    except Exception as err:  # noqa: BLE001 - reported per item
+                        results.append({"line": item["line"],
+                                        "error": f"{type(err).__name__}: {err}"})
+        return {"results": results, "worker": self.incarnation, "actor": self.name}
+
+    def ready(self) -> str:
+        return self.incarnation
+
+
+@torch.no_grad()
+def score_items(model, processor, items: list[dict], device="cpu") -> list[list[float]]:
+    """Rewards of every response of M items that have the same number N of responses.
+
+    The sequences are ordered response-major (``[response 0 of every item, response 1 of
+    every item, ...]``) so that :meth:`RewardModel.forward` encodes each item's image once and
+    reuses it for the item's N sequences. The prompt prefix is still run through the language
+    model once per response: sharing its key/value cache would need the chat template to
+    render the prompt as an exact token prefix of every prompt+response (a tokenizer may merge
+    across the boundary), and for Qwen2-VL the 3-D rotary positions of the image tokens to be
+    carried into the continuation; neither holds for every supported backbone, so it is not
+    done here.
+    """
+    from mmrm.data import _stack_right_padded, conversation, load_image
+
+    n = len(items[0]["responses"])
+    images = [load_image(Path(it["image_file"])) for it in items]
+    tokenizer = getattr(processor, "tokenizer", processor)
+    ids, masks, image_inputs = [], [], None
+    for k in range(n):
+        texts = [processor.apply_chat_template(conversation(it["prompt"], it["responses"][k],
+                                                            True), tokenize=False)
+                 for it in items]
+        encoded = processor(text=texts, images=images, return_tensors="pt", padding=True)
+        ids.append(encoded["input_ids"])
+        masks.append(encoded["attention_mask"])
+        if image_inputs is None:
+            image_inputs = {key: v for key, v in encoded.items()
+                            if key not in ("input_ids", "attention_mask", "token_type_ids",
+                                           "mm_token_type_ids")}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids, attention_mask = _stack_right_padded(ids, masks, pad)
+    dtype = next(model.parameters()).dtype
+    image_inputs = {key: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
+                    for key, v in image_inputs.items()}
+    rewards = model(input_ids.to(device), attention_mask.to(device), sequences_per_image=n,
+                    **image_inputs).float().cpu()
+    return rewards.view(n, len(items)).t().tolist()
+
+
+# ---------------------------------------------------------------------------- the driver
+@dataclass
+class ScoreState:
+    """What ``OUTPUT.state.json`` records between chunks."""
+
+    input: str
+    input_sha256: str
+    model: str
+    next_line: int = 1
+    items_written: int = 0
+    items_failed: int = 0
+    output_bytes: int = 0
+    errors_bytes: int = 0
+    complete: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_state(path: Path, state: ScoreState) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _open_run(config: ScoreConfig) -> ScoreState:
+    """A fresh state, or the saved one (after truncating the outputs to its byte counts)."""
+    out, errors = Path(config.output), config.errors_path
+    state_path = out.with_name(out.name + STATE_SUFFIX)
+    digest = file_sha256(config.input)
+    if state_path.exists():
+        state = ScoreState(**json.loads(state_path.read_text()))
+        if state.input_sha256 != digest:
+            raise ValueError(f"{out}: was written for another input (sha256 "
+                             f"{state.input_sha256[:12]}..., {config.input} is "
+                             f"{digest[:12]}...); remove it and {state_path} to start over")
+        for path, size in ((out, state.output_bytes), (errors, state.errors_bytes)):
+            with open(path, "ab") as f:
+                f.truncate(size)
+        return state
+    if out.exists():
+        raise ValueError(f"{out} exists and has no {state_path.name}: not a run to resume; "
+                         f"remove it or choose another output")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    errors.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(b"")
+    errors.write_bytes(b"")
+    state = ScoreState(input=str(config.input), input_sha256=digest, model=str(config.model))
+    _write_state(state_path, state)
+    return state
+
+
+def _windows(config: ScoreConfig, start_line: int, ledger: Ledger, bad: list[RecordError]
+             ) -> Iterator[tuple[list[InferenceRecord], int]]:
+    """Windows of valid items from ``start_line`` on, each with the input line it ends
+    before; bad lines are collected into ``bad`` (under skip) as the reader meets them."""
+    rules = ImageRules(root=Path(config.image_root) if config.image_root else None,
+                       check=ImageCheck.HEADER)
+    window: list[InferenceRecord] = []
+    for record in read_inference(config.input, images=rules, ledger=ledger):
+        if record.line < start_line:
+            continue
+        window.append(record)
+        if len(window) == config.chunk_items:
+            yield window, record.line + 1
+            window = []
+    yield window, None   # the rest, up to the end of the file
+
+
+def _batches(items: list[InferenceRecord], tokenizer, max_responses: int) -> list[list[dict]]:
+    """Items sorted by token length (prompt + longest response), packed up to
+    ``max_responses`` responses per batch (an item is never split)."""
+    lengths = [len(tokenizer(it.prompt).input_ids) + max(len(tokenizer(r).input_ids)
+                                                          for r in it.responses)
+               for it in items]
+    order = sorted(range(len(items)), key=lambda i: lengths[i])
+    batches, current, count = [], [], 0
+    for i in order:
+        it = items[i]
+        if current and count + len(it.responses) > max_responses:
+            batches.append(current)
+            current, count = [], 0
+        current.append({"line": it.line, "prompt": it.prompt, "responses": list(it.responses),
+                        "image_file": str(it.image_file)})
+        count += len(it.responses)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = None,
+               show_bar: bool = False) -> dict:
+    """Score ``config.input`` into ``config.output`` with Ray actors; resumes if it can.
+
+    Args:
+        progress: called after every scored batch with ``{"items", "worker", "actor",
+            "actors"}`` (Ray names of the actor that scored it and of all; tests use them to
+            kill a busy actor mid-run).
+        show_bar: a tqdm bar with items/s, responses/s and ETA.
+
+    Returns:
+        The counts of this call (items scored, skipped, read) and the workers seen.
+    """
+    import ray
+    from ray.util import ActorPool
+
+    from mmrm.model import load_processor
+
+    state = _open_run(config)
+    out, errors_path = Path(config.output), config.errors_path
+    state_path = out.with_name(out.name + STATE_SUFFIX)
+    if state.complete:
+        return {"items_scored": 0, "already_complete": True, **asdict(state)}
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=config.address or os.environ.get("RAY_ADDRESS") or None,
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+    actor_class = ray.remote(num_cpus=0 if config.gpus_per_worker else config.threads_per_worker,
+                             num_gpus=config.gpus_per_worker, max_restarts=-1,
+                             max_task_retries=3)(ResponseScorer)
+    run_id = hashlib.sha256(f"{out.resolve()}-{time.time_ns()}".encode()).hexdigest()[:8]
+    names = [f"mmrm-scorer-{run_id}-{i}" for i in range(config.workers)]
+    delay = float(os.environ.get(BATCH_DELAY_ENV) or 0)
+    actors = [actor_class.options(name=name).remote(config.model, config.dtype,
+                                                    config.threads_per_worker, name=name,
+                                                    batch_delay=delay)
+              for name in names]
+    try:
+        ray.get([a.ready.remote() for a in actors])
+        reward_config = json.loads((Path(config.model) / "reward_config.json").read_text())
+        tokenizer = load_processor(config.model).tokenizer
+        totals = _drive(config, state, ActorPool(actors), tokenizer, reward_config, out,
+                        errors_path, state_path, progress, show_bar, names)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started_ray:
+            ray.shutdown()
+    return totals
+
+
+def _drive(config, state, pool, tokenizer, reward_config, out, errors_path, state_path,
+           progress, show_bar, actor_names) -> dict:
+    """Submit every window's batches, then write the windows in order as they complete."""
+    bad: list[RecordError] = []   # reader errors not yet written (earlier runs wrote theirs)
+    ledger = Ledger(on_error=OnError(config.on_error),
+                    on_bad=lambda err: bad.append(err) if err.line >= state.next_line else None)
+    items_by_line: dict[int, InferenceRecord] = {}
+    windows: list[dict] = []          # {"lines": [...], "end": next line, "pending": n}
+    scored: dict[int, dict] = {}
+    totals = {"items_scored": 0, "items_failed": 0, "responses": 0, "workers": set()}
+    bar = _bar(show_bar, config.input)
+    started = time.perf_counter()
+
+    def collect(result: dict) -> None:
+        for r in result["results"]:
+            scored[r["line"]] = r
+            totals["responses"] += len(r.get("scores", []))
+        totals["workers"].add(result["worker"])
+        owner = next(w for w in windows if result["results"][0]["line"] in w["line_set"])
+        owner["pending"] -= 1
+        if progress is not None:
+            progress({"items": len(result["results"]), "worker": result["worker"],
+                      "actor": result["actor"], "actors": actor_names})
+        if bar is not None:
+            bar.update(len(result["results"]))
+            bar.set_postfix(responses_per_s=round(totals["responses"]
+                                                  / (time.perf_counter() - started), 1))
+
+    def flush_ready() -> None:
+        while windows and windows[0]["pending"] == 0:
+            _write_window(windows.pop(0), scored, items_by_line, bad, ledger, state, config,
+                          reward_config, out, errors_path, state_path, totals)
+
+    for items, end in _windows(config, state.next_line, ledger, bad):
+        for it in items:
+            items_by_line[it.line] = it
+        batches = _batches(items, tokenizer, config.batch_responses)
+        windows.append({"lines": [it.line for it in items], "line_set": {it.line for it in items},
+                        "end": end, "pending": len(batches)})
+        for batch in batches:
+            while not pool.has_free():
+                collect(pool.get_next_unordered())
+                flush_ready()
+            pool.submit(lambda actor, b: actor.score.remote(b), batch)
+        flush_ready()
+    while pool.has_next():
+        collect(pool.get_next_unordered())
+        flush_ready()
+    flush_ready()
+    state.complete = True
+    _write_state(state_path, state)
+    if bar is not None:
+        bar.close()
+    totals["workers"] = sorted(totals["workers"])
+    totals["seconds"] = round(time.perf_counter() - started, 3)
+    # the reader saw every line of the file; the state counts what every call wrote
+    totals["ledger"] = {"read": ledger.read, "written": state.items_written,
+                        "skipped": state.items_failed}
+    if ledger.read != state.items_written + state.items_failed:
+        raise AssertionError(f"{config.input}: read {ledger.read} lines but wrote "
+                             f"{state.items_written} + {state.items_failed} errors")
+    return totals
+
+
+def _write_window(window, scored, items_by_line, bad, ledger, state, config, reward_config,
+                  out, errors_path, state_path, totals) -> None:
+    """Append one finished window to OUTPUT / errors in line order; then move the state."""
+    end = window["end"]
+    lines, error_lines = [], []
+    for line in window["lines"]:
+        item, result = items_by_line.pop(line), scored.pop(line)
+        if "error" in result:
+            err = RecordError(config.input, line, "<item>", result["error"], "scoring_failed")
+            if OnError(config.on_error) is OnError.RAISE:
+                raise err
+            ledger.skip(err.reason, str(err))
+            error_lines.append((line, {"line": line, "id": item.id, "error": str(err),
+                                       "reason": err.reason}))
+            continue
+        scores = result["scores"]
+        if config.normalize:
+            scores = [(s - reward_config["reward_mean"]) / reward_config["reward_std"]
+                      for s in scores]
+        record = item.to_json()
+        record["id"] = item.id if item.id is not None else f"line-{line}"
+        record.update(scores=scores, best=max(range(len(scores)), key=scores.__getitem__))
+        lines.append(json.dumps(record))
+        ledger.written += 1
+    # reader errors up to the window's end belong to this chunk
+    while bad and (end is None or bad[0].line < end):
+        err = bad.pop(0)
+        error_lines.append((err.line, {"line": err.line, "id": None, "error": str(err),
+                                       "reason": err.reason}))
+    error_lines.sort(key=lambda pair: pair[0])
+    state.output_bytes += _append(out, lines)
+    state.errors_bytes += _append(errors_path, [json.dumps(e) for _, e in error_lines])
+    state.items_written += len(lines)
+    state.items_failed += len(error_lines)
+    state.next_line = end if end is not None else state.next_line
+    totals["items_scored"] += len(lines)
+    totals["items_failed"] += len(error_lines)
+    _write_state(state_path, state)
+
+
+def _append(path: Path, lines: list[str]) -> int:
+    if not lines:
+        return 0
+    data = ("\n".join(lines) + "\n").encode()
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return len(data)
+
+
+def _bar(show: bool, name: str):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(desc=f"scoring {Path(name).name}", unit="item")

@@ -1,0 +1,219 @@
+"""Ray batch scoring: the same scores as one-at-a-time scoring, order, resume after the driver
+is killed, a worker killed mid-run, bad items."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mmrm.data import PairCollator, load_pairs, set_right_padding
+from mmrm.formats import PairRecord
+from mmrm.ledger import RecordError
+from mmrm.model import RewardModel, load_processor
+from mmrm.score import ResponseScorer, ScoreConfig, score_file
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray for the module (starting Ray costs seconds); stopped at the end."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inference_file(tiny_pairs, tmp_path_factory):
+    """30 items with 4 responses each, built from the tiny benchmark's pairs (ids kept)."""
+    pairs = [p for env in ("povid", "rlhfv", "vlfeedback")
+             for p in load_pairs(tiny_pairs[(env, "test")])][:30]
+    path = tmp_path_factory.mktemp("inference") / "items.jsonl"
+    with open(path, "w") as f:
+        for p in pairs:
+            f.write(json.dumps({"id": p.id, "prompt": p.prompt, "img_path": str(p.image_file),
+                                "responses": [p.chosen, p.rejected, p.rejected + " Indeed.",
+                                              "No."]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def reward_dir(trained_runs):
+    return trained_runs["none"] / "final"
+
+
+def config(reward_dir, inference_file, out, **changes):
+    return ScoreConfig(**{"model": str(reward_dir), "input": str(inference_file),
+                          "output": str(out), "workers": 2, "batch_responses": 12,
+                          "chunk_items": 4, **changes})
+
+
+def read_lines(path):
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.fixture(scope="module")
+def clean_run(ray_cluster, reward_dir, inference_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "scores.jsonl"
+    totals = score_file(config(reward_dir, inference_file, out))
+    assert totals["items_scored"] == 30 and totals["items_failed"] == 0
+    return read_lines(out)
+
+
+def test_scores_match_scoring_each_response_alone(clean_run, reward_dir, inference_file):
+    model = RewardModel.load(reward_dir).eval()
+    processor = load_processor(reward_dir)
+    set_right_padding(processor)
+    collator = PairCollator(processor)
+    inputs = read_lines(inference_file)
+    assert [r["id"] for r in clean_run] == [r["id"] for r in inputs]      # input order
+    for item, scored in zip(inputs[:6], clean_run[:6]):
+        assert scored["responses"] == item["responses"] and len(scored["scores"]) == 4
+        for k in range(4):
+            # a "pair" of the response against itself: both rewards are the response's reward
+            pair = PairRecord(id="x", prompt=item["prompt"], img_path=item["img_path"],
+                              chosen=item["responses"][k], rejected=item["responses"][k],
+                              image_file=item["img_path"])
+            batch = collator([pair])
+            batch.pop("ids")
+            with torch.no_grad():
+                alone = model(**batch, sequences_per_image=2)[0].item()
+            assert scored["scores"][k] == pytest.approx(alone, abs=1e-5)
+        assert scored["best"] == max(range(4), key=scored["scores"].__getitem__)
+
+
+def test_responses_share_one_image_preprocessing_and_encoding(reward_dir, inference_file):
+    scorer = ResponseScorer(str(reward_dir))
+    calls = {"encode": 0, "preprocess": 0}
+    encode = scorer.model.encode_images
+
+    def counting_encode(**kw):
+        calls["encode"] += 1
+        return encode(**kw)
+
+    class CountingPreprocess:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, *args, **kwargs):
+            calls["preprocess"] += 1
+            return self.inner(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    scorer.model.encode_images = counting_encode
+    wrapper = scorer.processor.image_processor
+    wrapper._inner = CountingPreprocess(wrapper._inner)
+    items = [{"line": i + 1, **{k: r[k] for k in ("prompt", "responses")},
+              "image_file": r["img_path"]} for i, r in enumerate(read_lines(inference_file)[:3])]
+    result = scorer.score(items)
+    assert [len(r["scores"]) for r in result["results"]] == [4, 4, 4]
+    assert calls == {"encode": 1, "preprocess": 1}     # 3 images x 4 responses, one call each
+
+
+def test_worker_killed_mid_run_loses_nothing(ray_cluster, clean_run, reward_dir,
+                                             inference_file, tmp_path, monkeypatch):
+    import ray
+
+    before, killed, after = [], [], []
+
+    def kill_the_busy_worker(event):
+        (after if killed else before).append(event)
+        if killed or len({e["actor"] for e in before}) < 2:
+            return      # wait until both actors have scored a batch
+        # the other actor is in the middle of a batch (each batch sleeps 0.3 s): kill it
+        busy = next(name for name in event["actors"] if name != event["actor"])
+        ray.kill(ray.get_actor(busy), no_restart=False)
+        killed.append(busy)
+
+    monkeypatch.setenv("MMRM_TEST_BATCH_DELAY", "0.3")
+    out = tmp_path / "scores.jsonl"
+    totals = score_file(config(reward_dir, inference_file, out), progress=kill_the_busy_worker)
+    busy = killed[0]
+    # the killed actor came back as a new process and went on scoring (its batch retried)
+    old = {e["worker"] for e in before if e["actor"] == busy}
+    new = {e["worker"] for e in after if e["actor"] == busy}
+    assert len(old) == 1 and len(new) == 1 and old != new
+    assert totals["items_scored"] == 30
+    assert read_lines(out) == clean_run                 # every item once, in order, same scores
+
+
+def test_driver_killed_halfway_then_rerun_gives_the_clean_output(
+        ray_cluster, clean_run, reward_dir, inference_file, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    state = tmp_path / "scores.jsonl.state.json"
+    cmd = [sys.executable, "-m", "mmrm", "score", str(reward_dir), str(inference_file), str(out),
+           "--workers", "2", "--batch-responses", "12", "--chunk-items", "4",
+           "--address", ray_cluster]
+    env = {**os.environ, "MMRM_TEST_BATCH_DELAY": "0.4"}   # slow enough to stop halfway
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if state.exists() and json.loads(state.read_text())["items_written"] >= 8:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the scoring driver never wrote a chunk")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    halfway = json.loads(state.read_text())
+    assert not halfway["complete"] and 8 <= halfway["items_written"] < 30
+    # a torn chunk past the recorded length is dropped on resume
+    with open(out, "a") as f:
+        f.write('{"id": "torn')
+    result = subprocess.run(cmd, env={**os.environ, "MMRM_TEST_BATCH_DELAY": "0"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert read_lines(out) == clean_run
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert "already complete (30 items)" in again.stdout
+
+
+def test_bad_items_go_to_the_errors_file_with_their_lines(ray_cluster, reward_dir,
+                                                          inference_file, tmp_path):
+    lines = open(inference_file).read().splitlines()[:5]
+    broken = json.loads(lines[1])
+    broken["img_path"] = str(tmp_path / "missing.png")
+    empty = json.loads(lines[3])
+    empty["responses"] = []
+    lines[1], lines[3] = json.dumps(broken), json.dumps(empty)
+    src = tmp_path / "bad.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RecordError, match=rf"{src}:2: img_path: image not found"):
+        score_file(config(reward_dir, src, tmp_path / "raise.jsonl"))
+
+    out = tmp_path / "skip.jsonl"
+    totals = score_file(config(reward_dir, src, out, on_error="skip", normalize=True))
+    assert totals["ledger"] == {"read": 5, "written": 3, "skipped": 2}
+    assert [r["id"] for r in read_lines(out)] == [json.loads(lines[i])["id"] for i in (0, 2, 4)]
+    errors = read_lines(tmp_path / "skip.errors.jsonl")
+    assert [(e["line"], e["reason"]) for e in errors] == [(2, "image_missing"),
+                                                          (4, "empty_text")]
+
+    # a rerun on another input refuses to mix the two
+    src.write_text("\n".join(lines[:4]) + "\n")
+    with pytest.raises(ValueError, match="was written for another input"):
+        score_file(config(reward_dir, src, out, on_error="skip"))
+
+
+def test_normalized_scores_use_the_saved_mean_and_std(clean_run, reward_dir, inference_file,
+                                                      tmp_path, ray_cluster):
+    out = tmp_path / "norm.jsonl"
+    score_file(config(reward_dir, inference_file, out, normalize=True, workers=1))
+    saved = json.loads((reward_dir / "reward_config.json").read_text())
+    for raw, norm in zip(clean_run, read_lines(out)):
+        expected = [(s - saved["reward_mean"]) / saved["reward_std"] for s in raw["scores"]]
+        assert norm["scores"] == pytest.approx(expected, abs=1e-5)
