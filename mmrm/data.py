@@ -83,8 +83,7 @@ class PairCollator:
             rejected = self.processor(text=texts[len(pairs):], images=images,
                                       return_tensors="pt", padding=True)
             image_inputs = {k: v for k, v in chosen.items()
-                            if k not in ("input_ids", "attention_mask", "token_type_ids",
-                                         "mm_token_type_ids")}
+                            if k not in SEQUENCE_KEYS and k != "token_type_ids"}
         else:
             tokenizer = getattr(self.processor, "tokenizer", self.processor)
             chosen = tokenizer(texts[:len(pairs)], return_tensors="pt", padding=True,
@@ -92,14 +91,12 @@ class PairCollator:
             rejected = tokenizer(texts[len(pairs):], return_tensors="pt", padding=True,
                                  add_special_tokens=False)
             image_inputs = {}
-        input_ids, attention_mask = _stack_right_padded(
-            [chosen["input_ids"], rejected["input_ids"]],
-            [chosen["attention_mask"], rejected["attention_mask"]], self._pad_id())
+        sequences = stack_sequences([chosen, rejected], self._pad_id())
+        input_ids = sequences["input_ids"]
         if input_ids.shape[1] > self.max_length:
             raise ValueError(f"a sequence of {input_ids.shape[1]} tokens exceeds max_length "
                              f"{self.max_length} (pairs {[p.id for p in pairs]})")
-        return {"input_ids": input_ids, "attention_mask": attention_mask, **image_inputs,
-                "ids": [p.id for p in pairs]}
+        return {**sequences, **image_inputs, "ids": [p.id for p in pairs]}
 
     def _render(self, prompt: str, response: str, with_image: bool) -> str:
         return self.processor.apply_chat_template(conversation(prompt, response, with_image),
@@ -116,15 +113,22 @@ class PairCollator:
         return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def _stack_right_padded(ids: list[torch.Tensor], masks: list[torch.Tensor], pad_id: int):
-    """Concatenate batches of different lengths along the batch axis, right-padding."""
-    length = max(t.shape[1] for t in ids)
-    out_ids, out_masks = [], []
-    for t, m in zip(ids, masks):
-        extra = length - t.shape[1]
-        out_ids.append(torch.nn.functional.pad(t, (0, extra), value=pad_id))
-        out_masks.append(torch.nn.functional.pad(m, (0, extra), value=0))
-    return torch.cat(out_ids), torch.cat(out_masks)
+#: Per-sequence tensors of a processor's output (the rest are per-image tensors).
+#: ``mm_token_type_ids`` marks image tokens; Qwen2-VL needs it for its 3-D rotary positions.
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+def stack_sequences(encoded: list, pad_id: int) -> dict[str, torch.Tensor]:
+    """Concatenate processor outputs along the batch axis, right-padding every per-sequence
+    tensor (``input_ids`` with ``pad_id``, the others with 0)."""
+    length = max(e["input_ids"].shape[1] for e in encoded)
+    out = {}
+    for key in SEQUENCE_KEYS:
+        if key in encoded[0]:
+            fill = pad_id if key == "input_ids" else 0
+            out[key] = torch.cat([torch.nn.functional.pad(e[key], (0, length - e[key].shape[1]),
+                                                          value=fill) for e in encoded])
+    return out
 
 
 def set_right_padding(processor) -> None:

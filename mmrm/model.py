@@ -17,6 +17,7 @@ normalised scores) and the input ``mode`` the model was trained with.
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,8 +29,6 @@ from torch import nn
 REWARD_CONFIG = "reward_config.json"
 VALUE_HEAD = "value_head.safetensors"
 
-#: Inputs the collator passes that are not image tensors to encode.
-_TEXT_KEYS = ("input_ids", "attention_mask")
 #: Image inputs that the backbone's forward also needs (to place positions), beside the features.
 _POSITION_KEYS = ("image_grid_thw", "image_sizes")
 
@@ -105,7 +104,8 @@ class RewardModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                sequences_per_image: int = 1, **image_inputs) -> torch.Tensor:
+                sequences_per_image: int = 1, mm_token_type_ids: torch.Tensor | None = None,
+                **image_inputs) -> torch.Tensor:
         """Rewards of shape ``(N,)`` for ``N`` right-padded sequences.
 
         Args:
@@ -113,15 +113,22 @@ class RewardModel(nn.Module):
             sequences_per_image: each of the ``M`` images is shown by this many sequences,
                 ordered ``[all sequences of copy 0, all of copy 1, ...]``: with a pair batch,
                 ``N = 2M`` as ``[chosen..., rejected...]``.
+            mm_token_type_ids: ``(N, L)``, which tokens are image tokens (Qwen2-VL's 3-D
+                rotary positions need it; other backbones ignore it).
             image_inputs: the processor's image tensors for the ``M`` images
                 (``pixel_values``, ``image_grid_thw``, ...); none for text-only.
         """
         inner = self.backbone.model
         kwargs = {}
+        if mm_token_type_ids is not None:
+            kwargs["mm_token_type_ids"] = mm_token_type_ids
         image_inputs = {k: v for k, v in image_inputs.items() if v is not None}
         if image_inputs:
             features = self.encode_images(**image_inputs)
-            features.pooler_output = list(features.pooler_output) * sequences_per_image
+            pooled = features.pooler_output   # per image (a list) or stacked (a tensor)
+            features.pooler_output = (
+                pooled.repeat(sequences_per_image, *([1] * (pooled.dim() - 1)))
+                if torch.is_tensor(pooled) else list(pooled) * sequences_per_image)
             kwargs["mm_encoder_outputs"] = {"image": features}
             for key in _POSITION_KEYS:
                 if key in image_inputs:
@@ -134,8 +141,25 @@ class RewardModel(nn.Module):
         return self.value_head(pooled.to(self.value_head.weight.dtype)).squeeze(-1)
 
     def encode_images(self, **image_inputs):
-        """Run the vision tower (and projector) once over the given images."""
-        return self.backbone.model.get_image_features(**image_inputs, return_dict=True)
+        """Run the vision tower (and projector) once over the given images.
+
+        Feature-selection settings the backbone's ``forward`` would fill from its config
+        (InternVL's ``vision_feature_layer``, say) are filled the same way here.
+        """
+        inner = self.backbone.model
+        accepted = inspect.signature(inner.get_image_features).parameters
+        for key in ("vision_feature_layer", "vision_feature_select_strategy"):
+            if key in accepted and key not in image_inputs and hasattr(inner.config, key):
+                image_inputs[key] = getattr(inner.config, key)
+        return inner.get_image_features(**image_inputs, return_dict=True)
+
+    def language_model_name(self) -> str:
+        """The attribute of the backbone's inner model that holds the language model."""
+        for name in ("language_model", "text_model"):
+            if hasattr(self.backbone.model, name):
+                return name
+        raise ValueError(f"cannot find the language model of "
+                         f"{type(self.backbone.model).__name__}")
 
     def vision_parameters(self) -> list[nn.Parameter]:
         inner = self.backbone.model
@@ -163,10 +187,26 @@ def _load_backbone(path, dtype, trust_remote_code, attn_implementation):
 
 
 def load_processor(path: str | Path, trust_remote_code: bool = False):
-    """The backbone's processor; refuses a bare tokenizer (AutoProcessor's silent fallback)."""
-    from transformers import AutoProcessor
+    """The backbone's processor; refuses a bare tokenizer (AutoProcessor's silent fallback).
 
-    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    Where the stock processor cannot be built because its video half needs torchvision
+    (Qwen2-VL, Qwen2.5-VL, InternVL), the image-only variant from :mod:`mmrm.processors`
+    is used instead.
+    """
+    from transformers import AutoConfig, AutoProcessor
+
+    from mmrm.processors import image_only_processor
+
+    try:
+        processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (AttributeError, ImportError, ValueError, TypeError):
+        processor = None     # e.g. a video processor that needs torchvision
+    if not hasattr(processor, "image_processor"):
+        model_type = AutoConfig.from_pretrained(str(path),
+                                                trust_remote_code=trust_remote_code).model_type
+        processor = image_only_processor(path, model_type) or processor
+    if processor is None:
+        raise ValueError(f"{path}: no processor could be built (see the log above)")
     if not hasattr(processor, "image_processor"):
         raise ValueError(f"{path}: AutoProcessor returned {type(processor).__name__}, not a "
                          f"multimodal processor; is preprocessor_config.json / "

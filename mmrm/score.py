@@ -94,17 +94,23 @@ class ScoreConfig:
 # ---------------------------------------------------------------------------- the worker
 class _ReuseImageInputs:
     """Wraps a processor's image processor so that the same list of images is preprocessed
-    once however many times the processor is called with it (once per response)."""
+    once however many times the processor is called with it (once per response).
+
+    The cached images are held, so their ``id`` s cannot be reused by new images while the
+    cache refers to them."""
 
     def __init__(self, image_processor):
         self._inner = image_processor
-        self._key, self._value = None, None
+        self._images, self._kwargs, self._value = None, None, None
 
     def __call__(self, images, *args, **kwargs):
-        key = (tuple(id(i) for i in images) if isinstance(images, list) else id(images),
-               repr(sorted(kwargs.items())))
-        if key != self._key:
-            self._key, self._value = key, self._inner(images, *args, **kwargs)
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        same = (self._images is not None and len(images) == len(self._images)
+                and all(a is b for a, b in zip(images, self._images))
+                and (args, kwargs) == self._kwargs)
+        if not same:
+            self._value = self._inner(images, *args, **kwargs)
+            self._images, self._kwargs = images, (args, kwargs)
         return self._value
 
     def __getattr__(self, name):
@@ -173,30 +179,26 @@ def score_items(model, processor, items: list[dict], device="cpu") -> list[list[
     carried into the continuation; neither holds for every supported backbone, so it is not
     done here.
     """
-    from mmrm.data import _stack_right_padded, conversation, load_image
+    from mmrm.data import SEQUENCE_KEYS, conversation, load_image, stack_sequences
 
     n = len(items[0]["responses"])
     images = [load_image(Path(it["image_file"])) for it in items]
     tokenizer = getattr(processor, "tokenizer", processor)
-    ids, masks, image_inputs = [], [], None
+    encoded, image_inputs = [], None
     for k in range(n):
         texts = [processor.apply_chat_template(conversation(it["prompt"], it["responses"][k],
                                                             True), tokenize=False)
                  for it in items]
-        encoded = processor(text=texts, images=images, return_tensors="pt", padding=True)
-        ids.append(encoded["input_ids"])
-        masks.append(encoded["attention_mask"])
+        encoded.append(processor(text=texts, images=images, return_tensors="pt", padding=True))
         if image_inputs is None:
-            image_inputs = {key: v for key, v in encoded.items()
-                            if key not in ("input_ids", "attention_mask", "token_type_ids",
-                                           "mm_token_type_ids")}
+            image_inputs = {key: v for key, v in encoded[0].items()
+                            if key not in SEQUENCE_KEYS and key != "token_type_ids"}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids, attention_mask = _stack_right_padded(ids, masks, pad)
+    sequences = {key: v.to(device) for key, v in stack_sequences(encoded, pad).items()}
     dtype = next(model.parameters()).dtype
     image_inputs = {key: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
                     for key, v in image_inputs.items()}
-    rewards = model(input_ids.to(device), attention_mask.to(device), sequences_per_image=n,
-                    **image_inputs).float().cpu()
+    rewards = model(**sequences, sequences_per_image=n, **image_inputs).float().cpu()
     return rewards.view(n, len(items)).t().tolist()
 
 

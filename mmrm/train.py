@@ -91,8 +91,9 @@ def apply_finetune(model: RewardModel, config: TrainConfig) -> RewardModel:
         lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha,
                           lora_dropout=config.lora.dropout,
                           target_modules=config.lora.target_modules)
-        language_model = model.backbone.model.language_model
-        model.backbone.model.language_model = get_peft_model(language_model, lora)
+        name = model.language_model_name()
+        setattr(model.backbone.model, name, get_peft_model(getattr(model.backbone.model, name),
+                                                           lora))
     if config.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -278,9 +279,10 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
 
 def _save_final(model: RewardModel, processor, path: Path) -> None:
     """Save; LoRA adapters are merged so the saved backbone is a plain HF model."""
-    language_model = model.backbone.model.language_model
+    name = model.language_model_name()
+    language_model = getattr(model.backbone.model, name)
     if hasattr(language_model, "merge_and_unload"):
-        model.backbone.model.language_model = language_model.merge_and_unload()
+        setattr(model.backbone.model, name, language_model.merge_and_unload())
     model.save(path, processor)
 
 

@@ -1,0 +1,173 @@
+"""Training throughput on the tiny base: mmrm's loop vs a TRL RewardTrainer-style baseline, and
+the cost of the shortcut-aware variants.
+
+In one invocation, each run in its own child process (so peak RSS is per run), on the same
+tiny VLM, data, batch size and number of steps:
+
+* ``baseline`` — what a TRL ``RewardTrainer``-style wrapper does with a VLM: a collator that
+  processes chosen and rejected as separate batches, each with its own copy of the image, and
+  two forwards (chosen, rejected), so every image is preprocessed and encoded twice per pair.
+* ``none`` — mmrm's loop (one forward over chosen + rejected, each image encoded once).
+* ``sfc_two_stage`` — the text-only proxy stage, then the weighted run (both counted).
+* ``sfc_joint`` — proxy and reward model trained together in one loop.
+
+Prints pairs/s of the training loop (``baseline`` vs ``none``), wall time of each variant vs
+``none`` (model loading, the loop, the end-of-run scoring and saving), and peak RSS.
+
+    python benchmarks/train_throughput.py --base data/base/tiny --steps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RUNS = ("baseline", "none", "sfc_two_stage", "sfc_joint")
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_config(args, work: Path, weighting: str):
+    from mmrm.config import TrainConfig
+
+    out = work / weighting
+    return TrainConfig.model_validate({
+        "model": str(args.base), "output_dir": str(out), "data": {"train": [str(args.pairs)]},
+        "shortcut": {"weighting": weighting,
+                     **({"proxy_losses": str(out / "proxy_losses.json")}
+                        if weighting == "sfc_two_stage" else {})},
+        "max_steps": args.steps, "per_device_batch_size": args.batch, "log_steps": 10,
+        "optim": {"lr": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.05}, "seed": 0})
+
+
+def baseline_loop(args) -> dict:
+    """TRL RewardTrainer-style: chosen and rejected as two batches, each with its images."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from mmrm.data import conversation, load_image, load_pairs, set_right_padding
+    from mmrm.model import RewardModel, load_processor
+
+    torch.manual_seed(0)
+    model = RewardModel.from_base(args.base)
+    processor = load_processor(args.base)
+    set_right_padding(processor)
+    pairs = load_pairs(args.pairs)
+
+    def collate(batch):
+        out = {}
+        for side in ("chosen", "rejected"):
+            texts = [processor.apply_chat_template(conversation(p.prompt, getattr(p, side), True),
+                                                   tokenize=False) for p in batch]
+            images = [load_image(p.image_file) for p in batch]   # one copy per sequence
+            encoded = processor(text=texts, images=images, return_tensors="pt", padding=True)
+            encoded.pop("token_type_ids", None)
+            out[side] = dict(encoded)
+        return out
+
+    loader = DataLoader(pairs, batch_size=args.batch, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    model.train()
+    started, seen, step = time.perf_counter(), 0, 0
+    while step < args.steps:
+        for batch in loader:
+            chosen = model(**batch["chosen"])       # two forwards, as RewardTrainer does
+            rejected = model(**batch["rejected"])
+            loss = -torch.nn.functional.logsigmoid(chosen - rejected).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seen += len(chosen)
+            step += 1
+            if step >= args.steps:
+                break
+    seconds = time.perf_counter() - started
+    return {"loop_seconds": seconds, "pairs": seen}
+
+
+def child(args) -> None:
+    """One run; prints a JSON line with its timings and peak RSS."""
+    from mmrm.train import train, train_text_proxy
+
+    work = Path(args.work)
+    started = time.perf_counter()
+    if args.child == "baseline":
+        result = baseline_loop(args)
+    else:
+        config = run_config(args, work, args.child)
+        quiet = lambda line: None  # noqa: E731
+        proxy_seconds = 0.0
+        if args.child == "sfc_two_stage":
+            t = time.perf_counter()
+            train_text_proxy(config, log=quiet)
+            proxy_seconds = time.perf_counter() - t
+        trained = train(config, resume=False, log=quiet)
+        result = {"loop_seconds": trained["seconds"], "pairs": trained["pairs_seen"],
+                  "proxy_stage_seconds": proxy_seconds}
+    result.update(wall_seconds=time.perf_counter() - started, peak_rss_mib=peak_rss_mib())
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, default=Path("data/base/tiny"))
+    parser.add_argument("--pairs", type=Path,
+                        default=Path("data/benchmark/pairs/povid/train.jsonl"))
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    results = {}
+    with tempfile.TemporaryDirectory() as work:
+        for name in RUNS:
+            out = subprocess.run([sys.executable, __file__, "--child", name, "--work", work,
+                                  "--base", str(args.base), "--pairs", str(args.pairs),
+                                  "--steps", str(args.steps), "--batch", str(args.batch)],
+                                 capture_output=True, text=True, check=True)
+            results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{name}: {results[name]}", file=sys.stderr)
+
+    none = results["none"]
+    print(f"{args.steps} steps x {args.batch} pairs on {args.base} "
+          f"(OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})")
+    print(f"{'run':<15}{'pairs/s (loop)':>15}{'wall s':>9}{'wall vs none':>14}"
+          f"{'peak RSS MiB':>14}")
+    for name, r in results.items():
+        rate = r["pairs"] / r["loop_seconds"]
+        print(f"{name:<15}{rate:>15.1f}{r['wall_seconds']:>9.1f}"
+              f"{r['wall_seconds'] / none['wall_seconds']:>13.2f}x{r['peak_rss_mib']:>14.0f}")
+    base_rate = results["baseline"]["pairs"] / results["baseline"]["loop_seconds"]
+    print(f"mmrm loop vs TRL-style baseline: "
+          f"{none['pairs'] / none['loop_seconds'] / base_rate:.2f}x pairs/s (target >= 1.5x)")
+    cheaper = min(("sfc_two_stage", "sfc_joint"), key=lambda n: results[n]["wall_seconds"])
+    print(f"cheaper shortcut-aware variant: {cheaper}, "
+          f"{results[cheaper]['wall_seconds'] / none['wall_seconds']:.2f}x the wall time of "
+          f"none (target <= 1.3x)")
+
+
+if __name__ == "__main__":
+    main()
