@@ -11,6 +11,7 @@ the image and the prompt, the assistant turn the response. Three input modes:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -50,6 +51,44 @@ def load_image(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
+class _ReuseImageInputs:
+    """Wraps a processor's image processor so that the same list of images is preprocessed
+    once however many times the processor is called with it (once per response).
+
+    The cached images are held, so their ``id`` s cannot be reused by new images while the
+    cache refers to them."""
+
+    def __init__(self, image_processor):
+        self._inner = image_processor
+        self._images, self._kwargs, self._value = None, None, None
+
+    def __call__(self, images, *args, **kwargs):
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        same = (self._images is not None and len(images) == len(self._images)
+                and all(a is b for a, b in zip(images, self._images))
+                and (args, kwargs) == self._kwargs)
+        if not same:
+            self._value = self._inner(images, *args, **kwargs)
+            self._images, self._kwargs = images, (args, kwargs)
+        return self._value
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+@contextmanager
+def preprocess_images_once(processor):
+    """Within the block, calling ``processor`` again with the same list of images reuses the
+    first call's image tensors (only the text is processed again): a pair's chosen and
+    rejected, or an item's N responses, cost one image preprocessing."""
+    inner = processor.image_processor
+    processor.image_processor = _ReuseImageInputs(inner)
+    try:
+        yield processor
+    finally:
+        processor.image_processor = inner
+
+
 @dataclass
 class PairCollator:
     """Builds one batch of 2B sequences from B pairs; each pair's image is preprocessed once.
@@ -78,10 +117,11 @@ class PairCollator:
                  for side in ("chosen", "rejected") for p in pairs]
         if with_image:
             images = [self._image(p) for p in pairs]
-            chosen = self.processor(text=texts[:len(pairs)], images=images, return_tensors="pt",
-                                    padding=True)
-            rejected = self.processor(text=texts[len(pairs):], images=images,
-                                      return_tensors="pt", padding=True)
+            with preprocess_images_once(self.processor):
+                chosen = self.processor(text=texts[:len(pairs)], images=images,
+                                        return_tensors="pt", padding=True)
+                rejected = self.processor(text=texts[len(pairs):], images=images,
+                                          return_tensors="pt", padding=True)
             image_inputs = {k: v for k, v in chosen.items()
                             if k not in SEQUENCE_KEYS and k != "token_type_ids"}
         else:

@@ -92,31 +92,6 @@ class ScoreConfig:
 
 
 # ---------------------------------------------------------------------------- the worker
-class _ReuseImageInputs:
-    """Wraps a processor's image processor so that the same list of images is preprocessed
-    once however many times the processor is called with it (once per response).
-
-    The cached images are held, so their ``id`` s cannot be reused by new images while the
-    cache refers to them."""
-
-    def __init__(self, image_processor):
-        self._inner = image_processor
-        self._images, self._kwargs, self._value = None, None, None
-
-    def __call__(self, images, *args, **kwargs):
-        images = list(images) if isinstance(images, (list, tuple)) else [images]
-        same = (self._images is not None and len(images) == len(self._images)
-                and all(a is b for a, b in zip(images, self._images))
-                and (args, kwargs) == self._kwargs)
-        if not same:
-            self._value = self._inner(images, *args, **kwargs)
-            self._images, self._kwargs = images, (args, kwargs)
-        return self._value
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-
 class ResponseScorer:
     """Holds one reward model and scores batches of items (a Ray actor, or plain in tests)."""
 
@@ -132,7 +107,6 @@ class ResponseScorer:
         self.model = RewardModel.load(model_dir, dtype=torch_dtype).to(self.device).eval()
         self.processor = load_processor(model_dir, self.model.config.trust_remote_code)
         set_right_padding(self.processor)
-        self.processor.image_processor = _ReuseImageInputs(self.processor.image_processor)
         self.name, self.batch_delay = name, batch_delay
         self.incarnation = f"{os.getpid()}-{time.monotonic_ns()}"
 
@@ -179,17 +153,20 @@ def score_items(model, processor, items: list[dict], device="cpu") -> list[list[
     carried into the continuation; neither holds for every supported backbone, so it is not
     done here.
     """
-    from mmrm.data import SEQUENCE_KEYS, conversation, load_image, stack_sequences
+    from mmrm.data import (SEQUENCE_KEYS, conversation, load_image, preprocess_images_once,
+                           stack_sequences)
 
     n = len(items[0]["responses"])
     images = [load_image(Path(it["image_file"])) for it in items]
     tokenizer = getattr(processor, "tokenizer", processor)
     encoded, image_inputs = [], None
-    for k in range(n):
-        texts = [processor.apply_chat_template(conversation(it["prompt"], it["responses"][k],
-                                                            True), tokenize=False)
-                 for it in items]
-        encoded.append(processor(text=texts, images=images, return_tensors="pt", padding=True))
+    with preprocess_images_once(processor):
+        for k in range(n):
+            texts = [processor.apply_chat_template(
+                conversation(it["prompt"], it["responses"][k], True), tokenize=False)
+                for it in items]
+            encoded.append(processor(text=texts, images=images, return_tensors="pt",
+                                     padding=True))
         if image_inputs is None:
             image_inputs = {key: v for key, v in encoded[0].items()
                             if key not in SEQUENCE_KEYS and key != "token_type_ids"}

@@ -112,8 +112,7 @@ def test_responses_share_one_image_preprocessing_and_encoding(reward_dir, infere
             return getattr(self.inner, name)
 
     scorer.model.encode_images = counting_encode
-    wrapper = scorer.processor.image_processor
-    wrapper._inner = CountingPreprocess(wrapper._inner)
+    scorer.processor.image_processor = CountingPreprocess(scorer.processor.image_processor)
     items = [{"line": i + 1, **{k: r[k] for k in ("prompt", "responses")},
               "image_file": r["img_path"]} for i, r in enumerate(read_lines(inference_file)[:3])]
     result = scorer.score(items)

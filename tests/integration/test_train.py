@@ -142,3 +142,21 @@ def test_saved_model_scores_the_same_without_mmrm(tiny_vlm_dir, tiny_pairs, tmp_
     set_right_padding(processor)
     chosen, _ = score_pairs(RewardModel.load(final), PairCollator(processor), [pair])
     assert reward == pytest.approx(chosen.item(), abs=1e-5)
+
+
+def test_collator_preprocesses_each_batchs_images_once(tiny_vlm_dir, tiny_pairs):
+    processor = load_processor(tiny_vlm_dir)
+    inner, calls = processor.image_processor, []
+
+    class Counting:
+        def __call__(self, images, *args, **kwargs):
+            calls.append(len(images))
+            return inner(images, *args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+    processor.image_processor = Counting()
+    batch = PairCollator(processor)(load_pairs(tiny_pairs[("povid", "train")])[:3])
+    assert calls == [3] and batch["pixel_values"].shape[0] == 3
+    assert processor.image_processor.__class__ is Counting      # restored after the batch
