@@ -239,6 +239,38 @@ def score(
                f"{totals['ledger']['written']} + skipped {totals['ledger']['skipped']}")
 
 
+@app.command(help="Run one pipeline stage from params.yaml (what `dvc repro` and the Prefect "
+                  "flow call): benchmark, convert --env E, convert-real --name N, base, proxy "
+                  "--env E, train --env E --variant V, evaluate, score.")
+def stage(
+    name: Annotated[str, typer.Argument(metavar="STAGE")],
+    env: Annotated[Optional[str], typer.Option(help="Environment (convert, proxy, train).")] =
+        None,
+    variant: Annotated[Optional[str], typer.Option(help="Weighting (train).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--name", help="Real data set "
+                                                   "(convert-real).")] = None,
+    params: Annotated[Path, typer.Option(help="Pipeline params YAML.")] = Path("params.yaml"),
+    overrides: Annotated[Optional[list[str]], typer.Argument(metavar="[KEY=VALUE]...")] = None,
+) -> None:
+    from mmrm.pipeline import STAGES, load_params
+
+    if name not in STAGES:
+        typer.echo(f"error: unknown stage {name!r}; stages: {', '.join(STAGES)}", err=True)
+        raise typer.Exit(code=2)
+    loaded = _load_or_exit(load_params, params, overrides or [])
+    args = {"convert": [env], "proxy": [env], "train": [env, variant],
+            "convert-real": [dataset]}.get(name, [])
+    if any(a is None for a in args):
+        typer.echo(f"error: stage {name} needs --env (and train --variant, convert-real --name)",
+                   err=True)
+        raise typer.Exit(code=2)
+    result = STAGES[name](loaded, *args)
+    typer.echo(json.dumps({k: v for k, v in result.items() if k != "matrix"}, indent=2,
+                          default=str))
+    if name == "evaluate":
+        typer.echo(result["matrix"].to_markdown())
+
+
 def _named_paths(items: list[str], what: str) -> dict[str, Path]:
     """``NAME=PATH`` (or a bare ``PATH``, named by itself) -> ``{NAME: PATH}``."""
     named = {}
