@@ -20,11 +20,15 @@ export TOKENIZERS_PARALLELISM := false
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_AUTH_MODE := disabled
+export PREFECT_HOME := $(CURDIR)/.services/prefect-home
+export PREFECT_API_URL ?= http://127.0.0.1:4200/api
+# dvc runs each stage as `mmrm stage ...`: the venv's commands come first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.mmrm-installed
 
-.PHONY: venv run test clean-venv
+.PHONY: venv run test clean-venv mlflow-ui prefect-up services-down
 
 # torch first, pinned, so that nothing later pulls a CUDA build; DeepSpeed last, built
 # against that torch (it needs torch at build time, hence --no-build-isolation).
@@ -37,20 +41,30 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-# The main job on the built-in default: the synthetic shortcut benchmark, the tiny grounded
-# base (cached: built once), a standard RM and a shortcut-aware (two-stage SFC) RM trained on
-# the POVID-like environment and tested on all three.
-BASE := data/base/tiny/config.json
+# The main job on the built-in default: the DVC pipeline (dvc.yaml over params.yaml) -
+# the synthetic shortcut benchmark in the released formats, converted by the real converters;
+# the tiny grounded base (built once, cached by DVC); per environment a text-only proxy, a
+# standard RM and a shortcut-aware (two-stage SFC) RM; the cross-distribution matrix; best-of-N
+# scoring of a sample with the champion on Ray. MLflow records it all in ./mlflow.db.
+run: $(STAMP)
+	$(BIN)/dvc repro
+	@echo
+	@cat runs/pipeline/matrix/matrix.md
+	@echo
+	@echo "matrix:   runs/pipeline/matrix/{matrix.md,matrix.json,metrics.json,matrix.png}"
+	@echo "scores:   runs/pipeline/scores/scores.jsonl (best-of-N sample, champion RM)"
+	@echo "MLflow:   make mlflow-ui, then http://127.0.0.1:5000 (experiment mmrm)"
+	@echo "Prefect:  make prefect-up, then $(BIN)/prefect deployment run 'mmrm-pipeline/builtin'"
 
-$(BASE): | $(STAMP)
-	$(BIN)/mmrm base pretrain data/base/tiny
+# Local servers on 127.0.0.1, each stopped by its own pid (scripts/services.py).
+mlflow-ui: $(STAMP)
+	$(BIN)/python scripts/services.py start mlflow
 
-run: $(STAMP) $(BASE)
-	$(BIN)/mmrm benchmark make data/benchmark
-	$(BIN)/mmrm train configs/tiny/none.yaml --no-resume
-	$(BIN)/mmrm train-proxy configs/tiny/sfc_two_stage.yaml
-	$(BIN)/mmrm train configs/tiny/sfc_two_stage.yaml --no-resume
-	@echo "results: runs/tiny/povid/{none,sfc_two_stage}/result.json (per-step logs: metrics.jsonl)"
+prefect-up: $(STAMP)
+	$(BIN)/python scripts/services.py start prefect
+
+services-down:
+	$(BIN)/python scripts/services.py stop all
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
