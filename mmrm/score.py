@@ -13,9 +13,10 @@ How it runs:
   (:class:`ray.util.ActorPool`); Ray restarts an actor that dies and retries its batch
   (``max_restarts`` / ``max_task_retries``), so a killed worker costs time, not items.
 * **Efficiency**: an item's image is preprocessed once and encoded once for all its
-  responses (the reward model reuses the features across sequences); batches are cut by
-  token length within a window of items. The prompt's key/value cache is *not* shared across
-  responses: see :func:`score_items` for why.
+  responses, and the prompt (image tokens + question) runs through the model once: its
+  key/value cache is reused by every response (:func:`score_items_shared_prefix`; backbones
+  with 3-D positions, Qwen2-VL, fall back to :func:`score_items`, which still shares the
+  image features). Batches are cut by token length within a window of items.
 * **Order, chunks and resume**: items are taken in windows of ``chunk_items``; a window's
   lines are appended to OUTPUT (and bad items to the errors file) only once the whole window
   and every window before it are scored, then ``OUTPUT.state.json`` is replaced atomically
@@ -29,6 +30,7 @@ How it runs:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -124,7 +126,9 @@ class ResponseScorer:
             by_count.setdefault(len(item["responses"]), []).append(item)
         for group in by_count.values():
             try:
-                scores = score_items(self.model, self.processor, group, self.device)
+                scores = score_items_shared_prefix(self.model, self.processor, group,
+                                                   self.device) \
+                    or score_items(self.model, self.processor, group, self.device)
                 results += [{"line": it["line"], "scores": s} for it, s in zip(group, scores)]
             except Exception:      # one bad item must not sink the others: retry them alone
                 for item in group:
@@ -146,12 +150,8 @@ def score_items(model, processor, items: list[dict], device="cpu") -> list[list[
 
     The sequences are ordered response-major (``[response 0 of every item, response 1 of
     every item, ...]``) so that :meth:`RewardModel.forward` encodes each item's image once and
-    reuses it for the item's N sequences. The prompt prefix is still run through the language
-    model once per response: sharing its key/value cache would need the chat template to
-    render the prompt as an exact token prefix of every prompt+response (a tokenizer may merge
-    across the boundary), and for Qwen2-VL the 3-D rotary positions of the image tokens to be
-    carried into the continuation; neither holds for every supported backbone, so it is not
-    done here.
+    reuses it for the item's N sequences. The prompt prefix still runs through the language
+    model once per response; :func:`score_items_shared_prefix` avoids that where it can.
     """
     from mmrm.data import (SEQUENCE_KEYS, conversation, load_image, preprocess_images_once,
                            stack_sequences)
@@ -177,6 +177,81 @@ def score_items(model, processor, items: list[dict], device="cpu") -> list[list[
                     for key, v in image_inputs.items()}
     rewards = model(**sequences, sequences_per_image=n, **image_inputs).float().cpu()
     return rewards.view(n, len(items)).t().tolist()
+
+
+#: Backbones whose positions are not a plain 1-D count (Qwen2-VL's 3-D M-RoPE is computed from
+#: the whole sequence): the prompt's key/value cache cannot simply be continued.
+_NO_PREFIX_SHARING = ("qwen2_vl", "qwen2_5_vl")
+
+
+@torch.no_grad()
+def score_items_shared_prefix(model, processor, items: list[dict], device="cpu"
+                              ) -> list[list[float]] | None:
+    """Like :func:`score_items`, but the prompt (image + question) runs through the model
+    once per item and its key/value cache is reused by the item's N responses.
+
+    The prompt prefix is the chat template with ``add_generation_prompt``; each response's
+    suffix is the rest of its full rendering. Returns ``None`` (the caller falls back to
+    :func:`score_items`) where that split is not exact: a backbone with 3-D positions, a
+    template whose full rendering does not start with the prompt rendering, or a tokenizer
+    that tokenizes prompt + suffix differently from the whole.
+    """
+    from mmrm.data import conversation, load_image, preprocess_images_once
+
+    if getattr(model.backbone.config, "model_type", "") in _NO_PREFIX_SHARING:
+        return None
+    tokenizer = getattr(processor, "tokenizer", processor)
+    n = len(items[0]["responses"])
+    prefixes, suffixes = [], []
+    for it in items:
+        prefix = processor.apply_chat_template(conversation(it["prompt"], None, True),
+                                               tokenize=False, add_generation_prompt=True)
+        for response in it["responses"]:
+            full = processor.apply_chat_template(conversation(it["prompt"], response, True),
+                                                 tokenize=False)
+            if not full.startswith(prefix):
+                return None
+            suffixes.append(full[len(prefix):])
+        prefixes.append(prefix)
+    # the split must not change tokenization (a merge across the boundary would)
+    whole = tokenizer([p + s for p in prefixes for s in suffixes[:n]][:1] +
+                      [prefixes[0]] + [suffixes[0]], add_special_tokens=False)["input_ids"]
+    if whole[0] != whole[1] + whole[2]:
+        return None
+
+    images = [load_image(Path(it["image_file"])) for it in items]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"                 # prompts end where the responses start
+    try:
+        with preprocess_images_once(processor):
+            encoded = processor(text=prefixes, images=images, return_tensors="pt",
+                                padding=True)
+    finally:
+        tokenizer.padding_side = side
+    dtype = next(model.parameters()).dtype
+    inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
+              for k, v in encoded.items() if k not in ("token_type_ids", "mm_token_type_ids")}
+    prefix_mask = inputs["attention_mask"]
+    positions = (prefix_mask.long().cumsum(-1) - 1).clamp_min(0)
+    inner = model.backbone.model
+    out = inner(**inputs, position_ids=positions, use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(n)                # item-major: [item0 x N, item1 x N, ...]
+
+    suffix = tokenizer(suffixes, add_special_tokens=False, padding=True, return_tensors="pt")
+    suffix_ids = suffix["input_ids"].to(device)
+    suffix_mask = suffix["attention_mask"].to(device)
+    lengths = prefix_mask.sum(-1).repeat_interleave(n)
+    mask = torch.cat([prefix_mask.repeat_interleave(n, dim=0), suffix_mask], dim=1)
+    positions = lengths[:, None] + torch.arange(suffix_ids.shape[1], device=device)[None]
+    cache_arg = "cache" if "cache" in inspect.signature(inner.forward).parameters \
+        else "past_key_values"      # transformers renamed it in 5.x
+    hidden = inner(input_ids=suffix_ids, attention_mask=mask, position_ids=positions,
+                   use_cache=True, **{cache_arg: cache}).last_hidden_state
+    last = suffix_mask.sum(-1) - 1
+    pooled = hidden[torch.arange(hidden.shape[0], device=device), last]
+    rewards = model.value_head(pooled.to(model.value_head.weight.dtype)).squeeze(-1)
+    return rewards.float().cpu().view(len(items), n).tolist()
 
 
 # ---------------------------------------------------------------------------- the driver

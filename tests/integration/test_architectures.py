@@ -176,3 +176,21 @@ def test_image_encoded_once_per_pair_matches_once_per_sequence(backbone, tiny_pa
         inputs.pop("token_type_ids", None)
         per_sequence.append(model(**inputs))
     assert torch.allclose(once, torch.cat(per_sequence), atol=1e-5)
+
+
+@torch.no_grad()
+def test_shared_prompt_cache_scores_like_the_full_sequences(backbone, tiny_pairs):
+    from mmrm.score import score_items, score_items_shared_prefix
+
+    model = RewardModel.from_base(backbone).eval()
+    processor = load_processor(backbone)
+    set_right_padding(processor)
+    pairs = load_pairs(tiny_pairs[("vlfeedback", "test")])[:3]
+    items = [{"prompt": p.prompt, "image_file": str(p.image_file),
+              "responses": [p.chosen, p.rejected, p.rejected + " It is drawn."]} for p in pairs]
+    full = torch.tensor(score_items(model, processor, items))
+    shared = score_items_shared_prefix(model, processor, items)
+    if model.backbone.config.model_type == "qwen2_vl":
+        assert shared is None                 # 3-D positions: falls back to the full path
+    else:
+        assert torch.allclose(torch.tensor(shared), full, atol=1e-5)

@@ -94,10 +94,12 @@ def test_scores_match_scoring_each_response_alone(clean_run, reward_dir, inferen
 def test_responses_share_one_image_preprocessing_and_encoding(reward_dir, inference_file):
     scorer = ResponseScorer(str(reward_dir))
     calls = {"encode": 0, "preprocess": 0}
-    encode = scorer.model.encode_images
+    inner = scorer.model.backbone.model
+    encode = inner.get_image_features
 
     def counting_encode(**kw):
         calls["encode"] += 1
+        calls["images"] = kw["pixel_values"].shape[0]
         return encode(**kw)
 
     class CountingPreprocess:
@@ -111,13 +113,14 @@ def test_responses_share_one_image_preprocessing_and_encoding(reward_dir, infere
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-    scorer.model.encode_images = counting_encode
+    inner.get_image_features = counting_encode
     scorer.processor.image_processor = CountingPreprocess(scorer.processor.image_processor)
     items = [{"line": i + 1, **{k: r[k] for k in ("prompt", "responses")},
               "image_file": r["img_path"]} for i, r in enumerate(read_lines(inference_file)[:3])]
     result = scorer.score(items)
     assert [len(r["scores"]) for r in result["results"]] == [4, 4, 4]
-    assert calls == {"encode": 1, "preprocess": 1}     # 3 images x 4 responses, one call each
+    # 3 images x 4 responses: one preprocessing call, one encoding call of 3 images
+    assert calls == {"encode": 1, "images": 3, "preprocess": 1}
 
 
 def test_worker_killed_mid_run_loses_nothing(ray_cluster, clean_run, reward_dir,
