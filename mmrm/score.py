@@ -153,23 +153,17 @@ def score_items(model, processor, items: list[dict], device="cpu") -> list[list[
     reuses it for the item's N sequences. The prompt prefix still runs through the language
     model once per response; :func:`score_items_shared_prefix` avoids that where it can.
     """
-    from mmrm.data import (SEQUENCE_KEYS, conversation, load_image, preprocess_images_once,
-                           stack_sequences)
+    from mmrm.data import SEQUENCE_KEYS, load_image, preprocess_images_once, stack_sequences
 
     n = len(items[0]["responses"])
     images = [load_image(Path(it["image_file"])) for it in items]
     tokenizer = getattr(processor, "tokenizer", processor)
-    encoded, image_inputs = [], None
+    rendered = [render_responses(processor, it["prompt"], it["responses"]) for it in items]
     with preprocess_images_once(processor):
-        for k in range(n):
-            texts = [processor.apply_chat_template(
-                conversation(it["prompt"], it["responses"][k], True), tokenize=False)
-                for it in items]
-            encoded.append(processor(text=texts, images=images, return_tensors="pt",
-                                     padding=True))
-        if image_inputs is None:
-            image_inputs = {key: v for key, v in encoded[0].items()
-                            if key not in SEQUENCE_KEYS and key != "token_type_ids"}
+        encoded = [processor(text=[texts[k] for texts in rendered], images=images,
+                             return_tensors="pt", padding=True) for k in range(n)]
+    image_inputs = {key: v for key, v in encoded[0].items()
+                    if key not in SEQUENCE_KEYS and key != "token_type_ids"}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sequences = {key: v.to(device) for key, v in stack_sequences(encoded, pad).items()}
     dtype = next(model.parameters()).dtype
@@ -177,6 +171,29 @@ def score_items(model, processor, items: list[dict], device="cpu") -> list[list[
                     for key, v in image_inputs.items()}
     rewards = model(**sequences, sequences_per_image=n, **image_inputs).float().cpu()
     return rewards.view(n, len(items)).t().tolist()
+
+
+_SLOT = "\x00mmrm-response\x00"
+
+
+def render_responses(processor, prompt: str, responses: list[str]) -> list[str]:
+    """The chat-template rendering of (image, prompt, response) for every response.
+
+    The template is rendered once with a placeholder response and the responses are put in
+    its place (the template is the costliest per-response step on small models); checked
+    against a real rendering of the first response, and rendered one by one if the template
+    does anything to the response text but insert it.
+    """
+    from mmrm.data import conversation
+
+    def render(response: str) -> str:
+        return processor.apply_chat_template(conversation(prompt, response, True),
+                                             tokenize=False)
+
+    head, slot, tail = render(_SLOT).partition(_SLOT)
+    if slot and head + responses[0] + tail == render(responses[0]):
+        return [head + r + tail for r in responses]
+    return [render(r) for r in responses]
 
 
 #: Backbones whose positions are not a plain 1-D count (Qwen2-VL's 3-D M-RoPE is computed from
@@ -206,9 +223,7 @@ def score_items_shared_prefix(model, processor, items: list[dict], device="cpu"
     for it in items:
         prefix = processor.apply_chat_template(conversation(it["prompt"], None, True),
                                                tokenize=False, add_generation_prompt=True)
-        for response in it["responses"]:
-            full = processor.apply_chat_template(conversation(it["prompt"], response, True),
-                                                 tokenize=False)
+        for full in render_responses(processor, it["prompt"], it["responses"]):
             if not full.startswith(prefix):
                 return None
             suffixes.append(full[len(prefix):])
@@ -235,7 +250,7 @@ def score_items_shared_prefix(model, processor, items: list[dict], device="cpu"
     positions = (prefix_mask.long().cumsum(-1) - 1).clamp_min(0)
     inner = model.backbone.model
     out = inner(**inputs, position_ids=positions, use_cache=True)
-    cache = out.past_key_values
+    cache = out.cache if "cache" in out else out.past_key_values   # renamed in transformers 5
     cache.batch_repeat_interleave(n)                # item-major: [item0 x N, item1 x N, ...]
 
     suffix = tokenizer(suffixes, add_special_tokens=False, padding=True, return_tensors="pt")
@@ -332,9 +347,12 @@ def _windows(config: ScoreConfig, start_line: int, ledger: Ledger, bad: list[Rec
 def _batches(items: list[InferenceRecord], tokenizer, max_responses: int) -> list[list[dict]]:
     """Items sorted by token length (prompt + longest response), packed up to
     ``max_responses`` responses per batch (an item is never split)."""
-    lengths = [len(tokenizer(it.prompt).input_ids) + max(len(tokenizer(r).input_ids)
-                                                          for r in it.responses)
-               for it in items]
+    texts = [it.prompt for it in items] + [r for it in items for r in it.responses]
+    counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    lengths, at = [], len(items)
+    for i, it in enumerate(items):
+        lengths.append(counts[i] + max(counts[at:at + len(it.responses)]))
+        at += len(it.responses)
     order = sorted(range(len(items)), key=lambda i: lengths[i])
     batches, current, count = [], [], 0
     for i in order:
@@ -391,7 +409,9 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
         ray.get([a.ready.remote() for a in actors])
         reward_config = json.loads((Path(config.model) / "reward_config.json").read_text())
         tokenizer = load_processor(config.model).tokenizer
-        totals = _drive(config, state, ActorPool(actors), tokenizer, reward_config, out,
+        # each actor appears twice: one batch runs while the next waits in its queue, so a
+        # worker never idles while the driver collects and writes
+        totals = _drive(config, state, ActorPool(actors * 2), tokenizer, reward_config, out,
                         errors_path, state_path, progress, show_bar, names)
     finally:
         for actor in actors:
