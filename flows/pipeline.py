@@ -116,8 +116,7 @@ def pipeline_flow(params_file: str = "params.yaml",
             convert_real_task(params, name)
         base_task(params)
         for env in params.environments:
-            if any(v.value == "sfc_two_stage" for v in params.variants):
-                proxy_task(params, env)
+            proxy_task(params, env)   # weights sfc_two_stage; statistics for none
             for variant in params.variants:
                 train_task(params, env, variant.value)
         metrics = evaluate_task(params)

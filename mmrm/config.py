@@ -61,7 +61,8 @@ class ShortcutConfig(Strict):
     eps: float = Field(0.0, ge=0, description="SFC's epsilon (eps/2 + Lt/(eps+Lt+L)).")
     normalize: bool = Field(False, description="Rescale weights to mean 1 per batch.")
     proxy_losses: str | None = Field(None, description="sfc_two_stage: the proxy's cached "
-                                                       "per-pair losses (JSON).")
+                                                       "per-pair losses (JSON); with none: "
+                                                       "logged statistics only.")
     proxy_mode: InputMode = Field(InputMode.TEXT_ONLY, description="Input of the proxy: "
                                                                    "text_only or blank_image.")
 

@@ -185,7 +185,7 @@ def train_config(params: PipelineParams, env: str, variant: Weighting | str):
     raw["optim"]["lr"] = t.lr
     raw["data"].update(train=[str(params.pairs(env, "train"))],
                        eval={e: str(params.pairs(e, "test")) for e in params.environments})
-    if variant is Weighting.SFC_TWO_STAGE:
+    if variant is not Weighting.SFC_JOINT:     # none: for the proxy statistics only
         raw["shortcut"]["proxy_losses"] = str(params.proxy_dir(env) / "proxy_losses.json")
     return TrainConfig.model_validate(raw)
 

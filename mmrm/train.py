@@ -170,8 +170,10 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
 
     image_root = Path(config.data.image_root) if config.data.image_root else None
     pairs = [p for path in config.data.train for p in load_pairs(path, image_root=image_root)]
+    # sfc_two_stage weights by the cached proxy losses; a standard run given them logs the
+    # same proxy statistics (its weights stay 1), so the two compare metric for metric
     proxy_losses = load_proxy_losses(config.shortcut.proxy_losses, pairs) \
-        if weighting is Weighting.SFC_TWO_STAGE else None
+        if config.shortcut.proxy_losses and weighting is not Weighting.SFC_JOINT else None
     generator = torch.Generator().manual_seed(config.seed)
     collator = TrainCollator(PairCollator(processor, config.mode, config.data.max_length),
                              proxy_view)
@@ -216,7 +218,7 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
                 text_loss = None
                 if weighting is Weighting.SFC_JOINT:
                     text_loss = bradley_terry_loss(*proxy_rewards.float().chunk(2))
-                elif weighting is Weighting.SFC_TWO_STAGE:
+                elif proxy_losses is not None:
                     text_loss = torch.tensor([proxy_losses[i] for i in batch["ids"]],
                                              device=mm_loss.device)
                 weights = pair_weights(weighting, mm_loss, text_loss, eps=config.shortcut.eps,
@@ -306,6 +308,11 @@ def _reduce_window(window: list[dict], step: int, scheduler, started: float, see
         values = [(w[key], w["n"]) for w in window if key in w]
         record[key] = sum(v * n for v, n in values) / sum(n for _, n in values)
     record["pairs_in_window"] = total
+    if "weight/proxy_wrong_frac" in record:
+        # a window with no proxy-wrong (or no proxy-right) pair still logs both names (NaN),
+        # so every run of a pipeline carries the same metric names
+        for key in ("weight/mean_proxy_wrong", "weight/mean_proxy_right"):
+            record.setdefault(key, float("nan"))
     hists = [w["weight/hist"] for w in window if "weight/hist" in w]
     if hists:   # counts add up; kept out of the tracker's scalar metrics
         record["weight/hist"] = [sum(column) for column in zip(*hists)]
