@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from mmrm.formats import ImageCheck, ImageRules, InferenceRecord, read_inference
+from mmrm.images import sha256_file
 from mmrm.ledger import Ledger, OnError, RecordError
 
 STATE_SUFFIX = ".state.json"
@@ -286,14 +287,6 @@ class ScoreState:
     extra: dict = field(default_factory=dict)
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_state(path: Path, state: ScoreState) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
@@ -304,7 +297,7 @@ def _open_run(config: ScoreConfig) -> ScoreState:
     """A fresh state, or the saved one (after truncating the outputs to its byte counts)."""
     out, errors = Path(config.output), config.errors_path
     state_path = out.with_name(out.name + STATE_SUFFIX)
-    digest = file_sha256(config.input)
+    digest = sha256_file(config.input)
     if state_path.exists():
         state = ScoreState(**json.loads(state_path.read_text()))
         if state.input_sha256 != digest:

@@ -149,11 +149,9 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 def file_md5(path: str | Path) -> str:
     """md5 of the file's bytes: the content hash DVC records for a file."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from mmrm.images import file_digest
+
+    return file_digest(path, "md5")
 
 
 def tracking_uri() -> str:
