@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -324,14 +325,15 @@ def eval_command(
 ) -> None:
     from mmrm.evaluate import evaluation_report, load_scorer, plot_reward_margins, score_file
 
-    files = _eval_files(_named_paths(data, "data set"), format, work, on_error)
-    scorer, collator = load_scorer(model)
-    reports = {}
-    for name, path in files.items():
-        pairs, chosen, rejected = score_file(scorer, collator, path, batch_size, progress=True)
-        reports[name] = {"file": str(path), **evaluation_report(pairs, chosen, rejected)}
-        if plots is not None:
-            plot_reward_margins(chosen, rejected, plots / f"{name}.png", f"{model} on {name}")
+    with _user_errors():
+        files = _eval_files(_named_paths(data, "data set"), format, work, on_error)
+        scorer, collator = load_scorer(model)
+        reports = {}
+        for name, path in files.items():
+            pairs, chosen, rejected = score_file(scorer, collator, path, batch_size, progress=True)
+            reports[name] = {"file": str(path), **evaluation_report(pairs, chosen, rejected)}
+            if plots is not None:
+                plot_reward_margins(chosen, rejected, plots / f"{name}.png", f"{model} on {name}")
     text = json.dumps({"model": str(model), "datasets": reports}, indent=2)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -351,8 +353,9 @@ def matrix(
 ) -> None:
     from mmrm.evaluate import cross_distribution
 
-    result = cross_distribution(_named_paths(model, "model"), _named_paths(test, "test"),
-                                batch_size=batch_size, progress=True)
+    with _user_errors():
+        result = cross_distribution(_named_paths(model, "model"), _named_paths(test, "test"),
+                                    batch_size=batch_size, progress=True)
     paths = result.write(out)
     typer.echo(result.to_markdown())
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -381,19 +384,20 @@ def diagnose(
     if (proxy is None) == (config is None):
         typer.echo("error: give exactly one of --proxy DIR or --config CONFIG", err=True)
         raise typer.Exit(code=2)
-    if proxy is None:
-        proxy = _train_diagnosis_proxy(config, data, out)
-    test = test or data
-    scorer, collator = load_scorer(proxy)
-    if collator.mode.value == "multimodal":
-        typer.echo(f"warning: {proxy} was trained with images; a text-only proxy is expected",
-                   err=True)
-    pairs, text_c, text_r = score_file(scorer, collator, test, batch_size, progress=True)
-    mm_scores = None
-    if model is not None:
-        scorer, collator = load_scorer(model)
-        mm_scores = score_file(scorer, collator, test, batch_size, progress=True)[1:]
-    report = diagnose_pairs(pairs, text_c, text_r, mm_scores, load_pairs(data), top)
+    with _user_errors():
+        if proxy is None:
+            proxy = _train_diagnosis_proxy(config, data, out)
+        test = test or data
+        scorer, collator = load_scorer(proxy)
+        if collator.mode.value == "multimodal":
+            typer.echo(f"warning: {proxy} was trained with images; a text-only proxy is expected",
+                       err=True)
+        pairs, text_c, text_r = score_file(scorer, collator, test, batch_size, progress=True)
+        mm_scores = None
+        if model is not None:
+            scorer, collator = load_scorer(model)
+            mm_scores = score_file(scorer, collator, test, batch_size, progress=True)[1:]
+        report = diagnose_pairs(pairs, text_c, text_r, mm_scores, load_pairs(data), top)
     report = {"data": str(data), "test": str(test), "proxy": str(proxy),
               "model": str(model) if model else None, **report}
     out.mkdir(parents=True, exist_ok=True)
@@ -440,6 +444,17 @@ def _config_with_seed(cls, path: Path | None, seed: int | None):
     if path is not None:
         return _load_or_exit(load_config, path, overrides, cls)
     return cls.model_validate({"seed": seed} if seed is not None else {})
+
+
+@contextmanager
+def _user_errors():
+    """Bad input (a record, a path, a value) ends the command with ``error: ...`` and exit
+    code 2 instead of a traceback."""
+    try:
+        yield
+    except (RecordError, ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from None
 
 
 def _load_or_exit(loader, *args):

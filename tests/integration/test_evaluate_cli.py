@@ -120,3 +120,14 @@ def test_external_benchmarks_from_released_files_with_macro_average(
            "--work", tmp_path / "work", "--out", tmp_path / "report.json")
     report = json.loads((tmp_path / "report.json").read_text())["datasets"][fmt]
     assert report["pairs"] == 6 and "macro_accuracy" in report
+
+
+def test_eval_reports_bad_records_with_their_line(trained_runs, tiny_pairs, tmp_path):
+    lines = open(tiny_pairs[("povid", "test")]).read().splitlines()
+    bad = json.loads(lines[1])
+    bad["chosen"] = ""
+    src = tiny_pairs[("povid", "test")].parent / "bad.jsonl"
+    src.write_text("\n".join([lines[0], json.dumps(bad)]) + "\n")
+    result = runner.invoke(app, ["eval", str(trained_runs["none"] / "final"), str(src)])
+    assert result.exit_code == 2
+    assert f"error: {src}:2: chosen: " in result.output
