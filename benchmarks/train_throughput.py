@@ -54,6 +54,7 @@ def run_config(args, work: Path, weighting: str):
                      **({"proxy_losses": str(out / "proxy_losses.json")}
                         if weighting == "sfc_two_stage" else {})},
         "max_steps": args.steps, "per_device_batch_size": args.batch, "log_steps": 10,
+        "dataloader_num_workers": args.loader_workers,
         "optim": {"lr": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.05}, "seed": 0})
 
 
@@ -134,6 +135,9 @@ def main() -> None:
                         default=Path("data/benchmark/pairs/povid/train.jsonl"))
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--loader-workers", type=int, default=0,
+                        help="mmrm runs' dataloader_num_workers (the baseline keeps 0, "
+                             "TRL's default)")
     parser.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,14 +150,16 @@ def main() -> None:
         for name in RUNS:
             out = subprocess.run([sys.executable, __file__, "--child", name, "--work", work,
                                   "--base", str(args.base), "--pairs", str(args.pairs),
-                                  "--steps", str(args.steps), "--batch", str(args.batch)],
+                                  "--steps", str(args.steps), "--batch", str(args.batch),
+                                  "--loader-workers", str(args.loader_workers)],
                                  capture_output=True, text=True, check=True)
             results[name] = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{name}: {results[name]}", file=sys.stderr)
 
     none = results["none"]
     print(f"{args.steps} steps x {args.batch} pairs on {args.base} "
-          f"(OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})")
+          f"(OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, mmrm loader workers "
+          f"{args.loader_workers})")
     print(f"{'run':<15}{'pairs/s (loop)':>15}{'wall s':>9}{'wall vs none':>14}"
           f"{'peak RSS MiB':>14}")
     for name, r in results.items():

@@ -92,6 +92,9 @@ class TrainConfig(Strict):
     save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps.")
     save_total_limit: int = Field(2, gt=0)
     eval_batch_size: int = Field(32, gt=0)
+    dataloader_num_workers: int = Field(0, ge=0, description="Processes that build batches "
+                                                             "(images, chat template) while "
+                                                             "the model trains.")
     tracking: dict[str, Any] = Field(default_factory=dict, description="Tracker options.")
 
     @model_validator(mode="after")

@@ -178,7 +178,8 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
     collator = TrainCollator(PairCollator(processor, config.mode, config.data.max_length),
                              proxy_view)
     loader = DataLoader(pairs, batch_size=config.per_device_batch_size, shuffle=True,
-                        generator=generator, collate_fn=collator, drop_last=False)
+                        generator=generator, collate_fn=collator, drop_last=False,
+                        num_workers=config.dataloader_num_workers)
     steps_per_epoch = math.ceil(len(loader) / config.gradient_accumulation_steps)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
     optimizer, scheduler = build_optimizer(modules, config, total_steps)

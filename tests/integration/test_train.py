@@ -160,3 +160,12 @@ def test_collator_preprocesses_each_batchs_images_once(tiny_vlm_dir, tiny_pairs)
     batch = PairCollator(processor)(load_pairs(tiny_pairs[("povid", "train")])[:3])
     assert calls == [3] and batch["pixel_values"].shape[0] == 3
     assert processor.image_processor.__class__ is Counting      # restored after the batch
+
+
+def test_loader_workers_give_the_same_run(tiny_vlm_dir, tiny_pairs, tmp_path):
+    results = [train(config(tiny_vlm_dir, tiny_pairs, tmp_path / f"w{n}",
+                            dataloader_num_workers=n), resume=False) for n in (0, 1)]
+    logs = [[json.loads(line)["loss"] for line in (tmp_path / f"w{n}" / "metrics.jsonl")
+             .read_text().splitlines()] for n in (0, 1)]
+    assert logs[0] == logs[1]
+    assert results[0]["eval/povid/accuracy"] == results[1]["eval/povid/accuracy"]
