@@ -336,8 +336,12 @@ def save_checkpoint(accelerator, out: Path, step: int, epoch: int, batch_in_epoc
     path = out / f"checkpoint-{step}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
-        (path / STATE_FILE).write_text(json.dumps(
+        # the state file marks the checkpoint complete: written whole or not at all (a kill
+        # between creating and filling it left an empty marker that resume could not read)
+        tmp = path / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(
             {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch}) + "\n")
+        os.replace(tmp, path / STATE_FILE)
         for old in sorted(out.glob("checkpoint-*"), key=_checkpoint_step)[:-limit]:
             shutil.rmtree(old)
     return path
