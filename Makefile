@@ -27,7 +27,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.mmrm-installed
 
-.PHONY: venv run test clean-venv mlflow-ui prefect-up services-down
+.PHONY: venv run test clean-venv mlflow-ui prefect-up prefect-run services-down
 
 # torch first, pinned, so that nothing later pulls a CUDA build; DeepSpeed last, built
 # against that torch (it needs torch at build time, hence --no-build-isolation).
@@ -53,7 +53,7 @@ run: $(STAMP)
 	@echo "matrix:   runs/pipeline/matrix/{matrix.md,matrix.json,metrics.json,matrix.png}"
 	@echo "scores:   runs/pipeline/scores/scores.jsonl (best-of-N sample, champion RM)"
 	@echo "MLflow:   make mlflow-ui, then http://127.0.0.1:5000 (experiment mmrm)"
-	@echo "Prefect:  make prefect-up, then $(BIN)/prefect deployment run 'mmrm-pipeline/builtin'"
+	@echo "Prefect:  make prefect-up, then make prefect-run (prefect deployment run 'mmrm-pipeline/builtin')"
 
 # Local servers on 127.0.0.1, each stopped by its own pid (scripts/services.py).
 mlflow-ui: $(STAMP)
@@ -61,6 +61,10 @@ mlflow-ui: $(STAMP)
 
 prefect-up: $(STAMP)
 	$(BIN)/python scripts/services.py start prefect
+
+# Trigger the served pipeline deployment on the local server and wait for it.
+prefect-run: $(STAMP)
+	$(BIN)/prefect deployment run 'mmrm-pipeline/builtin' --watch
 
 services-down:
 	$(BIN)/python scripts/services.py stop all
