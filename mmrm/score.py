@@ -388,9 +388,13 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
     if started_ray:
         ray.init(address=config.address or os.environ.get("RAY_ADDRESS") or None,
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # a worker's threads are its torch threads: the tokenizer's own pool and busy-waiting
+    # OpenMP threads would compete with them on the worker's CPUs
+    actor_env = {"TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE"}
     actor_class = ray.remote(num_cpus=0 if config.gpus_per_worker else config.threads_per_worker,
                              num_gpus=config.gpus_per_worker, max_restarts=-1,
-                             max_task_retries=3)(ResponseScorer)
+                             max_task_retries=3,
+                             runtime_env={"env_vars": actor_env})(ResponseScorer)
     run_id = hashlib.sha256(f"{out.resolve()}-{time.time_ns()}".encode()).hexdigest()[:8]
     names = [f"mmrm-scorer-{run_id}-{i}" for i in range(config.workers)]
     delay = float(os.environ.get(BATCH_DELAY_ENV) or 0)
