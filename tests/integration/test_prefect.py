@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def test_deployment_run_completes_on_a_local_server(tmp_path):
                                     capture_output=True, text=True)
             if "mmrm-pipeline/builtin" in listed.stdout and "mmrm-score/file" in listed.stdout:
                 break
-            subprocess.run(["sleep", "1"])
+            time.sleep(1)
         else:
             pytest.fail("deployments never appeared:\n" + listed.stdout +
                         (state / "prefect-serve.log").read_text()[-3000:])
