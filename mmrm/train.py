@@ -25,8 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mmrm.config import Finetune, TrainConfig
-from mmrm.data import InputMode, PairCollator, load_pairs, set_right_padding
-from mmrm.evaluate import pairwise_accuracy, score_pairs
+from mmrm.data import PairCollator, load_pairs, set_right_padding
+from mmrm.evaluate import load_scorer, pairwise_accuracy, score_pairs
 from mmrm.model import RewardModel, load_processor
 from mmrm.tracking import NoOpTracker, Tracker, flatten
 from mmrm.weighting import (Weighting, bradley_terry_loss, pair_weights, weight_histogram,
@@ -359,10 +359,7 @@ def _checkpoint_step(path: Path) -> int:
 def compute_proxy_losses(model_dir: str | Path, data: list[str], out: str | Path,
                          batch_size: int = 32, image_root: str | None = None) -> dict:
     """Per-pair BT losses of a trained (frozen) proxy over ``data``, cached as JSON."""
-    model = RewardModel.load(model_dir).eval()
-    processor = load_processor(model_dir)
-    set_right_padding(processor)
-    collator = PairCollator(processor, InputMode(model.config.mode))
+    model, collator = load_scorer(model_dir, max_length=2048)
     root = Path(image_root) if image_root else None
     pairs = [p for path in data for p in load_pairs(path, image_root=root)]
     chosen, rejected = score_pairs(model, collator, pairs, batch_size)
