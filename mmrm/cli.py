@@ -59,12 +59,9 @@ def convert(
     image_root: ImageRootOption = None,
     max_image_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
 ) -> None:
-    try:
+    with _user_errors():
         manifest = run_convert(format.value, src, out, on_error=on_error,
                                image_root=image_root, max_pixels=max_image_pixels)
-    except (RecordError, ValueError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from None
     _report(manifest, out)
 
 
@@ -226,11 +223,8 @@ def score(
                          batch_responses=batch_responses, chunk_items=chunk_items,
                          normalize=normalize, on_error=on_error, address=address,
                          image_root=str(image_root) if image_root else None, dtype=dtype)
-    try:
+    with _user_errors():
         totals = score_file(config, show_bar=True)
-    except (RecordError, ValueError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from None
     if totals.get("already_complete"):
         typer.echo(f"{output} is already complete ({totals['items_written']} items)")
         return
@@ -293,11 +287,8 @@ def _eval_files(data: dict[str, Path], fmt: SourceFormat, work: Path,
     converted = {}
     for name, src in data.items():
         out = work / re.sub(r"[^\w.-]+", "_", name) / "pairs.jsonl"
-        try:
+        with _user_errors():
             manifest = run_convert(fmt.value, src, out, on_error=on_error)
-        except (RecordError, ValueError, FileNotFoundError) as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(code=2) from None
         _report(manifest, out)
         converted[name] = out
     return converted
