@@ -34,6 +34,7 @@ import inspect
 import json
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -159,7 +160,8 @@ def score_items(model, processor, items: list[dict], device="cpu") -> list[list[
     n = len(items[0]["responses"])
     images = [load_image(Path(it["image_file"])) for it in items]
     tokenizer = getattr(processor, "tokenizer", processor)
-    rendered = [render_responses(processor, it["prompt"], it["responses"]) for it in items]
+    template = filled_template(processor, (items[0]["prompt"], items[0]["responses"][0]))
+    rendered = [[template.full(it["prompt"], r) for r in it["responses"]] for it in items]
     with preprocess_images_once(processor):
         encoded = [processor(text=[texts[k] for texts in rendered], images=images,
                              return_tensors="pt", padding=True) for k in range(n)]
@@ -174,27 +176,88 @@ def score_items(model, processor, items: list[dict], device="cpu") -> list[list[
     return rewards.view(n, len(items)).t().tolist()
 
 
-_SLOT = "\x00mmrm-response\x00"
+class FilledTemplate:
+    """The chat template of (image, prompt, response), rendered once and filled per item.
+
+    Rendering the template is the costliest per-item step on small models, and it does not
+    depend on the text: the conversation is rendered once with placeholders for the prompt and
+    the response (and once as the prompt alone, with the generation prompt), and items are
+    rendered by putting their text in the placeholders' place. That is exact only if the
+    template inserts the text verbatim; probes with leading/trailing whitespace, newlines and
+    template syntax check it at construction (a template that trims or escapes falls back to
+    rendering every item), and :meth:`check` compares one real rendering per batch.
+    """
+
+    PROMPT, RESPONSE = "\x00mmrm-prompt\x00", "\x00mmrm-response\x00"
+    PROBES = ((" Is the {{ shape }} red?\n", " Yes,\n it is {% raw %}red{% endraw %}. "),
+              ("What colour?", "Blue."))
+
+    def __init__(self, processor):
+        self.processor = processor
+        self._full = self._parts(self.render(self.PROMPT, self.RESPONSE),
+                                 (self.PROMPT, self.RESPONSE))
+        self._prefix = self._parts(self.render(self.PROMPT, None), (self.PROMPT,))
+        self.exact = self._full is not None and self._prefix is not None and all(
+            self.check(p, r) for p, r in self.PROBES)
+
+    def render(self, prompt: str, response: str | None) -> str:
+        """The template's own rendering (the prompt alone ends with the generation prompt)."""
+        from mmrm.data import conversation
+
+        return self.processor.apply_chat_template(
+            conversation(prompt, response, True), tokenize=False,
+            add_generation_prompt=response is None)
+
+    @staticmethod
+    def _parts(rendered: str, slots: tuple[str, ...]) -> list[str] | None:
+        """The text around each slot, or None if a slot is missing or repeated."""
+        parts, rest = [], rendered
+        for slot in slots:
+            if rest.count(slot) != 1:
+                return None
+            head, _, rest = rest.partition(slot)
+            parts.append(head)
+        return parts + [rest]
+
+    def full(self, prompt: str, response: str) -> str:
+        if not self.exact:
+            return self.render(prompt, response)
+        a, b, c = self._full
+        return a + prompt + b + response + c
+
+    def prefix(self, prompt: str) -> str:
+        if not self.exact:
+            return self.render(prompt, None)
+        a, b = self._prefix
+        return a + prompt + b
+
+    def check(self, prompt: str, response: str) -> bool:
+        """Whether filling equals rendering for this (prompt, response)."""
+        a, b, c = self._full
+        d, e = self._prefix
+        return (a + prompt + b + response + c == self.render(prompt, response)
+                and d + prompt + e == self.render(prompt, None))
+
+
+_templates: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def filled_template(processor, first: tuple[str, str] | None = None) -> FilledTemplate:
+    """The processor's :class:`FilledTemplate` (built once per processor); with ``first``, a
+    (prompt, response) checked against a real rendering, which turns filling off if it
+    differs."""
+    template = _templates.get(processor)
+    if template is None:
+        template = _templates[processor] = FilledTemplate(processor)
+    if first is not None and template.exact and not template.check(*first):
+        template.exact = False
+    return template
 
 
 def render_responses(processor, prompt: str, responses: list[str]) -> list[str]:
-    """The chat-template rendering of (image, prompt, response) for every response.
-
-    The template is rendered once with a placeholder response and the responses are put in
-    its place (the template is the costliest per-response step on small models); checked
-    against a real rendering of the first response, and rendered one by one if the template
-    does anything to the response text but insert it.
-    """
-    from mmrm.data import conversation
-
-    def render(response: str) -> str:
-        return processor.apply_chat_template(conversation(prompt, response, True),
-                                             tokenize=False)
-
-    head, slot, tail = render(_SLOT).partition(_SLOT)
-    if slot and head + responses[0] + tail == render(responses[0]):
-        return [head + r + tail for r in responses]
-    return [render(r) for r in responses]
+    """The chat-template rendering of (image, prompt, response) for every response."""
+    template = filled_template(processor)
+    return [template.full(prompt, r) for r in responses]
 
 
 #: Backbones whose positions are not a plain 1-D count (Qwen2-VL's 3-D M-RoPE is computed from
@@ -214,17 +277,17 @@ def score_items_shared_prefix(model, processor, items: list[dict], device="cpu"
     template whose full rendering does not start with the prompt rendering, or a tokenizer
     that tokenizes prompt + suffix differently from the whole.
     """
-    from mmrm.data import conversation, load_image, preprocess_images_once
+    from mmrm.data import load_image, preprocess_images_once
 
     if getattr(model.backbone.config, "model_type", "") in _NO_PREFIX_SHARING:
         return None
     tokenizer = getattr(processor, "tokenizer", processor)
     n = len(items[0]["responses"])
+    template = filled_template(processor, (items[0]["prompt"], items[0]["responses"][0]))
     prefixes, suffixes = [], []
     for it in items:
-        prefix = processor.apply_chat_template(conversation(it["prompt"], None, True),
-                                               tokenize=False, add_generation_prompt=True)
-        for full in render_responses(processor, it["prompt"], it["responses"]):
+        prefix = template.prefix(it["prompt"])
+        for full in (template.full(it["prompt"], r) for r in it["responses"]):
             if not full.startswith(prefix):
                 return None
             suffixes.append(full[len(prefix):])
@@ -335,6 +398,25 @@ def _windows(config: ScoreConfig, start_line: int, ledger: Ledger, bad: list[Rec
             yield window, record.line + 1
             window = []
     yield window, None   # the rest, up to the end of the file
+
+
+#: Batches' worth of responses sorted by length together (more: less padding; fewer: the
+#: workers start sooner).
+SORT_BATCHES = 8
+
+
+def _sort_groups(items: list[InferenceRecord], batch_responses: int
+                 ) -> Iterator[list[InferenceRecord]]:
+    """Consecutive runs of items holding about ``SORT_BATCHES`` batches of responses."""
+    group, count = [], 0
+    for it in items:
+        group.append(it)
+        count += len(it.responses)
+        if count >= SORT_BATCHES * batch_responses:
+            yield group
+            group, count = [], 0
+    if group:
+        yield group
 
 
 def _batches(items: list[InferenceRecord], tokenizer, max_responses: int) -> list[list[dict]]:
@@ -454,10 +536,14 @@ def _drive(config, state, pool, tokenizer, reward_config, out, errors_path, stat
     for items, end in _windows(config, state.next_line, ledger, bad):
         for it in items:
             items_by_line[it.line] = it
-        batches = _batches(items, tokenizer, config.batch_responses)
-        windows.append({"lines": [it.line for it in items], "line_set": {it.line for it in items},
-                        "end": end, "pending": len(batches)})
-        for batch in batches:
+        window = {"lines": [it.line for it in items], "line_set": {it.line for it in items},
+                  "end": end, "pending": 0}
+        windows.append(window)
+        # sorted by length a few batches at a time, so the workers start before the driver
+        # has tokenized the whole window
+        for batch in (b for group in _sort_groups(items, config.batch_responses)
+                      for b in _batches(group, tokenizer, config.batch_responses)):
+            window["pending"] += 1
             while not pool.has_free():
                 collect(pool.get_next_unordered())
                 flush_ready()
