@@ -7,7 +7,11 @@ do images decide?
    the preferred side at 0.85): in-distribution accuracy (target >= 0.80) and accuracy on the
    other environments' test splits (target <= 0.60 on at least one).
 3. Images decide: a multimodal RM trained on a split whose cue is uninformative (rate 0.5)
-   reaches >= 0.90 on every environment's test split.
+   reaches >= 0.90 on every environment's test split. Printed for an RM trained on each
+   environment's neutral split alone (each environment asks a differently shaped question:
+   RLHF-V-like prompts name the attribute that is wrong, VLFeedback-like pairs compare two
+   wrong answers, so a single-environment RM also meets a task shift out of distribution)
+   and for one trained on the three neutral splits together, the check of this target.
 
 The RM runs use ``configs/tiny/none.yaml`` with only model, data, mode and output changed.
 
@@ -33,11 +37,12 @@ from mmrm.train import train  # noqa: E402
 TEMPLATE = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "none.yaml"
 
 
-def run_config(base: Path, train_file: Path, tests: dict[str, Path], out: Path, mode: str,
+def run_config(base: Path, train_files: list[Path], tests: dict[str, Path], out: Path, mode: str,
                seed: int, epochs: float | None) -> TrainConfig:
     raw = load_config(TEMPLATE).model_dump(mode="json")
     raw.update(model=str(base), output_dir=str(out), mode=mode, seed=seed)
-    raw["data"].update(train=[str(train_file)], eval={k: str(v) for k, v in tests.items()})
+    raw["data"].update(train=[str(f) for f in train_files],
+                       eval={k: str(v) for k, v in tests.items()})
     if epochs is not None:
         raw["epochs"] = epochs
     return TrainConfig.model_validate(raw)
@@ -73,14 +78,18 @@ def main() -> None:
 
     text_only, neutral = {}, {}
     for env in ENVIRONMENTS:
-        result = train(run_config(base, pairs[(env, "train")], tests,
+        result = train(run_config(base, [pairs[(env, "train")]], tests,
                                   work / "runs" / env / "text_only", "text_only", args.seed,
                                   args.epochs), resume=False, log=lambda s: None)
         text_only[env] = {e: result[f"eval/{e}/accuracy"] for e in ENVIRONMENTS}
-        result = train(run_config(base, pairs[(env, "neutral")], tests,
+        result = train(run_config(base, [pairs[(env, "neutral")]], tests,
                                   work / "runs" / env / "neutral_mm", "multimodal", args.seed,
                                   args.epochs), resume=False, log=lambda s: None)
         neutral[env] = {e: result[f"eval/{e}/accuracy"] for e in ENVIRONMENTS}
+    result = train(run_config(base, [pairs[(env, "neutral")] for env in ENVIRONMENTS], tests,
+                              work / "runs" / "all" / "neutral_mm", "multimodal", args.seed,
+                              args.epochs), resume=False, log=lambda s: None)
+    neutral_mix = {e: result[f"eval/{e}/accuracy"] for e in ENVIRONMENTS}
 
     print(f"base grounding (yes/no on {grounding['questions']} held-out questions): "
           f"{grounding['overall']:.3f} {grounding['by_attribute']}")
@@ -89,20 +98,22 @@ def main() -> None:
         print(matrix_line(f"text-only {env}", text_only[env]))
     for env in ENVIRONMENTS:
         print(matrix_line(f"MM, neutral {env}", neutral[env]))
+    print(matrix_line("MM, neutral all three", neutral_mix))
 
     checks = {
         "base grounding >= 0.95": grounding["overall"] >= 0.95,
         "text-only ID >= 0.80 (every env)": all(text_only[e][e] >= 0.80 for e in ENVIRONMENTS),
         "text-only <= 0.60 on another env (every env)": all(
             min(v for t, v in text_only[e].items() if t != e) <= 0.60 for e in ENVIRONMENTS),
-        "MM on neutral split >= 0.90 on every test split": all(
-            v >= 0.90 for row in neutral.values() for v in row.values()),
+        "MM on the neutral splits >= 0.90 on every test split": all(
+            v >= 0.90 for v in neutral_mix.values()),
     }
     print()
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     report = {"seed": args.seed, "grounding": grounding, "text_only": text_only,
-              "neutral_multimodal": neutral, "checks": checks}
+              "neutral_multimodal": neutral, "neutral_multimodal_all": neutral_mix,
+              "checks": checks}
     (work / "shortcut_benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nreport: {work / 'shortcut_benchmark.json'}")
 

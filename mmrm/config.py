@@ -86,6 +86,11 @@ class TrainConfig(Strict):
     gradient_accumulation_steps: int = Field(1, gt=0)
     mixed_precision: str = Field("no", pattern="^(no|bf16|fp16)$")
     gradient_checkpointing: bool = False
+    share_prompt: bool = Field(True, description="Run each pair's prompt (image + question) "
+                               "through the model once and continue it with chosen and "
+                               "rejected from its key/value cache. Whole sequences are used "
+                               "instead with gradient checkpointing (which turns the cache "
+                               "off) and for Qwen2-VL / Qwen2.5-VL (3-D positions).")
     trust_remote_code: bool = False
     attn_implementation: str | None = None
     log_steps: int = Field(10, gt=0)

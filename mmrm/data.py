@@ -11,6 +11,7 @@ the image and the prompt, the assistant turn the response. Three input modes:
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -44,6 +45,84 @@ def conversation(prompt: str, response: str | None, with_image: bool) -> list[di
     if response is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": response}]})
     return messages
+
+
+class FilledTemplate:
+    """The chat template of (image, prompt, response), rendered once and filled per item.
+
+    Rendering the template is the costliest per-item step on small models, and it does not
+    depend on the text: the conversation is rendered once with placeholders for the prompt and
+    the response (and once as the prompt alone, with the generation prompt), and items are
+    rendered by putting their text in the placeholders' place. That is exact only if the
+    template inserts the text verbatim; probes with leading/trailing whitespace, newlines and
+    template syntax check it at construction (a template that trims or escapes falls back to
+    rendering every item), and :meth:`check` compares one real rendering per batch.
+    """
+
+    PROMPT, RESPONSE = "\x00mmrm-prompt\x00", "\x00mmrm-response\x00"
+    PROBES = ((" Is the {{ shape }} red?\n", " Yes,\n it is {% raw %}red{% endraw %}. "),
+              ("What colour?", "Blue."))
+
+    def __init__(self, processor, with_image: bool = True):
+        self.processor, self.with_image = processor, with_image
+        self._full = self._parts(self.render(self.PROMPT, self.RESPONSE),
+                                 (self.PROMPT, self.RESPONSE))
+        self._prefix = self._parts(self.render(self.PROMPT, None), (self.PROMPT,))
+        self.exact = self._full is not None and self._prefix is not None and all(
+            self.check(p, r) for p, r in self.PROBES)
+
+    def render(self, prompt: str, response: str | None) -> str:
+        """The template's own rendering (the prompt alone ends with the generation prompt)."""
+        return self.processor.apply_chat_template(
+            conversation(prompt, response, self.with_image), tokenize=False,
+            add_generation_prompt=response is None)
+
+    @staticmethod
+    def _parts(rendered: str, slots: tuple[str, ...]) -> list[str] | None:
+        """The text around each slot, or None if a slot is missing or repeated."""
+        parts, rest = [], rendered
+        for slot in slots:
+            if rest.count(slot) != 1:
+                return None
+            head, _, rest = rest.partition(slot)
+            parts.append(head)
+        return parts + [rest]
+
+    def full(self, prompt: str, response: str) -> str:
+        if not self.exact:
+            return self.render(prompt, response)
+        a, b, c = self._full
+        return a + prompt + b + response + c
+
+    def prefix(self, prompt: str) -> str:
+        if not self.exact:
+            return self.render(prompt, None)
+        a, b = self._prefix
+        return a + prompt + b
+
+    def check(self, prompt: str, response: str) -> bool:
+        """Whether filling equals rendering for this (prompt, response)."""
+        a, b, c = self._full
+        d, e = self._prefix
+        return (a + prompt + b + response + c == self.render(prompt, response)
+                and d + prompt + e == self.render(prompt, None))
+
+
+_templates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def filled_template(processor, first: tuple[str, str] | None = None, with_image: bool = True
+                    ) -> FilledTemplate:
+    """The processor's :class:`FilledTemplate` (built once per processor and input mode); with
+    ``first``, a (prompt, response) checked against a real rendering, which turns filling off
+    if it differs."""
+    templates = _templates.setdefault(processor, {})
+    template = templates.get(with_image)
+    if template is None:
+        template = templates[with_image] = FilledTemplate(processor, with_image)
+    if first is not None and template.exact and not template.check(*first):
+        template.exact = False
+    return template
 
 
 def load_image(path: Path) -> Image.Image:
@@ -110,8 +189,13 @@ class PairCollator:
     processor: object
     mode: InputMode = InputMode.MULTIMODAL
     max_length: int = 2048
+    share_prompt: bool = False
 
     def __call__(self, pairs: list[PairRecord]) -> dict:
+        if self.share_prompt:
+            batch = self._shared_prompt(pairs)
+            if batch is not None:
+                return batch
         with_image = InputMode(self.mode) is not InputMode.TEXT_ONLY
         texts = [self._render(p.prompt, getattr(p, side), with_image)
                  for side in ("chosen", "rejected") for p in pairs]
@@ -139,8 +223,24 @@ class PairCollator:
         return {**sequences, **image_inputs, "ids": [p.id for p in pairs]}
 
     def _render(self, prompt: str, response: str, with_image: bool) -> str:
-        return self.processor.apply_chat_template(conversation(prompt, response, with_image),
-                                                  tokenize=False)
+        return filled_template(self.processor, with_image=with_image).full(prompt, response)
+
+    def _shared_prompt(self, pairs: list[PairRecord]) -> dict | None:
+        """The batch as B prompts and 2B continuations ``[chosen..., rejected...]`` (see
+        :func:`encode_shared_prompts`), or ``None`` where the split is not exact."""
+        with_image = InputMode(self.mode) is not InputMode.TEXT_ONLY
+        split = split_prompts(self.processor, [p.prompt for p in pairs],
+                              [[p.chosen for p in pairs], [p.rejected for p in pairs]],
+                              with_image=with_image, check_all=True)
+        if split is None:
+            return None
+        images = [self._image(p) for p in pairs] if with_image else None
+        batch = encode_shared_prompts(self.processor, *split, images)
+        longest = batch["prefix_input_ids"].shape[1] + batch["input_ids"].shape[1]
+        if longest > self.max_length:
+            raise ValueError(f"a sequence of up to {longest} tokens exceeds max_length "
+                             f"{self.max_length} (pairs {[p.id for p in pairs]})")
+        return {**batch, "ids": [p.id for p in pairs]}
 
     def _image(self, pair: PairRecord) -> Image.Image:
         image = load_image(pair.image_file)
@@ -151,6 +251,70 @@ class PairCollator:
     def _pad_id(self) -> int:
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def split_prompts(processor, prompts: list[str], continuations: list[list[str]], *,
+                  with_image: bool = True, check_all: bool = False
+                  ) -> tuple[list[str], list[str]] | None:
+    """Rendered prompts and what each response adds to its prompt's rendering.
+
+    Args:
+        prompts: ``M`` prompts.
+        continuations: ``n`` lists of ``M`` responses (``continuations[k][i]`` answers
+            ``prompts[i]``).
+        check_all: check the tokenization of every sequence (else of the first only).
+
+    Returns:
+        ``(prefixes, suffixes)``: the ``M`` prompt renderings (with the generation prompt) and
+        the ``n·M`` suffixes ordered like ``continuations`` flattened; ``None`` if a rendering
+        does not start with its prompt's, or if the tokens of prefix + suffix differ from the
+        tokens of the whole (a merge across the boundary).
+    """
+    template = filled_template(processor, (prompts[0], continuations[0][0]),
+                               with_image=with_image)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    m = len(prompts)
+    prefixes = [template.prefix(p) for p in prompts]
+    fulls = [template.full(p, r) for responses in continuations
+             for p, r in zip(prompts, responses)]
+    if not all(full.startswith(prefixes[i % m]) for i, full in enumerate(fulls)):
+        return None
+    suffixes = [full[len(prefixes[i % m]):] for i, full in enumerate(fulls)]
+    checked = len(fulls) if check_all else 1
+    whole = tokenizer(fulls[:checked])["input_ids"]
+    heads = tokenizer(prefixes[:checked])["input_ids"]
+    tails = tokenizer(suffixes[:checked], add_special_tokens=False)["input_ids"]
+    if any(w != heads[i % m] + t for i, (w, t) in enumerate(zip(whole, tails))):
+        return None
+    return prefixes, suffixes
+
+
+def encode_shared_prompts(processor, prefixes: list[str], suffixes: list[str],
+                          images: list | None) -> dict[str, torch.Tensor]:
+    """Model inputs for :meth:`RewardModel.forward_shared_prefix`: ``prefix_input_ids`` /
+    ``prefix_attention_mask`` (the prompts with their images, left-padded so that they end
+    where the continuations start), the image tensors, and ``input_ids`` / ``attention_mask``
+    of the suffixes (right-padded)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        if images is not None:
+            prefix = processor(text=prefixes, images=images, return_tensors="pt",
+                               padding=True)
+        else:
+            prefix = tokenizer(prefixes, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = side
+    suffix = tokenizer(suffixes, add_special_tokens=False, padding=True, return_tensors="pt")
+    if tokenizer.padding_side != "right":
+        raise ValueError("continuations must be right-padded (set_right_padding)")
+    image_inputs = {k: v for k, v in prefix.items()
+                    if k not in SEQUENCE_KEYS and k != "token_type_ids"}
+    return {"prefix_input_ids": prefix["input_ids"],
+            "prefix_attention_mask": prefix["attention_mask"],
+            "input_ids": suffix["input_ids"], "attention_mask": suffix["attention_mask"],
+            **image_inputs}
 
 
 #: Per-sequence tensors of a processor's output (the rest are per-image tensors).

@@ -123,7 +123,8 @@ def load_scorer(model_dir: str | Path, max_length: int = 4096):
     model = RewardModel.load(model_dir).eval()
     processor = load_processor(model_dir, model.config.trust_remote_code)
     set_right_padding(processor)
-    return model, PairCollator(processor, InputMode(model.config.mode), max_length)
+    return model, PairCollator(processor, InputMode(model.config.mode), max_length,
+                               share_prompt=model.can_share_prefix)
 
 
 def score_file(model, collator: PairCollator, path: str | Path, batch_size: int = 32,

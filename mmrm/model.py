@@ -46,6 +46,11 @@ class RewardConfig:
     extra: dict = field(default_factory=dict)
 
 
+#: Backbones whose positions are not a plain 1-D count (Qwen2-VL's 3-D M-RoPE is computed from
+#: the whole sequence): a prompt's key/value cache cannot simply be continued.
+NO_PREFIX_SHARING = ("qwen2_vl", "qwen2_5_vl")
+
+
 def hidden_size_of(config) -> int:
     text = getattr(config, "text_config", None) or config
     return text.hidden_size
@@ -105,6 +110,8 @@ class RewardModel(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 sequences_per_image: int = 1, mm_token_type_ids: torch.Tensor | None = None,
+                prefix_input_ids: torch.Tensor | None = None,
+                prefix_attention_mask: torch.Tensor | None = None,
                 **image_inputs) -> torch.Tensor:
         """Rewards of shape ``(N,)`` for ``N`` right-padded sequences.
 
@@ -115,9 +122,17 @@ class RewardModel(nn.Module):
                 ``N = 2M`` as ``[chosen..., rejected...]``.
             mm_token_type_ids: ``(N, L)``, which tokens are image tokens (Qwen2-VL's 3-D
                 rotary positions need it; other backbones ignore it).
+            prefix_input_ids, prefix_attention_mask: ``(M, P)``, left-padded: the prompt
+                (image + question) that the ``sequences_per_image`` sequences of each image
+                share. Given them, ``input_ids`` holds only the continuations and the prompt
+                runs through the model once (:meth:`forward_shared_prefix`).
             image_inputs: the processor's image tensors for the ``M`` images
                 (``pixel_values``, ``image_grid_thw``, ...); none for text-only.
         """
+        if prefix_input_ids is not None:
+            return self.forward_shared_prefix(prefix_input_ids, prefix_attention_mask,
+                                              input_ids, attention_mask, sequences_per_image,
+                                              **image_inputs)
         inner = self.backbone.model
         kwargs = {}
         if mm_token_type_ids is not None:
@@ -139,6 +154,55 @@ class RewardModel(nn.Module):
         last = last_token_index(attention_mask)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return self.value_head(pooled.to(self.value_head.weight.dtype)).squeeze(-1)
+
+    def forward_shared_prefix(self, prefix_input_ids: torch.Tensor,
+                              prefix_attention_mask: torch.Tensor, input_ids: torch.Tensor,
+                              attention_mask: torch.Tensor, sequences_per_image: int,
+                              **image_inputs) -> torch.Tensor:
+        """Rewards of ``N = n·M`` sequences that are ``M`` shared prompts, each continued ``n``
+        ways: the prompts run once, their key/value cache is repeated for the continuations.
+
+        Equal (up to float rounding) to :meth:`forward` over the whole sequences, gradients
+        included (the cache is part of the graph); for backbones with 1-D positions (not
+        Qwen2-VL's 3-D M-RoPE) and without gradient checkpointing (which turns caching off).
+
+        Args:
+            prefix_input_ids, prefix_attention_mask: ``(M, P)``, left-padded.
+            input_ids, attention_mask: ``(N, S)`` continuations, right-padded, ordered
+                ``[continuation 0 of every prompt, continuation 1 of every prompt, ...]``.
+            sequences_per_image: ``n``.
+            image_inputs: the prompts' image tensors, as the backbone's forward takes them.
+        """
+        n, m = sequences_per_image, prefix_input_ids.shape[0]
+        inner = self.backbone.model
+        positions = (prefix_attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        image_inputs = {k: v for k, v in image_inputs.items() if v is not None}
+        out = inner(input_ids=prefix_input_ids, attention_mask=prefix_attention_mask,
+                    position_ids=positions, use_cache=True, **image_inputs)
+        cache = out.cache if "cache" in out else out.past_key_values   # renamed in 5.x
+        if cache is None:
+            raise ValueError("the backbone returned no key/value cache (gradient checkpointing "
+                             "turns it off): use whole sequences")
+        cache.batch_repeat_interleave(n)          # [prompt 0 x n, prompt 1 x n, ...]
+        # continuations in the cache's order: row i*n + k is continuation k of prompt i
+        order = torch.arange(n * m, device=input_ids.device).view(n, m).t().reshape(-1)
+        ids, mask = input_ids[order], attention_mask[order]
+        lengths = prefix_attention_mask.sum(-1).repeat_interleave(n)
+        steps = torch.arange(ids.shape[1], device=ids.device)
+        hidden = inner(input_ids=ids,
+                       attention_mask=torch.cat(
+                           [prefix_attention_mask.repeat_interleave(n, dim=0), mask], dim=1),
+                       position_ids=lengths[:, None] + steps[None],
+                       use_cache=True, **{_cache_argument(inner): cache}).last_hidden_state
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device),
+                        last_token_index(mask)]
+        rewards = self.value_head(pooled.to(self.value_head.weight.dtype)).squeeze(-1)
+        return torch.empty_like(rewards).index_copy(0, order, rewards)
+
+    @property
+    def can_share_prefix(self) -> bool:
+        """Whether :meth:`forward_shared_prefix` applies: positions are a plain 1-D count."""
+        return getattr(self.backbone.config, "model_type", "") not in NO_PREFIX_SHARING
 
     def encode_images(self, **image_inputs):
         """Run the vision tower (and projector) once over the given images.
@@ -167,6 +231,12 @@ class RewardModel(nn.Module):
             if hasattr(inner, name):
                 return list(getattr(inner, name).parameters())
         raise ValueError(f"cannot find the vision tower of {type(inner).__name__}")
+
+
+def _cache_argument(module: nn.Module) -> str:
+    """``cache`` (transformers >= 5.x) or ``past_key_values``: the key/value cache argument."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters \
+        else "past_key_values"
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

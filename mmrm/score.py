@@ -30,11 +30,9 @@ How it runs:
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -155,7 +153,8 @@ def score_items(model, processor, items: list[dict], device="cpu") -> list[list[
     reuses it for the item's N sequences. The prompt prefix still runs through the language
     model once per response; :func:`score_items_shared_prefix` avoids that where it can.
     """
-    from mmrm.data import SEQUENCE_KEYS, load_image, preprocess_images_once, stack_sequences
+    from mmrm.data import (SEQUENCE_KEYS, filled_template, load_image,
+                           preprocess_images_once, stack_sequences)
 
     n = len(items[0]["responses"])
     images = [load_image(Path(it["image_file"])) for it in items]
@@ -176,95 +175,6 @@ def score_items(model, processor, items: list[dict], device="cpu") -> list[list[
     return rewards.view(n, len(items)).t().tolist()
 
 
-class FilledTemplate:
-    """The chat template of (image, prompt, response), rendered once and filled per item.
-
-    Rendering the template is the costliest per-item step on small models, and it does not
-    depend on the text: the conversation is rendered once with placeholders for the prompt and
-    the response (and once as the prompt alone, with the generation prompt), and items are
-    rendered by putting their text in the placeholders' place. That is exact only if the
-    template inserts the text verbatim; probes with leading/trailing whitespace, newlines and
-    template syntax check it at construction (a template that trims or escapes falls back to
-    rendering every item), and :meth:`check` compares one real rendering per batch.
-    """
-
-    PROMPT, RESPONSE = "\x00mmrm-prompt\x00", "\x00mmrm-response\x00"
-    PROBES = ((" Is the {{ shape }} red?\n", " Yes,\n it is {% raw %}red{% endraw %}. "),
-              ("What colour?", "Blue."))
-
-    def __init__(self, processor):
-        self.processor = processor
-        self._full = self._parts(self.render(self.PROMPT, self.RESPONSE),
-                                 (self.PROMPT, self.RESPONSE))
-        self._prefix = self._parts(self.render(self.PROMPT, None), (self.PROMPT,))
-        self.exact = self._full is not None and self._prefix is not None and all(
-            self.check(p, r) for p, r in self.PROBES)
-
-    def render(self, prompt: str, response: str | None) -> str:
-        """The template's own rendering (the prompt alone ends with the generation prompt)."""
-        from mmrm.data import conversation
-
-        return self.processor.apply_chat_template(
-            conversation(prompt, response, True), tokenize=False,
-            add_generation_prompt=response is None)
-
-    @staticmethod
-    def _parts(rendered: str, slots: tuple[str, ...]) -> list[str] | None:
-        """The text around each slot, or None if a slot is missing or repeated."""
-        parts, rest = [], rendered
-        for slot in slots:
-            if rest.count(slot) != 1:
-                return None
-            head, _, rest = rest.partition(slot)
-            parts.append(head)
-        return parts + [rest]
-
-    def full(self, prompt: str, response: str) -> str:
-        if not self.exact:
-            return self.render(prompt, response)
-        a, b, c = self._full
-        return a + prompt + b + response + c
-
-    def prefix(self, prompt: str) -> str:
-        if not self.exact:
-            return self.render(prompt, None)
-        a, b = self._prefix
-        return a + prompt + b
-
-    def check(self, prompt: str, response: str) -> bool:
-        """Whether filling equals rendering for this (prompt, response)."""
-        a, b, c = self._full
-        d, e = self._prefix
-        return (a + prompt + b + response + c == self.render(prompt, response)
-                and d + prompt + e == self.render(prompt, None))
-
-
-_templates: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def filled_template(processor, first: tuple[str, str] | None = None) -> FilledTemplate:
-    """The processor's :class:`FilledTemplate` (built once per processor); with ``first``, a
-    (prompt, response) checked against a real rendering, which turns filling off if it
-    differs."""
-    template = _templates.get(processor)
-    if template is None:
-        template = _templates[processor] = FilledTemplate(processor)
-    if first is not None and template.exact and not template.check(*first):
-        template.exact = False
-    return template
-
-
-def render_responses(processor, prompt: str, responses: list[str]) -> list[str]:
-    """The chat-template rendering of (image, prompt, response) for every response."""
-    template = filled_template(processor)
-    return [template.full(prompt, r) for r in responses]
-
-
-#: Backbones whose positions are not a plain 1-D count (Qwen2-VL's 3-D M-RoPE is computed from
-#: the whole sequence): the prompt's key/value cache cannot simply be continued.
-_NO_PREFIX_SHARING = ("qwen2_vl", "qwen2_5_vl")
-
-
 @torch.no_grad()
 def score_items_shared_prefix(model, processor, items: list[dict], device="cpu"
                               ) -> list[list[float]] | None:
@@ -277,60 +187,22 @@ def score_items_shared_prefix(model, processor, items: list[dict], device="cpu"
     template whose full rendering does not start with the prompt rendering, or a tokenizer
     that tokenizes prompt + suffix differently from the whole.
     """
-    from mmrm.data import load_image, preprocess_images_once
+    from mmrm.data import encode_shared_prompts, load_image, split_prompts
 
-    if getattr(model.backbone.config, "model_type", "") in _NO_PREFIX_SHARING:
+    if not model.can_share_prefix:
         return None
-    tokenizer = getattr(processor, "tokenizer", processor)
     n = len(items[0]["responses"])
-    template = filled_template(processor, (items[0]["prompt"], items[0]["responses"][0]))
-    prefixes, suffixes = [], []
-    for it in items:
-        prefix = template.prefix(it["prompt"])
-        for full in (template.full(it["prompt"], r) for r in it["responses"]):
-            if not full.startswith(prefix):
-                return None
-            suffixes.append(full[len(prefix):])
-        prefixes.append(prefix)
-    # the split must not change tokenization (a merge across the boundary would)
-    whole = tokenizer([p + s for p in prefixes for s in suffixes[:n]][:1] +
-                      [prefixes[0]] + [suffixes[0]], add_special_tokens=False)["input_ids"]
-    if whole[0] != whole[1] + whole[2]:
+    split = split_prompts(processor, [it["prompt"] for it in items],
+                          [[it["responses"][k] for it in items] for k in range(n)])
+    if split is None:
         return None
-
     images = [load_image(Path(it["image_file"])) for it in items]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"                 # prompts end where the responses start
-    try:
-        with preprocess_images_once(processor):
-            encoded = processor(text=prefixes, images=images, return_tensors="pt",
-                                padding=True)
-    finally:
-        tokenizer.padding_side = side
+    encoded = encode_shared_prompts(processor, *split, images)
     dtype = next(model.parameters()).dtype
     inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
-              for k, v in encoded.items() if k not in ("token_type_ids", "mm_token_type_ids")}
-    prefix_mask = inputs["attention_mask"]
-    positions = (prefix_mask.long().cumsum(-1) - 1).clamp_min(0)
-    inner = model.backbone.model
-    out = inner(**inputs, position_ids=positions, use_cache=True)
-    cache = out.cache if "cache" in out else out.past_key_values   # renamed in transformers 5
-    cache.batch_repeat_interleave(n)                # item-major: [item0 x N, item1 x N, ...]
-
-    suffix = tokenizer(suffixes, add_special_tokens=False, padding=True, return_tensors="pt")
-    suffix_ids = suffix["input_ids"].to(device)
-    suffix_mask = suffix["attention_mask"].to(device)
-    lengths = prefix_mask.sum(-1).repeat_interleave(n)
-    mask = torch.cat([prefix_mask.repeat_interleave(n, dim=0), suffix_mask], dim=1)
-    positions = lengths[:, None] + torch.arange(suffix_ids.shape[1], device=device)[None]
-    cache_arg = "cache" if "cache" in inspect.signature(inner.forward).parameters \
-        else "past_key_values"      # transformers renamed it in 5.x
-    hidden = inner(input_ids=suffix_ids, attention_mask=mask, position_ids=positions,
-                   use_cache=True, **{cache_arg: cache}).last_hidden_state
-    last = suffix_mask.sum(-1) - 1
-    pooled = hidden[torch.arange(hidden.shape[0], device=device), last]
-    rewards = model.value_head(pooled.to(model.value_head.weight.dtype)).squeeze(-1)
-    return rewards.float().cpu().view(len(items), n).tolist()
+              for k, v in encoded.items()}
+    rewards = model(**inputs, sequences_per_image=n).float().cpu()
+    return rewards.view(n, len(items)).t().tolist()
 
 
 # ---------------------------------------------------------------------------- the driver

@@ -100,6 +100,11 @@ def apply_finetune(model: RewardModel, config: TrainConfig) -> RewardModel:
     return model
 
 
+def shares_prompt(config: TrainConfig, model: RewardModel) -> bool:
+    """Whether batches carry each pair's prompt once (``share_prompt``, where it applies)."""
+    return config.share_prompt and model.can_share_prefix and not config.gradient_checkpointing
+
+
 def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
     """AdamW without decay on biases/norms; linear warm-up then cosine (or constant)."""
     decay, no_decay = [], []
@@ -165,7 +170,8 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
             config.model, mode=config.shortcut.proxy_mode.value, dtype=dtype,
             trust_remote_code=config.trust_remote_code,
             attn_implementation=config.attn_implementation), config)
-        proxy_view = PairCollator(processor, config.shortcut.proxy_mode, config.data.max_length)
+        proxy_view = PairCollator(processor, config.shortcut.proxy_mode, config.data.max_length,
+                                  share_prompt=shares_prompt(config, proxy))
     modules = TrainedModels(reward_model, proxy)
 
     image_root = Path(config.data.image_root) if config.data.image_root else None
@@ -175,7 +181,8 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
     proxy_losses = load_proxy_losses(config.shortcut.proxy_losses, pairs) \
         if config.shortcut.proxy_losses and weighting is not Weighting.SFC_JOINT else None
     generator = torch.Generator().manual_seed(config.seed)
-    collator = TrainCollator(PairCollator(processor, config.mode, config.data.max_length),
+    collator = TrainCollator(PairCollator(processor, config.mode, config.data.max_length,
+                                          share_prompt=shares_prompt(config, reward_model)),
                              proxy_view)
     loader = DataLoader(pairs, batch_size=config.per_device_batch_size, shuffle=True,
                         generator=generator, collate_fn=collator, drop_last=False,
@@ -264,7 +271,8 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
     if accelerator.is_main_process:
         model = core.reward
         model.eval()
-        eval_collator = PairCollator(processor, config.mode, config.data.max_length)
+        eval_collator = PairCollator(processor, config.mode, config.data.max_length,
+                                     share_prompt=model.can_share_prefix)
         chosen, rejected = score_pairs(model, eval_collator, pairs[:1000], config.eval_batch_size)
         all_rewards = torch.cat([chosen, rejected])
         model.config.reward_mean = all_rewards.mean().item()

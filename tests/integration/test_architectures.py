@@ -14,7 +14,7 @@ from mmrm.data import PairCollator, conversation, load_image, load_pairs, set_ri
 from mmrm.evaluate import score_pairs
 from mmrm.model import RewardModel, load_processor
 from mmrm.synthetic.tiny_vlm import build_tokenizer, vocabulary_corpus
-from mmrm.train import train
+from mmrm.train import shares_prompt, train
 
 pytestmark = pytest.mark.integration
 
@@ -194,3 +194,35 @@ def test_shared_prompt_cache_scores_like_the_full_sequences(backbone, tiny_pairs
         assert shared is None                 # 3-D positions: falls back to the full path
     else:
         assert torch.allclose(torch.tensor(shared), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["multimodal", "text_only"])
+def test_shared_prompt_training_batch_gives_the_rewards_and_gradients_of_whole_sequences(
+        backbone, tiny_pairs, mode):
+    torch.manual_seed(0)
+    model = RewardModel.from_base(backbone, mode=mode)
+    config = TrainConfig.model_validate({"model": str(backbone), "output_dir": "unused",
+                                         "data": {"train": ["unused"]}})
+    if model.backbone.config.model_type == "qwen2_vl":
+        assert not shares_prompt(config, model)      # 3-D positions: whole sequences
+        return
+    assert shares_prompt(config, model)
+    assert not shares_prompt(config.model_copy(update={"gradient_checkpointing": True}), model)
+    processor = load_processor(backbone)
+    set_right_padding(processor)
+    pairs = load_pairs(tiny_pairs[("vlfeedback", "test")])[:3]
+    runs = []
+    for share in (False, True):
+        batch = PairCollator(processor, mode, share_prompt=share)(pairs)
+        batch.pop("ids")
+        assert ("prefix_input_ids" in batch) == share
+        model.zero_grad()
+        rewards = model(**batch, sequences_per_image=2)
+        torch.nn.functional.logsigmoid(rewards[:3] - rewards[3:]).sum().neg().backward()
+        runs.append((rewards.detach(), {name: p.grad.clone() for name, p in
+                                        model.named_parameters() if p.grad is not None}))
+    (whole, whole_grads), (shared, shared_grads) = runs
+    assert torch.allclose(shared, whole, atol=1e-5)
+    assert shared_grads.keys() == whole_grads.keys() and whole_grads
+    for name, grad in whole_grads.items():
+        assert torch.allclose(shared_grads[name], grad, atol=1e-5, rtol=1e-4), name

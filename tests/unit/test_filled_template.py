@@ -1,7 +1,7 @@
 """The chat template rendered once and filled per item equals rendering every item, and falls
 back to rendering where the template does more than insert the text."""
 
-from mmrm.score import FilledTemplate, filled_template
+from mmrm.data import FilledTemplate, filled_template
 
 
 class FakeProcessor:
