@@ -11,17 +11,21 @@ Pre-training has two stages, as LLaVA's:
    (``large`` + ``red`` + ``circle``), which puts the image into the words' own space.
 2. **Instruction tuning** (all weights): next-token loss on the answers of captioning,
    attribute and yes/no questions about random scenes; the alignment loss as an auxiliary
-   term; and image-text matching with hard negatives (captions with one wrong attribute) at
-   two grains, through linear probes that are discarded afterwards: the sentence's last token
-   says whether the caption matches (BLIP's ITM), and each attribute word says whether the
-   image has it (phrase grounding).
+   term; and image-text matching with hard negatives (captions with one to three wrong
+   attributes) at two grains, through linear probes that are discarded afterwards: the
+   sentence's last token says how much of the caption matches (BLIP's ITM, graded: the
+   fraction of right attributes), and each attribute word says whether the image has it
+   (phrase grounding).
 
 Why all this for a toy: measured here, caption and question training alone teach a tiny
 model to *name* a colour but not to *bind* image to text (yes/no questions stay at chance
 for thousands of steps, or bind for some seeds and not others); with the word-level
 matching signal and attention initialised as a similarity match (``attention_prior``:
 ``k_proj = q_proj``, with a large RoPE base so that position does not scramble it), yes/no
-accuracy passes 0.9 within ~1,500 steps.
+accuracy passes 0.9 within ~1,500 steps. Grading the sentence-level match (0-3 wrong
+attributes instead of right-or-one-wrong) took held-out grounding from 0.953 (shape 0.858) to
+1.000 at seed 0, and a reward model trained on uninformative-cue data from 0.883 to 0.943 on
+the VLFeedback-like pairs that compare two wrong answers.
 
 :func:`grounding_accuracy` measures, on held-out scenes, how often the model answers yes/no
 attribute questions correctly, which is what the reward environments rely on.
@@ -41,7 +45,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mmrm.data import conversation
 from mmrm.synthetic.environments import (CUE_COUNTERPART, CUE_TEXT, POVID_PROMPTS,
-                                         RLHFV_PROMPTS, VERBOSE_PADDING, VLF_PROMPTS)
+                                         RLHFV_PROMPTS, VERBOSE_PADDING, VLF_PROMPTS,
+                                         wrong_scene)
 from mmrm.synthetic.scenes import ATTRIBUTES, VALUES, Scene, draw
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<|user|>", "<|assistant|>",
@@ -91,6 +96,10 @@ class TinyVLMConfig(BaseModel):
                                                      "starts as a similarity match.")
     eval_every: int = Field(0, ge=0, description="Log grounding accuracy every N stage-2 "
                                                  "steps (0: only at the end).")
+    itm_graded: bool = Field(True, description="Sentence-level matching is graded: negatives "
+                                               "get 1-3 wrong attributes and the probe "
+                                               "predicts the fraction of right ones (else: "
+                                               "one wrong attribute, match or not).")
 
 
 # ------------------------------------------------------------------------------ tokenizer
@@ -213,14 +222,21 @@ def attribute_targets(model, tokenizer, scenes: list[Scene]) -> torch.Tensor:
     return model.get_input_embeddings()(ids).sum(1).detach()
 
 
-def itm_batch(processor, rng: random.Random, batch_size: int, image_size: int):
+def itm_batch(processor, rng: random.Random, batch_size: int, image_size: int,
+              graded: bool = False):
     """Image-text matching examples in the chat format: a caption, right or with one wrong
-    attribute (a hard negative); ``match`` is 1 for the right ones."""
+    attribute (a hard negative); ``match`` is 1 for the right ones. ``graded``: negatives
+    have 1-3 wrong attributes and ``match`` is the fraction of right attributes."""
     scenes = [Scene.random(rng) for _ in range(batch_size)]
     captions, match = [], []
     for scene in scenes:
         right = rng.random() < 0.5
-        shown = scene if right else _one_wrong(scene, rng)
+        if graded:
+            wrong = 0 if right else rng.randint(1, len(ATTRIBUTES))
+            shown = wrong_scene(scene, rng, wrong)
+            right = 1 - wrong / len(ATTRIBUTES)
+        else:
+            shown = scene if right else _one_wrong(scene, rng)
         text = rng.choice(ITM_FRAMES).format(shown.describe())
         captions.append(processor.apply_chat_template(
             conversation("Describe the image.", text[0].upper() + text[1:], True),
@@ -340,7 +356,7 @@ def _run_stage(model, processor, tokenizer, config, rng, steps, lm_weight, align
             loss = loss + lm_weight * model(**batch).loss
         if use_itm:
             matching, match, words = itm_batch(processor, rng, config.batch_size,
-                                               config.image_size)
+                                               config.image_size, config.itm_graded)
             loss = loss + config.itm_weight * itm_loss(model, probes, matching, match, words)
         if align_weight:
             targets = attribute_targets(model, tokenizer, scenes)

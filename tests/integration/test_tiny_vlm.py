@@ -44,3 +44,23 @@ def test_same_seed_same_weights(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == \
         (tmp_path / "b" / "tokenizer.json").read_bytes()
+
+
+@pytest.mark.parametrize("graded", [False, True])
+def test_matching_targets_count_the_attributes_the_caption_gets_right(tmp_path, graded):
+    import random
+
+    from mmrm.synthetic.scenes import ATTRIBUTES
+    from mmrm.synthetic.tiny_vlm import build_processor, build_tokenizer, itm_batch, \
+        vocabulary_corpus
+
+    processor = build_processor(build_tokenizer(vocabulary_corpus()), TinyVLMConfig(**QUICK))
+    batch, match, words = itm_batch(processor, random.Random(0), 64, 32, graded=graded)
+    texts = processor.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+    seen = set()
+    for text, target, labels in zip(texts, match.tolist(), words):
+        present = labels[labels >= 0].tolist()      # one label per attribute word
+        assert len(present) == len(ATTRIBUTES), text
+        assert target == pytest.approx(sum(present) / 3 if graded else float(all(present)))
+        seen.add(round(target * 3))
+    assert seen == ({0, 1, 2, 3} if graded else {0, 3})
