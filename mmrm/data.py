@@ -197,7 +197,9 @@ class PairCollator:
             if batch is not None:
                 return batch
         with_image = InputMode(self.mode) is not InputMode.TEXT_ONLY
-        texts = [self._render(p.prompt, getattr(p, side), with_image)
+        template = filled_template(self.processor, (pairs[0].prompt, pairs[0].chosen),
+                                   with_image=with_image)
+        texts = [template.full(p.prompt, getattr(p, side))
                  for side in ("chosen", "rejected") for p in pairs]
         if with_image:
             images = [self._image(p) for p in pairs]
@@ -221,9 +223,6 @@ class PairCollator:
             raise ValueError(f"a sequence of {input_ids.shape[1]} tokens exceeds max_length "
                              f"{self.max_length} (pairs {[p.id for p in pairs]})")
         return {**sequences, **image_inputs, "ids": [p.id for p in pairs]}
-
-    def _render(self, prompt: str, response: str, with_image: bool) -> str:
-        return filled_template(self.processor, with_image=with_image).full(prompt, response)
 
     def _shared_prompt(self, pairs: list[PairRecord]) -> dict | None:
         """The batch as B prompts and 2B continuations ``[chosen..., rejected...]`` (see

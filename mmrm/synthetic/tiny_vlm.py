@@ -24,8 +24,8 @@ matching signal and attention initialised as a similarity match (``attention_pri
 ``k_proj = q_proj``, with a large RoPE base so that position does not scramble it), yes/no
 accuracy passes 0.9 within ~1,500 steps. Grading the sentence-level match (0-3 wrong
 attributes instead of right-or-one-wrong) took held-out grounding from 0.953 (shape 0.858) to
-1.000 at seed 0, and a reward model trained on uninformative-cue data from 0.883 to 0.943 on
-the VLFeedback-like pairs that compare two wrong answers.
+1.000 (seeds 0 and 1), and a reward model trained on uninformative-cue data from 0.883 to
+0.94-0.95 on the VLFeedback-like test pairs, half of which compare two wrong answers.
 
 :func:`grounding_accuracy` measures, on held-out scenes, how often the model answers yes/no
 attribute questions correctly, which is what the reward environments rely on.
