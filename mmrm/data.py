@@ -208,8 +208,7 @@ class PairCollator:
                                         return_tensors="pt", padding=True)
                 rejected = self.processor(text=texts[len(pairs):], images=images,
                                           return_tensors="pt", padding=True)
-            image_inputs = {k: v for k, v in chosen.items()
-                            if k not in SEQUENCE_KEYS and k != "token_type_ids"}
+            image_inputs = image_tensors(chosen)
         else:
             tokenizer = getattr(self.processor, "tokenizer", self.processor)
             chosen = tokenizer(texts[:len(pairs)], return_tensors="pt", padding=True,
@@ -305,20 +304,22 @@ def encode_shared_prompts(processor, prefixes: list[str], suffixes: list[str],
             prefix = tokenizer(prefixes, return_tensors="pt", padding=True)
     finally:
         tokenizer.padding_side = side
-    suffix = tokenizer(suffixes, add_special_tokens=False, padding=True, return_tensors="pt")
-    if tokenizer.padding_side != "right":
-        raise ValueError("continuations must be right-padded (set_right_padding)")
-    image_inputs = {k: v for k, v in prefix.items()
-                    if k not in SEQUENCE_KEYS and k != "token_type_ids"}
+    suffix = tokenizer(suffixes, add_special_tokens=False, padding=True, padding_side="right",
+                       return_tensors="pt")
     return {"prefix_input_ids": prefix["input_ids"],
             "prefix_attention_mask": prefix["attention_mask"],
             "input_ids": suffix["input_ids"], "attention_mask": suffix["attention_mask"],
-            **image_inputs}
+            **image_tensors(prefix)}
 
 
 #: Per-sequence tensors of a processor's output (the rest are per-image tensors).
 #: ``mm_token_type_ids`` marks image tokens; Qwen2-VL needs it for its 3-D rotary positions.
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+def image_tensors(encoded) -> dict[str, torch.Tensor]:
+    """A processor output's per-image tensors (``pixel_values``, ``image_grid_thw``, ...)."""
+    return {k: v for k, v in encoded.items() if k not in SEQUENCE_KEYS and k != "token_type_ids"}
 
 
 def stack_sequences(encoded: list, pad_id: int) -> dict[str, torch.Tensor]:

@@ -153,8 +153,8 @@ def score_items(model, processor, items: list[dict], device="cpu") -> list[list[
     reuses it for the item's N sequences. The prompt prefix still runs through the language
     model once per response; :func:`score_items_shared_prefix` avoids that where it can.
     """
-    from mmrm.data import (SEQUENCE_KEYS, filled_template, load_image,
-                           preprocess_images_once, stack_sequences)
+    from mmrm.data import (filled_template, image_tensors, load_image, preprocess_images_once,
+                           stack_sequences)
 
     n = len(items[0]["responses"])
     images = [load_image(Path(it["image_file"])) for it in items]
@@ -164,8 +164,7 @@ def score_items(model, processor, items: list[dict], device="cpu") -> list[list[
     with preprocess_images_once(processor):
         encoded = [processor(text=[texts[k] for texts in rendered], images=images,
                              return_tensors="pt", padding=True) for k in range(n)]
-    image_inputs = {key: v for key, v in encoded[0].items()
-                    if key not in SEQUENCE_KEYS and key != "token_type_ids"}
+    image_inputs = image_tensors(encoded[0])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sequences = {key: v.to(device) for key, v in stack_sequences(encoded, pad).items()}
     dtype = next(model.parameters()).dtype
