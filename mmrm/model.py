@@ -17,6 +17,7 @@ normalised scores) and the input ``mode`` the model was trained with.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,11 @@ class RewardConfig:
 #: Backbones whose positions are not a plain 1-D count (Qwen2-VL's 3-D M-RoPE is computed from
 #: the whole sequence): a prompt's key/value cache cannot simply be continued.
 NO_PREFIX_SHARING = ("qwen2_vl", "qwen2_5_vl")
+
+
+def can_share_prefix(model_type: str) -> bool:
+    """Whether a backbone of this ``model_type`` can continue a prompt's key/value cache."""
+    return model_type not in NO_PREFIX_SHARING
 
 
 def hidden_size_of(config) -> int:
@@ -111,7 +117,7 @@ class RewardModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 sequences_per_image: int = 1, mm_token_type_ids: torch.Tensor | None = None,
                 prefix_input_ids: torch.Tensor | None = None,
-                prefix_attention_mask: torch.Tensor | None = None,
+                prefix_attention_mask: torch.Tensor | None = None, length_buckets: int = 1,
                 **image_inputs) -> torch.Tensor:
         """Rewards of shape ``(N,)`` for ``N`` right-padded sequences.
 
@@ -126,13 +132,15 @@ class RewardModel(nn.Module):
                 (image + question) that the ``sequences_per_image`` sequences of each image
                 share. Given them, ``input_ids`` holds only the continuations and the prompt
                 runs through the model once (:meth:`forward_shared_prefix`).
+            length_buckets: with a shared prefix, run the continuations in up to this many
+                groups of similar length (:meth:`forward_shared_prefix`).
             image_inputs: the processor's image tensors for the ``M`` images
                 (``pixel_values``, ``image_grid_thw``, ...); none for text-only.
         """
         if prefix_input_ids is not None:
             return self.forward_shared_prefix(prefix_input_ids, prefix_attention_mask,
                                               input_ids, attention_mask, sequences_per_image,
-                                              **image_inputs)
+                                              length_buckets, **image_inputs)
         inner = self.backbone.model
         kwargs = {}
         if mm_token_type_ids is not None:
@@ -158,9 +166,10 @@ class RewardModel(nn.Module):
     def forward_shared_prefix(self, prefix_input_ids: torch.Tensor,
                               prefix_attention_mask: torch.Tensor, input_ids: torch.Tensor,
                               attention_mask: torch.Tensor, sequences_per_image: int,
-                              **image_inputs) -> torch.Tensor:
+                              length_buckets: int = 1, **image_inputs) -> torch.Tensor:
         """Rewards of ``N = n·M`` sequences that are ``M`` shared prompts, each continued ``n``
-        ways: the prompts run once, their key/value cache is repeated for the continuations.
+        ways: the prompts run once, and every continuation attends to its prompt's rows of the
+        key/value cache.
 
         Equal (up to float rounding) to :meth:`forward` over the whole sequences, gradients
         included (the cache is part of the graph); for backbones with 1-D positions (not
@@ -171,6 +180,10 @@ class RewardModel(nn.Module):
             input_ids, attention_mask: ``(N, S)`` continuations, right-padded, ordered
                 ``[continuation 0 of every prompt, continuation 1 of every prompt, ...]``.
             sequences_per_image: ``n``.
+            length_buckets: sort the continuations by length and run them in up to this many
+                groups of equal count, each cut to its own longest: less padding where
+                responses differ in length (best-of-N candidates), one more language-model
+                call per group.
             image_inputs: the prompts' image tensors, as the backbone's forward takes them.
         """
         n, m = sequences_per_image, prefix_input_ids.shape[0]
@@ -183,26 +196,34 @@ class RewardModel(nn.Module):
         if cache is None:
             raise ValueError("the backbone returned no key/value cache (gradient checkpointing "
                              "turns it off): use whole sequences")
-        cache.batch_repeat_interleave(n)          # [prompt 0 x n, prompt 1 x n, ...]
-        # continuations in the cache's order: row i*n + k is continuation k of prompt i
-        order = torch.arange(n * m, device=input_ids.device).view(n, m).t().reshape(-1)
-        ids, mask = input_ids[order], attention_mask[order]
-        lengths = prefix_attention_mask.sum(-1).repeat_interleave(n)
-        steps = torch.arange(ids.shape[1], device=ids.device)
-        hidden = inner(input_ids=ids,
-                       attention_mask=torch.cat(
-                           [prefix_attention_mask.repeat_interleave(n, dim=0), mask], dim=1),
-                       position_ids=lengths[:, None] + steps[None],
-                       use_cache=True, **{_cache_argument(inner): cache}).last_hidden_state
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device),
-                        last_token_index(mask)]
-        rewards = self.value_head(pooled.to(self.value_head.weight.dtype)).squeeze(-1)
-        return torch.empty_like(rewards).index_copy(0, order, rewards)
+        rows = torch.arange(n * m, device=input_ids.device)
+        lengths = attention_mask.sum(-1)
+        groups = (torch.argsort(lengths, stable=True).tensor_split(length_buckets)
+                  if length_buckets > 1 else (rows,))
+        prefix_lengths = prefix_attention_mask.sum(-1)
+        done, rewards = [], []
+        for group in (g for g in groups if len(g)):
+            prompts = group % m                   # continuation k*m + i continues prompt i
+            width = int(lengths[group].max())
+            ids, mask = input_ids[group, :width], attention_mask[group, :width]
+            steps = torch.arange(width, device=ids.device)
+            hidden = inner(input_ids=ids,
+                           attention_mask=torch.cat([prefix_attention_mask[prompts], mask], 1),
+                           position_ids=prefix_lengths[prompts, None] + steps[None],
+                           use_cache=True,
+                           **{_cache_argument(inner): _cache_rows(cache, prompts)}
+                           ).last_hidden_state
+            pooled = hidden[torch.arange(len(group), device=hidden.device),
+                            last_token_index(mask)]
+            rewards.append(self.value_head(pooled.to(self.value_head.weight.dtype)).squeeze(-1))
+            done.append(group)
+        rewards = torch.cat(rewards)
+        return torch.empty_like(rewards).index_copy(0, torch.cat(done), rewards)
 
     @property
     def can_share_prefix(self) -> bool:
         """Whether :meth:`forward_shared_prefix` applies: positions are a plain 1-D count."""
-        return getattr(self.backbone.config, "model_type", "") not in NO_PREFIX_SHARING
+        return can_share_prefix(getattr(self.backbone.config, "model_type", ""))
 
     def encode_images(self, **image_inputs):
         """Run the vision tower (and projector) once over the given images.
@@ -231,6 +252,19 @@ class RewardModel(nn.Module):
             if hasattr(inner, name):
                 return list(getattr(inner, name).parameters())
         raise ValueError(f"cannot find the vision tower of {type(inner).__name__}")
+
+
+def _cache_rows(cache, rows: torch.Tensor):
+    """A key/value cache made of ``cache``'s batch rows ``rows`` (repeats allowed).
+
+    ``cache`` itself is left as it was (its layers are copied before selecting, and a forward
+    replaces a layer's tensors rather than writing into them), so several groups of
+    continuations can each start from the same prompts.
+    """
+    part = copy.copy(cache)
+    part.layers = [copy.copy(layer) for layer in cache.layers]
+    part.batch_select_indices(rows)
+    return part
 
 
 def _cache_argument(module: nn.Module) -> str:

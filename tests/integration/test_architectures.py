@@ -118,6 +118,16 @@ def build_internvl(out):
     InternVLForConditionalGeneration(config).save_pretrained(out)
 
 
+def _distinct_images(pairs, k):
+    """The first ``k`` pairs that each show another image (VLFeedback-like files hold several
+    pairs per image: a mix-up between items would go unseen among those)."""
+    by_image = {}
+    for pair in pairs:
+        by_image.setdefault(pair.image_file, pair)
+    assert len(by_image) >= k
+    return list(by_image.values())[:k]
+
+
 BUILDERS = {"qwen2vl": build_qwen2vl, "idefics3": build_idefics3, "internvl": build_internvl}
 
 
@@ -163,7 +173,7 @@ def test_image_encoded_once_per_pair_matches_once_per_sequence(backbone, tiny_pa
     model = RewardModel.from_base(backbone).eval()
     processor = load_processor(backbone)
     set_right_padding(processor)
-    pairs = load_pairs(tiny_pairs[("rlhfv", "test")])[:3]
+    pairs = _distinct_images(load_pairs(tiny_pairs[("rlhfv", "test")]), 3)
     batch = PairCollator(processor)(pairs)
     batch.pop("ids")
     once = model(**batch, sequences_per_image=2)
@@ -185,15 +195,16 @@ def test_shared_prompt_cache_scores_like_the_full_sequences(backbone, tiny_pairs
     model = RewardModel.from_base(backbone).eval()
     processor = load_processor(backbone)
     set_right_padding(processor)
-    pairs = load_pairs(tiny_pairs[("vlfeedback", "test")])[:3]
+    pairs = _distinct_images(load_pairs(tiny_pairs[("vlfeedback", "test")]), 2)
     items = [{"prompt": p.prompt, "image_file": str(p.image_file),
               "responses": [p.chosen, p.rejected, p.rejected + " It is drawn."]} for p in pairs]
     full = torch.tensor(score_items(model, processor, items))
-    shared = score_items_shared_prefix(model, processor, items)
-    if model.backbone.config.model_type == "qwen2_vl":
-        assert shared is None                 # 3-D positions: falls back to the full path
-    else:
-        assert torch.allclose(torch.tensor(shared), full, atol=1e-5)
+    for buckets in (1, 2, 4):    # 6 responses, by length in groups of 6; 3+3; 2+2+1+1
+        shared = score_items_shared_prefix(model, processor, items, length_buckets=buckets)
+        if model.backbone.config.model_type == "qwen2_vl":
+            assert shared is None             # 3-D positions: falls back to the full path
+        else:
+            assert torch.allclose(torch.tensor(shared), full, atol=1e-5), buckets
 
 
 @pytest.mark.parametrize("mode", ["multimodal", "text_only"])
@@ -210,19 +221,21 @@ def test_shared_prompt_training_batch_gives_the_rewards_and_gradients_of_whole_s
     assert not shares_prompt(config.model_copy(update={"gradient_checkpointing": True}), model)
     processor = load_processor(backbone)
     set_right_padding(processor)
-    pairs = load_pairs(tiny_pairs[("vlfeedback", "test")])[:3]
+    pairs = _distinct_images(load_pairs(tiny_pairs[("vlfeedback", "test")]), 2)
     runs = []
-    for share in (False, True):
+    for share, buckets in ((False, 1), (True, 1), (True, 2)):
         batch = PairCollator(processor, mode, share_prompt=share)(pairs)
         batch.pop("ids")
         assert ("prefix_input_ids" in batch) == share
         model.zero_grad()
-        rewards = model(**batch, sequences_per_image=2)
-        torch.nn.functional.logsigmoid(rewards[:3] - rewards[3:]).sum().neg().backward()
+        rewards = model(**batch, sequences_per_image=2, length_buckets=buckets)
+        torch.nn.functional.logsigmoid(rewards[:2] - rewards[2:]).sum().neg().backward()
         runs.append((rewards.detach(), {name: p.grad.clone() for name, p in
                                         model.named_parameters() if p.grad is not None}))
-    (whole, whole_grads), (shared, shared_grads) = runs
-    assert torch.allclose(shared, whole, atol=1e-5)
-    assert shared_grads.keys() == whole_grads.keys() and whole_grads
-    for name, grad in whole_grads.items():
-        assert torch.allclose(shared_grads[name], grad, atol=1e-5, rtol=1e-4), name
+    (whole, whole_grads), *shared_runs = runs
+    assert whole_grads
+    for shared, shared_grads in shared_runs:     # one group, and chosen/rejected by length
+        assert torch.allclose(shared, whole, atol=1e-5)
+        assert shared_grads.keys() == whole_grads.keys()
+        for name, grad in whole_grads.items():
+            assert torch.allclose(shared_grads[name], grad, atol=1e-5, rtol=1e-4), name
