@@ -203,10 +203,15 @@ def score(
         help="GPUs per actor: 1, or 0.5 for two per GPU; 0 runs on CPU.")] = 0.0,
     threads_per_worker: Annotated[int, typer.Option(help="torch threads of a CPU actor.")] = 1,
     batch_responses: Annotated[int, typer.Option(help="Responses per forward.")] = 64,
+    length_buckets: Annotated[int, typer.Option(
+        help="A batch's responses run in up to this many groups of similar length.")] = 4,
     chunk_items: Annotated[int, typer.Option(help="Items per written chunk.")] = 256,
     normalize: Annotated[bool, typer.Option(
         help="Scores as (r - mean) / std of the model's training rewards.")] = False,
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 on the workers.")] = "fp32",
+    preprocess: Annotated[str, typer.Option(
+        help="Where images and text are encoded: driver (while the workers run the model), "
+             "worker, or auto (the driver where it has a CPU of its own).")] = "auto",
     address: Annotated[Optional[str], typer.Option(
         help="Ray cluster address (default RAY_ADDRESS, else a local Ray).")] = None,
     errors: Annotated[Optional[Path], typer.Option(
@@ -220,9 +225,11 @@ def score(
                          errors=str(errors) if errors else None, workers=workers,
                          gpus_per_worker=gpus_per_worker,
                          threads_per_worker=threads_per_worker,
-                         batch_responses=batch_responses, chunk_items=chunk_items,
+                         batch_responses=batch_responses, length_buckets=length_buckets,
+                         chunk_items=chunk_items,
                          normalize=normalize, on_error=on_error, address=address,
-                         image_root=str(image_root) if image_root else None, dtype=dtype)
+                         image_root=str(image_root) if image_root else None, dtype=dtype,
+                         preprocess=preprocess)
     with _user_errors():
         totals = score_file(config, show_bar=True)
     if totals.get("already_complete"):

@@ -16,7 +16,9 @@ How it runs:
   responses, and the prompt (image tokens + question) runs through the model once: its
   key/value cache is reused by every response (:func:`score_items_shared_prefix`; backbones
   with 3-D positions, Qwen2-VL, fall back to :func:`score_items`, which still shares the
-  image features). Batches are cut by token length within a window of items.
+  image features). Batches are cut by token length within a window of items; within a
+  batch, the responses run after the shared prompts in ``length_buckets`` groups of similar
+  length, so a short response is not padded to the longest of the batch.
 * **Order, chunks and resume**: items are taken in windows of ``chunk_items``; a window's
   lines are appended to OUTPUT (and bad items to the errors file) only once the whole window
   and every window before it are scored, then ``OUTPUT.state.json`` is replaced atomically
@@ -36,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -62,12 +65,20 @@ class ScoreConfig:
         gpus_per_worker: 1 = a GPU each, 0.5 = two per GPU, 0 = CPU.
         threads_per_worker: torch threads of a CPU worker.
         batch_responses: responses per forward (items are packed up to this many).
+        length_buckets: a batch's responses run in up to this many groups of similar length
+            after the shared prompts (less padding; see
+            :meth:`~mmrm.model.RewardModel.forward_shared_prefix`).
         chunk_items: items per written chunk (the resume granularity).
         normalize: scores as ``(r - reward_mean) / reward_std`` from the model's config.
         on_error: raise at the first bad item, or skip it into the errors file.
         address: Ray cluster to join (default ``RAY_ADDRESS``, else a local one).
         image_root: root of ``img_path`` (default: the input file's folder).
         dtype: ``bf16`` / ``fp16`` / ``fp32`` weights on the workers.
+        preprocess: where images are decoded and preprocessed and text is tokenized:
+            ``driver`` (while the workers run the model; the driver tokenizes anyway, to
+            batch by length), ``worker`` (each worker before its forward), or ``auto``:
+            the driver where it has a CPU of its own (GPU workers, a remote cluster, or
+            fewer worker threads than this machine's CPUs), else the workers.
     """
 
     model: str
@@ -78,12 +89,14 @@ class ScoreConfig:
     gpus_per_worker: float = 0.0
     threads_per_worker: int = 1
     batch_responses: int = 64
+    length_buckets: int = 4
     chunk_items: int = 256
     normalize: bool = False
     on_error: OnError = OnError.RAISE
     address: str | None = None
     image_root: str | None = None
     dtype: str = "fp32"
+    preprocess: Literal["auto", "driver", "worker"] = "auto"
 
     @property
     def errors_path(self) -> Path:
@@ -98,7 +111,8 @@ class ResponseScorer:
     """Holds one reward model and scores batches of items (a Ray actor, or plain in tests)."""
 
     def __init__(self, model_dir: str, dtype: str = "fp32", threads: int = 1,
-                 device: str | None = None, name: str = "", batch_delay: float = 0.0):
+                 device: str | None = None, name: str = "", batch_delay: float = 0.0,
+                 length_buckets: int = 4):
         from mmrm.data import set_right_padding
         from mmrm.model import RewardModel, load_processor
 
@@ -110,10 +124,16 @@ class ResponseScorer:
         self.processor = load_processor(model_dir, self.model.config.trust_remote_code)
         set_right_padding(self.processor)
         self.name, self.batch_delay = name, batch_delay
+        self.length_buckets = length_buckets
         self.incarnation = f"{os.getpid()}-{time.monotonic_ns()}"
 
-    def score(self, items: list[dict]) -> dict:
+    def score(self, items: list[dict], encoded: list[dict] | None = None) -> dict:
         """Scores of each item; an item that fails is returned with its error instead.
+
+        Args:
+            items: ``{"line", "prompt", "responses", "image_file"}`` each.
+            encoded: model inputs the driver already made for some of them
+                (:func:`encode_groups`); the other items are encoded here.
 
         Returns ``{"results": [{"line", "scores"} | {"line", "error"}], "worker": the
         incarnation (process) that scored it, "actor": the actor's name}``.
@@ -121,14 +141,20 @@ class ResponseScorer:
         if self.batch_delay:
             time.sleep(self.batch_delay)
         results = []
-        by_count: dict[int, list[dict]] = {}
-        for item in items:
-            by_count.setdefault(len(item["responses"]), []).append(item)
-        for group in by_count.values():
+        by_line = {item["line"]: item for item in items}
+        for group in encoded or []:
             try:
-                scores = score_items_shared_prefix(self.model, self.processor, group,
-                                                   self.device) \
-                    or score_items(self.model, self.processor, group, self.device)
+                scores = score_encoded(self.model, group, self.device, self.length_buckets)
+            except Exception:      # noqa: BLE001 - the items go the per-item way below
+                continue
+            results += [{"line": line, "scores": s} for line, s in zip(group["lines"], scores)]
+            for line in group["lines"]:
+                del by_line[line]
+        for group in groups_by_count(list(by_line.values())):
+            try:
+                scores = score_encoded(self.model, encode_group(self.processor, group,
+                                                                self.model.can_share_prefix),
+                                       self.device, self.length_buckets)
                 results += [{"line": it["line"], "scores": s} for it, s in zip(group, scores)]
             except Exception:      # one bad item must not sink the others: retry them alone
                 for item in group:
@@ -144,64 +170,93 @@ class ResponseScorer:
         return self.incarnation
 
 
-@torch.no_grad()
-def score_items(model, processor, items: list[dict], device="cpu") -> list[list[float]]:
-    """Rewards of every response of M items that have the same number N of responses.
+def groups_by_count(items: list[dict]) -> list[list[dict]]:
+    """The items grouped by their number of responses (one forward per group)."""
+    by_count: dict[int, list[dict]] = {}
+    for item in items:
+        by_count.setdefault(len(item["responses"]), []).append(item)
+    return list(by_count.values())
 
-    The sequences are ordered response-major (``[response 0 of every item, response 1 of
-    every item, ...]``) so that :meth:`RewardModel.forward` encodes each item's image once and
-    reuses it for the item's N sequences. The prompt prefix still runs through the language
-    model once per response; :func:`score_items_shared_prefix` avoids that where it can.
+
+def encode_group(processor, items: list[dict], share_prefix: bool = True) -> dict:
+    """Model inputs for M items that have the same number N of responses.
+
+    With ``share_prefix`` (and where the split is exact, :func:`~mmrm.data.split_prompts`),
+    the prompts (image + question) are encoded once and the responses as their
+    continuations (:meth:`~mmrm.model.RewardModel.forward_shared_prefix`); otherwise whole
+    sequences, ordered response-major (``[response 0 of every item, response 1 of every
+    item, ...]``) with each item's image tensors once. CPU work only (images decoded and
+    preprocessed, text tokenized): the driver can do it while the workers run the model.
+
+    Returns ``{"lines": the items' lines, "responses": N, "inputs": tensors for
+    :meth:`RewardModel.forward`}``.
     """
-    from mmrm.data import (filled_template, image_tensors, load_image, preprocess_images_once,
-                           stack_sequences)
+    from mmrm.data import (encode_shared_prompts, filled_template, image_tensors, load_image,
+                           preprocess_images_once, split_prompts, stack_sequences)
 
     n = len(items[0]["responses"])
     images = [load_image(Path(it["image_file"])) for it in items]
-    tokenizer = getattr(processor, "tokenizer", processor)
-    template = filled_template(processor, (items[0]["prompt"], items[0]["responses"][0]))
-    rendered = [[template.full(it["prompt"], r) for r in it["responses"]] for it in items]
-    with preprocess_images_once(processor):
-        encoded = [processor(text=[texts[k] for texts in rendered], images=images,
-                             return_tensors="pt", padding=True) for k in range(n)]
-    image_inputs = image_tensors(encoded[0])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    sequences = {key: v.to(device) for key, v in stack_sequences(encoded, pad).items()}
-    dtype = next(model.parameters()).dtype
-    image_inputs = {key: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
-                    for key, v in image_inputs.items()}
-    rewards = model(**sequences, sequences_per_image=n, **image_inputs).float().cpu()
-    return rewards.view(n, len(items)).t().tolist()
-
-
-@torch.no_grad()
-def score_items_shared_prefix(model, processor, items: list[dict], device="cpu"
-                              ) -> list[list[float]] | None:
-    """Like :func:`score_items`, but the prompt (image + question) runs through the model
-    once per item and its key/value cache is reused by the item's N responses.
-
-    The prompt prefix is the chat template with ``add_generation_prompt``; each response's
-    suffix is the rest of its full rendering. Returns ``None`` (the caller falls back to
-    :func:`score_items`) where that split is not exact: a backbone with 3-D positions, a
-    template whose full rendering does not start with the prompt rendering, or a tokenizer
-    that tokenizes prompt + suffix differently from the whole.
-    """
-    from mmrm.data import encode_shared_prompts, load_image, split_prompts
-
-    if not model.can_share_prefix:
-        return None
-    n = len(items[0]["responses"])
     split = split_prompts(processor, [it["prompt"] for it in items],
-                          [[it["responses"][k] for it in items] for k in range(n)])
-    if split is None:
-        return None
-    images = [load_image(Path(it["image_file"])) for it in items]
-    encoded = encode_shared_prompts(processor, *split, images)
+                          [[it["responses"][k] for it in items] for k in range(n)]
+                          ) if share_prefix else None
+    if split is not None:
+        inputs = encode_shared_prompts(processor, *split, images)
+    else:
+        tokenizer = getattr(processor, "tokenizer", processor)
+        template = filled_template(processor, (items[0]["prompt"], items[0]["responses"][0]))
+        rendered = [[template.full(it["prompt"], r) for r in it["responses"]] for it in items]
+        with preprocess_images_once(processor):
+            encoded = [processor(text=[texts[k] for texts in rendered], images=images,
+                                 return_tensors="pt", padding=True) for k in range(n)]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        inputs = {**stack_sequences(encoded, pad), **image_tensors(encoded[0])}
+    return {"lines": [it.get("line") for it in items], "responses": n, "inputs": inputs}
+
+
+def encode_groups(processor, items: list[dict], share_prefix: bool) -> list[dict]:
+    """:func:`encode_group` for each group of a batch; a group that fails to encode (a bad
+    image, say) is left out, for the worker to retry item by item and report."""
+    encoded = []
+    for group in groups_by_count(items):
+        try:
+            encoded.append(encode_group(processor, group, share_prefix))
+        except Exception:      # noqa: BLE001 - the worker reports it per item
+            pass
+    return encoded
+
+
+@torch.inference_mode()
+def score_encoded(model, group: dict, device="cpu", length_buckets: int = 1
+                  ) -> list[list[float]]:
+    """Rewards (one list of N per item) of a group made by :func:`encode_group`."""
     dtype = next(model.parameters()).dtype
     inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
-              for k, v in encoded.items()}
-    rewards = model(**inputs, sequences_per_image=n).float().cpu()
-    return rewards.view(n, len(items)).t().tolist()
+              for k, v in group["inputs"].items()}
+    n = group["responses"]
+    rewards = model(**inputs, sequences_per_image=n, length_buckets=length_buckets)
+    return rewards.float().cpu().view(n, -1).t().tolist()
+
+
+def score_items(model, processor, items: list[dict], device="cpu") -> list[list[float]]:
+    """Rewards of every response of M items that have the same number N of responses, as
+    whole sequences (each item's image encoded once for its N sequences)."""
+    return score_encoded(model, encode_group(processor, items, share_prefix=False), device)
+
+
+def score_items_shared_prefix(model, processor, items: list[dict], device="cpu",
+                              length_buckets: int = 1) -> list[list[float]] | None:
+    """Like :func:`score_items`, but the prompt (image + question) runs through the model
+    once per item and its key/value cache is reused by the item's N responses, which run in
+    up to ``length_buckets`` groups of similar length. ``None`` where that does not apply:
+    a backbone with 3-D positions, or a template / tokenizer for which prompt + response
+    is not exactly the whole (:func:`~mmrm.data.split_prompts`).
+    """
+    if not model.can_share_prefix:
+        return None
+    group = encode_group(processor, items)
+    if "prefix_input_ids" not in group["inputs"]:
+        return None
+    return score_encoded(model, group, device, length_buckets)
 
 
 # ---------------------------------------------------------------------------- the driver
@@ -330,8 +385,10 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
     import ray
     from ray.util import ActorPool
 
-    from mmrm.model import load_processor
+    from mmrm.data import set_right_padding
+    from mmrm.model import can_share_prefix, load_processor
 
+    where = preprocess_where(config)
     state = _open_run(config)
     out, errors_path = Path(config.output), config.errors_path
     state_path = out.with_name(out.name + STATE_SUFFIX)
@@ -353,16 +410,27 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
     delay = float(os.environ.get(BATCH_DELAY_ENV) or 0)
     actors = [actor_class.options(name=name).remote(config.model, config.dtype,
                                                     config.threads_per_worker, name=name,
-                                                    batch_delay=delay)
+                                                    batch_delay=delay,
+                                                    length_buckets=config.length_buckets)
               for name in names]
     try:
         ray.get([a.ready.remote() for a in actors])
         reward_config = json.loads((Path(config.model) / "reward_config.json").read_text())
-        tokenizer = load_processor(config.model).tokenizer
+        processor = load_processor(config.model, reward_config.get("trust_remote_code", False))
+        set_right_padding(processor)
+        if where == "driver":
+            model_type = json.loads((Path(config.model) / "config.json").read_text()
+                                    ).get("model_type", "")
+            share = can_share_prefix(model_type)
+            prepare = lambda batch: encode_groups(processor, batch, share)  # noqa: E731
+        else:
+            prepare = lambda batch: None  # noqa: E731
         # each actor appears twice: one batch runs while the next waits in its queue, so a
-        # worker never idles while the driver collects and writes
-        totals = _drive(config, state, ActorPool(actors * 2), tokenizer, reward_config, out,
-                        errors_path, state_path, progress, show_bar, names)
+        # worker never idles while the driver prepares, collects and writes
+        totals = _drive(config, state, ActorPool(actors * 2), processor.tokenizer, prepare,
+                        reward_config, out, errors_path, state_path, progress, show_bar,
+                        names)
+        totals["preprocess"] = where
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -371,9 +439,23 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
     return totals
 
 
-def _drive(config, state, pool, tokenizer, reward_config, out, errors_path, state_path,
-           progress, show_bar, actor_names) -> dict:
-    """Submit every window's batches, then write the windows in order as they complete."""
+def preprocess_where(config: ScoreConfig) -> str:
+    """``driver`` or ``worker``: where ``config.preprocess`` puts the CPU work."""
+    if config.preprocess not in ("auto", "driver", "worker"):
+        raise ValueError(f"preprocess must be auto, driver or worker, not "
+                         f"{config.preprocess!r}")
+    if config.preprocess != "auto":
+        return config.preprocess
+    if config.gpus_per_worker or config.address or os.environ.get("RAY_ADDRESS"):
+        return "driver"
+    busy = config.workers * config.threads_per_worker
+    return "driver" if busy < (os.cpu_count() or 1) else "worker"
+
+
+def _drive(config, state, pool, tokenizer, prepare, reward_config, out, errors_path,
+           state_path, progress, show_bar, actor_names) -> dict:
+    """Submit every window's batches (with the model inputs ``prepare`` makes of them),
+    then write the windows in order as they complete."""
     bad: list[RecordError] = []   # reader errors not yet written (earlier runs wrote theirs)
     ledger = Ledger(on_error=OnError(config.on_error),
                     on_bad=lambda err: bad.append(err) if err.line >= state.next_line else None)
@@ -415,10 +497,11 @@ def _drive(config, state, pool, tokenizer, reward_config, out, errors_path, stat
         for batch in (b for group in _sort_groups(items, config.batch_responses)
                       for b in _batches(group, tokenizer, config.batch_responses)):
             window["pending"] += 1
+            encoded = prepare(batch)
             while not pool.has_free():
                 collect(pool.get_next_unordered())
                 flush_ready()
-            pool.submit(lambda actor, b: actor.score.remote(b), batch)
+            pool.submit(lambda actor, job: actor.score.remote(*job), (batch, encoded))
         flush_ready()
     while pool.has_next():
         collect(pool.get_next_unordered())

@@ -15,7 +15,7 @@ from mmrm.data import PairCollator, load_pairs, set_right_padding
 from mmrm.formats import PairRecord
 from mmrm.ledger import RecordError
 from mmrm.model import RewardModel, load_processor
-from mmrm.score import ResponseScorer, ScoreConfig, score_file
+from mmrm.score import ResponseScorer, ScoreConfig, preprocess_where, score_file
 
 pytestmark = pytest.mark.integration
 
@@ -64,9 +64,53 @@ def read_lines(path):
 @pytest.fixture(scope="module")
 def clean_run(ray_cluster, reward_dir, inference_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean") / "scores.jsonl"
-    totals = score_file(config(reward_dir, inference_file, out))
+    totals = score_file(config(reward_dir, inference_file, out, preprocess="driver"))
     assert totals["items_scored"] == 30 and totals["items_failed"] == 0
+    assert totals["preprocess"] == "driver"
     return read_lines(out)
+
+
+def test_workers_that_preprocess_themselves_give_the_same_scores(clean_run, reward_dir,
+                                                                 inference_file, tmp_path):
+    out = tmp_path / "worker.jsonl"
+    totals = score_file(config(reward_dir, inference_file, out, preprocess="worker"))
+    assert totals["preprocess"] == "worker"
+    for driver, worker in zip(clean_run, read_lines(out), strict=True):
+        assert worker["id"] == driver["id"]
+        assert worker["scores"] == pytest.approx(driver["scores"], abs=1e-6)
+
+
+def test_auto_preprocessing_uses_the_driver_where_it_has_a_cpu_of_its_own(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    where = {(workers, gpus, address): preprocess_where(ScoreConfig(
+        model="m", input="i", output="o", workers=workers, gpus_per_worker=gpus,
+        address=address)) for workers in (1, 2) for gpus in (0, 1) for address in (None, "x")}
+    assert {key for key, value in where.items() if value == "worker"} == {(2, 0, None)}
+    assert preprocess_where(ScoreConfig(model="m", input="i", output="o", workers=1,
+                                        preprocess="worker")) == "worker"
+    with pytest.raises(ValueError, match="preprocess must be"):
+        preprocess_where(ScoreConfig(model="m", input="i", output="o", preprocess="gpu"))
+
+
+def test_an_image_that_fails_to_decode_in_the_driver_is_reported_by_its_line(
+        ray_cluster, reward_dir, inference_file, tmp_path):
+    lines = open(inference_file).read().splitlines()[:6]
+    item = json.loads(lines[2])
+    data = open(item["img_path"], "rb").read()
+    truncated = tmp_path / "truncated.jpg"          # a readable header, a cut-off body
+    truncated.write_bytes(data[:len(data) // 2])
+    item["img_path"] = str(truncated)
+    lines[2] = json.dumps(item)
+    src = tmp_path / "truncated.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scores.jsonl"
+    totals = score_file(config(reward_dir, src, out, on_error="skip", preprocess="driver"))
+    assert totals["ledger"] == {"read": 6, "written": 5, "skipped": 1}
+    assert [r["id"] for r in read_lines(out)] == [json.loads(lines[i])["id"]
+                                                  for i in (0, 1, 3, 4, 5)]
+    errors = read_lines(tmp_path / "scores.errors.jsonl")
+    assert [(e["line"], e["reason"]) for e in errors] == [(3, "scoring_failed")]
 
 
 def test_scores_match_scoring_each_response_alone(clean_run, reward_dir, inference_file):
