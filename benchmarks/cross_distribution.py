@@ -3,7 +3,9 @@ on all three, for several seeds; mean in-distribution (ID) and out-of-distributi
 pairwise accuracy per weighting, and the weight statistics of the shortcut-aware runs.
 
 Runs ``configs/tiny/{none,sfc_joint,sfc_two_stage}.yaml`` with model, data and seed changed.
-The benchmark data are made once per seed (``mmrm benchmark make``'s defaults).
+The benchmark data are made once per seed (``mmrm benchmark make``'s defaults; with
+``--train-cue-rate`` the training splits carry their own cue that often instead of 0.85, the
+test splits are unchanged).
 
     python benchmarks/cross_distribution.py --base data/base/tiny --seeds 0 1 2
 """
@@ -21,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from mmrm.config import TrainConfig, load_config  # noqa: E402
 from mmrm.synthetic.environments import (ENVIRONMENTS, BenchmarkConfig,  # noqa: E402
-                                         convert_benchmark, write_benchmark)
+                                         SplitConfig, convert_benchmark, write_benchmark)
 from mmrm.train import train, train_text_proxy  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tiny"
@@ -54,14 +56,19 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/mmrm-cross-distribution"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--weightings", nargs="+", default=list(WEIGHTINGS))
+    parser.add_argument("--train-cue-rate", type=float, default=None,
+                        help="P(own cue on the preferred side) in the training splits")
     parser.add_argument("overrides", nargs="*", help="dotted key=value for every run")
     args = parser.parse_args()
 
     results = []
     for seed in args.seeds:
         bench = args.work / f"benchmark-{seed}"
-        pairs = convert_benchmark(bench, write_benchmark(bench / "raw",
-                                                         BenchmarkConfig(seed=seed)))
+        benchmark = BenchmarkConfig(seed=seed)
+        if args.train_cue_rate is not None:
+            benchmark.splits[0] = SplitConfig(name="train", size=benchmark.splits[0].size,
+                                              cue_rate=args.train_cue_rate)
+        pairs = convert_benchmark(bench, write_benchmark(bench / "raw", benchmark))
         for env in ENVIRONMENTS:
             for weighting in args.weightings:
                 out = args.work / f"seed{seed}" / env / weighting
