@@ -184,7 +184,9 @@ def test_worker_killed_mid_run_loses_nothing(ray_cluster, clean_run, reward_dir,
 
     monkeypatch.setenv("MMRM_TEST_BATCH_DELAY", "0.3")
     out = tmp_path / "scores.jsonl"
-    totals = score_file(config(reward_dir, inference_file, out), progress=kill_the_busy_worker)
+    # the driver's tensors are the batch's arguments: Ray keeps them to retry the batch
+    totals = score_file(config(reward_dir, inference_file, out, preprocess="driver"),
+                        progress=kill_the_busy_worker)
     busy = killed[0]
     # the killed actor came back as a new process and went on scoring (its batch retried)
     old = {e["worker"] for e in before if e["actor"] == busy}
