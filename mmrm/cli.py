@@ -204,7 +204,7 @@ def score(
     threads_per_worker: Annotated[int, typer.Option(help="torch threads of a CPU actor.")] = 1,
     batch_responses: Annotated[int, typer.Option(help="Responses per forward.")] = 64,
     length_buckets: Annotated[int, typer.Option(
-        help="A batch's responses run in up to this many groups of similar length.")] = 4,
+        min=1, help="A batch's responses run in up to this many groups of similar length.")] = 4,
     chunk_items: Annotated[int, typer.Option(help="Items per written chunk.")] = 256,
     normalize: Annotated[bool, typer.Option(
         help="Scores as (r - mean) / std of the model's training rewards.")] = False,
