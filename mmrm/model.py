@@ -18,6 +18,7 @@ normalised scores) and the input ``mode`` the model was trained with.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 from dataclasses import asdict, dataclass, field
@@ -211,7 +212,7 @@ class RewardModel(nn.Module):
                            attention_mask=torch.cat([prefix_attention_mask[prompts], mask], 1),
                            position_ids=prefix_lengths[prompts, None] + steps[None],
                            use_cache=True,
-                           **{_cache_argument(inner): _cache_rows(cache, prompts)}
+                           **{_cache_argument(type(inner)): _cache_rows(cache, prompts)}
                            ).last_hidden_state
             pooled = hidden[torch.arange(len(group), device=hidden.device),
                             last_token_index(mask)]
@@ -267,9 +268,11 @@ def _cache_rows(cache, rows: torch.Tensor):
     return part
 
 
-def _cache_argument(module: nn.Module) -> str:
-    """``cache`` (transformers >= 5.x) or ``past_key_values``: the key/value cache argument."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters \
+@functools.cache
+def _cache_argument(module_class: type[nn.Module]) -> str:
+    """``cache`` (transformers >= 5.x) or ``past_key_values``: the key/value cache argument
+    of ``module_class.forward`` (looked up once per class: it runs every forward)."""
+    return "cache" if "cache" in inspect.signature(module_class.forward).parameters \
         else "past_key_values"
 
 
