@@ -90,7 +90,9 @@ class TrainConfig(Strict):
                                "through the model once and continue it with chosen and "
                                "rejected from its key/value cache. Whole sequences are used "
                                "instead with gradient checkpointing (which turns the cache "
-                               "off) and for Qwen2-VL / Qwen2.5-VL (3-D positions).")
+                               "off), for Qwen2-VL / Qwen2.5-VL (3-D positions) and in "
+                               "text_only mode (a question alone is too short to pay for a "
+                               "second forward call).")
     trust_remote_code: bool = False
     attn_implementation: str | None = None
     log_steps: int = Field(10, gt=0)

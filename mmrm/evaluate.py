@@ -124,7 +124,7 @@ def load_scorer(model_dir: str | Path, max_length: int = 4096):
     processor = load_processor(model_dir, model.config.trust_remote_code)
     set_right_padding(processor)
     return model, PairCollator(processor, InputMode(model.config.mode), max_length,
-                               share_prompt=model.can_share_prefix)
+                               share_prompt=model.shares_prompt)
 
 
 def score_file(model, collator: PairCollator, path: str | Path, batch_size: int = 32,

@@ -226,6 +226,16 @@ class RewardModel(nn.Module):
         """Whether :meth:`forward_shared_prefix` applies: positions are a plain 1-D count."""
         return can_share_prefix(getattr(self.backbone.config, "model_type", ""))
 
+    @property
+    def shares_prompt(self) -> bool:
+        """Whether pair batches carry each prompt once (:meth:`forward_shared_prefix`) by
+        default: where that applies and the prompt holds an image. A text-only prompt (the
+        proxy's) is the question alone, a few tokens next to the responses: sharing it saves
+        little and costs a second language-model call per batch and a cache per layer (the
+        joint proxy's share of the SFC training loop on the tiny base fell by ~40% with
+        whole sequences)."""
+        return self.can_share_prefix and self.config.mode != "text_only"
+
     def encode_images(self, **image_inputs):
         """Run the vision tower (and projector) once over the given images.
 

@@ -101,8 +101,9 @@ def apply_finetune(model: RewardModel, config: TrainConfig) -> RewardModel:
 
 
 def shares_prompt(config: TrainConfig, model: RewardModel) -> bool:
-    """Whether batches carry each pair's prompt once (``share_prompt``, where it applies)."""
-    return config.share_prompt and model.can_share_prefix and not config.gradient_checkpointing
+    """Whether batches carry each pair's prompt once (``share_prompt``, where it applies and
+    pays: :attr:`RewardModel.shares_prompt`)."""
+    return config.share_prompt and model.shares_prompt and not config.gradient_checkpointing
 
 
 def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
@@ -272,7 +273,7 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
         model = core.reward
         model.eval()
         eval_collator = PairCollator(processor, config.mode, config.data.max_length,
-                                     share_prompt=model.can_share_prefix)
+                                     share_prompt=model.shares_prompt)
         chosen, rejected = score_pairs(model, eval_collator, pairs[:1000], config.eval_batch_size)
         all_rewards = torch.cat([chosen, rejected])
         model.config.reward_mean = all_rewards.mean().item()

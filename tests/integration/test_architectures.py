@@ -217,7 +217,9 @@ def test_shared_prompt_training_batch_gives_the_rewards_and_gradients_of_whole_s
     if model.backbone.config.model_type == "qwen2_vl":
         assert not shares_prompt(config, model)      # 3-D positions: whole sequences
         return
-    assert shares_prompt(config, model)
+    # text-only batches are whole sequences by default (a bare question does not pay for a
+    # second forward call); the shared path below stays exact in both modes
+    assert shares_prompt(config, model) == (mode == "multimodal")
     assert not shares_prompt(config.model_copy(update={"gradient_checkpointing": True}), model)
     processor = load_processor(backbone)
     set_right_padding(processor)
