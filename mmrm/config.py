@@ -38,6 +38,9 @@ class OptimConfig(Strict):
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Linear warm-up share of steps.")
     scheduler: str = Field("cosine", pattern="^(cosine|constant)$")
     max_grad_norm: float = Field(1.0, gt=0)
+    fused: bool = Field(True, description="torch's fused AdamW kernel (all parameters in one "
+                        "kernel; the default of transformers' Trainer from torch 2.8 on). "
+                        "Off: torch's per-parameter implementation.")
 
 
 class LoraConfig(Strict):

@@ -115,7 +115,7 @@ def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
     o = config.optim
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=o.lr, betas=(o.beta1, o.beta2))
+                                  lr=o.lr, betas=(o.beta1, o.beta2), fused=o.fused)
     warmup = max(1, int(o.warmup_ratio * total_steps))
 
     def factor(step: int) -> float:
