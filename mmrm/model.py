@@ -231,9 +231,7 @@ class RewardModel(nn.Module):
         """Whether pair batches carry each prompt once (:meth:`forward_shared_prefix`) by
         default: where that applies and the prompt holds an image. A text-only prompt (the
         proxy's) is the question alone, a few tokens next to the responses: sharing it saves
-        little and costs a second language-model call per batch and a cache per layer (the
-        joint proxy's share of the SFC training loop on the tiny base fell by ~40% with
-        whole sequences)."""
+        little and costs a second language-model call per batch and a cache per layer."""
         return self.can_share_prefix and self.config.mode != "text_only"
 
     def encode_images(self, **image_inputs):
