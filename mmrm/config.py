@@ -23,7 +23,7 @@ from mmrm.weighting import Weighting
 class Finetune(str, Enum):
     FULL = "full"                    # every weight trains
     FREEZE_VISION = "freeze_vision"  # the vision tower stays as pre-trained
-    LORA = "lora"                    # LoRA adapters on the language model (peft)
+    LORA = "lora"                    # LoRA on the language model (peft), vision tower frozen
 
 
 class Strict(BaseModel):

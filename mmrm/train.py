@@ -81,11 +81,16 @@ def set_seed(seed: int) -> None:
 
 
 def apply_finetune(model: RewardModel, config: TrainConfig) -> RewardModel:
-    """Freeze the vision tower, or wrap the language model in LoRA adapters, as configured."""
-    if config.finetune is Finetune.FREEZE_VISION:
+    """Freeze the vision tower, or wrap the language model in LoRA adapters, as configured.
+
+    LoRA freezes the vision tower too (as LLaMA-Factory does by default): a LoRA run is one
+    that keeps the backbone's weights, and a full vision tower in training would hold most of
+    the optimizer state LoRA is chosen to save. The projector and value head train fully.
+    """
+    if config.finetune in (Finetune.FREEZE_VISION, Finetune.LORA):
         for p in model.vision_parameters():
             p.requires_grad_(False)
-    elif config.finetune is Finetune.LORA:
+    if config.finetune is Finetune.LORA:
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha,

@@ -106,6 +106,23 @@ def test_freeze_vision_keeps_the_vision_tower(tiny_vlm_dir, tiny_pairs, tmp_path
     assert any("language_model" in n for n in changed)
 
 
+def test_lora_trains_adapters_on_the_language_model_and_saves_a_plain_backbone(
+        tiny_vlm_dir, tiny_pairs, tmp_path):
+    train(config(tiny_vlm_dir, tiny_pairs, tmp_path / "run", finetune="lora"), resume=False)
+    final = tmp_path / "run" / "final"
+    changed, names = changed_tensors(tiny_vlm_dir, final)   # same keys: adapters merged
+    adapted = {n for n in names if "language_model" in n
+               and any(f"{m}.weight" in n for m in ("q_proj", "k_proj", "v_proj", "o_proj"))}
+    language = {n for n in names if "language_model" in n}
+    vision = {n for n in names if "vision_tower" in n}
+    assert adapted and changed & language == adapted      # only the adapted weights moved
+    assert vision and not changed & vision                 # the vision tower stays frozen
+    assert any("multi_modal_projector" in n for n in changed)
+    rewards = score_pairs(RewardModel.load(final).eval(), PairCollator(load_processor(final)),
+                          load_pairs(tiny_pairs[("povid", "test")])[:4])
+    assert all(torch.isfinite(r).all() for r in rewards)
+
+
 def test_sfc_two_stage_and_joint_train(tiny_vlm_dir, tiny_pairs, tmp_path):
     two = config(tiny_vlm_dir, tiny_pairs, tmp_path / "two", **{
         "shortcut.weighting": "sfc_two_stage",
