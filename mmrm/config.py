@@ -87,7 +87,10 @@ class TrainConfig(Strict):
                                                           "steps (overrides epochs).")
     per_device_batch_size: int = Field(8, gt=0, description="Pairs per device per micro-step.")
     gradient_accumulation_steps: int = Field(1, gt=0)
-    mixed_precision: str = Field("no", pattern="^(no|bf16|fp16)$")
+    mixed_precision: str = Field("no", pattern="^(no|bf16|fp16)$",
+                                 description="Compute dtype. The weights stay fp32 (autocast), "
+                                 "except under DeepSpeed, which loads them in this dtype and "
+                                 "keeps fp32 master copies itself.")
     gradient_checkpointing: bool = False
     share_prompt: bool = Field(True, description="Run each pair's prompt (image + question) "
                                "through the model once and continue it with chosen and "

@@ -111,6 +111,18 @@ def shares_prompt(config: TrainConfig, model: RewardModel) -> bool:
     return config.share_prompt and model.shares_prompt and not config.gradient_checkpointing
 
 
+def weight_dtype(mixed_precision: str, distributed_type) -> torch.dtype | None:
+    """The dtype the weights are loaded in: bf16/fp16 only under DeepSpeed, which keeps fp32
+    master copies for the optimizer. Elsewhere they stay fp32 and accelerate autocasts the
+    forward, as transformers' Trainer does: in bf16 weights, updates below their precision
+    are lost (at lr 1e-5, a norm weight of 1.0 never moves)."""
+    from accelerate.utils import DistributedType
+
+    if distributed_type != DistributedType.DEEPSPEED:
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+
+
 def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
     """AdamW without decay on biases/norms; linear warm-up then cosine (or constant)."""
     decay, no_decay = [], []
@@ -161,7 +173,7 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
                               gradient_accumulation_steps=config.gradient_accumulation_steps)
     set_seed(config.seed)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    dtype = weight_dtype(config.mixed_precision, accelerator.distributed_type)
     processor = load_processor(config.model, config.trust_remote_code)
     set_right_padding(processor)
 

@@ -106,6 +106,30 @@ def test_freeze_vision_keeps_the_vision_tower(tiny_vlm_dir, tiny_pairs, tmp_path
     assert any("language_model" in n for n in changed)
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one mixed-precision setting per process: reset it around a test that
+    asks for another one."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_without_deepspeed_keeps_fp32_weights_so_small_updates_land(
+        tiny_vlm_dir, tiny_pairs, tmp_path, fresh_accelerator_state):
+    train(config(tiny_vlm_dir, tiny_pairs, tmp_path / "run", mixed_precision="bf16",
+                 **{"optim.lr": 1e-5}), resume=False)
+    final = tmp_path / "run" / "final"
+    # in bf16 weights a 1e-5 step on a norm weight of 1.0 rounds away (bf16 spacing at 1.0
+    # is 2^-7); the fp32 weights take every step
+    changed, names = changed_tensors(tiny_vlm_dir, final)
+    assert {n for n in names - changed if not any(u in n for u in UNUSED)} == set()
+    assert {t.dtype for t in load_file(f"{final}/model.safetensors").values()} == \
+        {torch.float32}
+
+
 def test_lora_trains_adapters_on_the_language_model_and_saves_a_plain_backbone(
         tiny_vlm_dir, tiny_pairs, tmp_path):
     train(config(tiny_vlm_dir, tiny_pairs, tmp_path / "run", finetune="lora"), resume=False)
