@@ -106,6 +106,21 @@ def test_freeze_vision_keeps_the_vision_tower(tiny_vlm_dir, tiny_pairs, tmp_path
     assert any("language_model" in n for n in changed)
 
 
+def test_gradient_checkpointing_trains_whole_sequences_to_the_same_losses(
+        tiny_vlm_dir, tiny_pairs, tmp_path):
+    losses = {}
+    for checkpointing in (False, True):
+        out = tmp_path / f"checkpointing-{checkpointing}"
+        train(config(tiny_vlm_dir, tiny_pairs, out, gradient_checkpointing=checkpointing),
+              resume=False)
+        losses[checkpointing] = [json.loads(line)["loss"] for line in
+                                 (out / "metrics.jsonl").read_text().splitlines()]
+    changed, names = changed_tensors(tiny_vlm_dir, tmp_path / "checkpointing-True" / "final")
+    assert {n for n in names - changed if not any(u in n for u in UNUSED)} == set()
+    # recomputed activations, whole sequences instead of the shared prompt: same run
+    assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+
+
 @pytest.fixture
 def fresh_accelerator_state():
     """accelerate keeps one mixed-precision setting per process: reset it around a test that
@@ -165,6 +180,31 @@ def test_sfc_two_stage_and_joint_train(tiny_vlm_dir, tiny_pairs, tmp_path):
     train(joint, resume=False)
     log = [json.loads(l) for l in (tmp_path / "joint" / "metrics.jsonl").read_text().splitlines()]
     assert "proxy_loss" in log[-1] and 0 < log[-1]["weight/mean"] < 1
+
+
+def test_train_proxy_then_train_through_the_cli(tiny_vlm_dir, tiny_pairs, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from mmrm.cli import app
+
+    out = tmp_path / "run"
+    path = tmp_path / "two_stage.yaml"
+    path.write_text(yaml.safe_dump(config(tiny_vlm_dir, tiny_pairs, out, **{
+        "shortcut.weighting": "sfc_two_stage",
+        "shortcut.proxy_losses": str(out / "proxy_losses.json")}).model_dump(mode="json")))
+    runner = CliRunner()
+    result = runner.invoke(app, ["train-proxy", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    cache = json.loads((out / "proxy_losses.json").read_text())
+    assert cache["mode"] == "text_only" and len(cache["losses"]) == 24
+    assert f"proxy accuracy on its training data: {cache['accuracy']:.4f}" in result.output
+    result = runner.invoke(app, ["train", str(path), "seed=1", "--no-resume"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "train_config.json").read_text())["seed"] == 1   # the override
+    log = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and 0 < log[-1]["weight/mean"] < 1
 
 
 def test_saved_model_scores_the_same_without_mmrm(tiny_vlm_dir, tiny_pairs, tmp_path):
