@@ -4,8 +4,11 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
+from mmrm.cli import app
 from mmrm.config import TrainConfig
 from mmrm.data import PairCollator, load_pairs, set_right_padding
 from mmrm.evaluate import score_pairs
@@ -34,6 +37,16 @@ def config(tiny_vlm_dir, tiny_pairs, out, **changes):
     return TrainConfig.model_validate(raw)
 
 
+def metrics(out):
+    """The run's logged records (``metrics.jsonl``), one dict per log step."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def unchanged_used(changed, names):
+    """Tensor names that did not change, less those the architecture never uses."""
+    return {n for n in names - changed if not any(u in n for u in UNUSED)}
+
+
 def changed_tensors(before_dir, after_dir):
     before, after = load_file(f"{before_dir}/model.safetensors"), \
         load_file(f"{after_dir}/model.safetensors")
@@ -47,9 +60,8 @@ def test_two_steps_change_every_used_parameter_and_save_load_round_trips(
     assert result["steps"] == 2 and result["pairs_seen"] == 8
     assert 0.0 <= result["eval/povid/accuracy"] <= 1.0
     changed, names = changed_tensors(tiny_vlm_dir, tmp_path / "run" / "final")
-    unchanged = {n for n in names - changed if not any(u in n for u in UNUSED)}
-    assert unchanged == set()
-    log = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert unchanged_used(changed, names) == set()
+    log = metrics(tmp_path / "run")
     assert [r["step"] for r in log] == [1, 2]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
 
@@ -113,10 +125,9 @@ def test_gradient_checkpointing_trains_whole_sequences_to_the_same_losses(
         out = tmp_path / f"checkpointing-{checkpointing}"
         train(config(tiny_vlm_dir, tiny_pairs, out, gradient_checkpointing=checkpointing),
               resume=False)
-        losses[checkpointing] = [json.loads(line)["loss"] for line in
-                                 (out / "metrics.jsonl").read_text().splitlines()]
+        losses[checkpointing] = [r["loss"] for r in metrics(out)]
     changed, names = changed_tensors(tiny_vlm_dir, tmp_path / "checkpointing-True" / "final")
-    assert {n for n in names - changed if not any(u in n for u in UNUSED)} == set()
+    assert unchanged_used(changed, names) == set()
     # recomputed activations, whole sequences instead of the shared prompt: same run
     assert losses[True] == pytest.approx(losses[False], abs=1e-4)
 
@@ -140,7 +151,7 @@ def test_bf16_without_deepspeed_keeps_fp32_weights_so_small_updates_land(
     # in bf16 weights a 1e-5 step on a norm weight of 1.0 rounds away (bf16 spacing at 1.0
     # is 2^-7); the fp32 weights take every step
     changed, names = changed_tensors(tiny_vlm_dir, final)
-    assert {n for n in names - changed if not any(u in n for u in UNUSED)} == set()
+    assert unchanged_used(changed, names) == set()
     assert {t.dtype for t in load_file(f"{final}/model.safetensors").values()} == \
         {torch.float32}
 
@@ -172,22 +183,17 @@ def test_sfc_two_stage_and_joint_train(tiny_vlm_dir, tiny_pairs, tmp_path):
     assert json.loads((tmp_path / "two" / "proxy" / "final" / "reward_config.json")
                       .read_text())["mode"] == "text_only"
     train(two, resume=False)
-    log = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    log = metrics(tmp_path / "two")
     assert 0 < log[-1]["weight/mean"] < 1 and "weight/p90" in log[-1]
 
     joint = config(tiny_vlm_dir, tiny_pairs, tmp_path / "joint",
                    **{"shortcut.weighting": "sfc_joint"})
     train(joint, resume=False)
-    log = [json.loads(l) for l in (tmp_path / "joint" / "metrics.jsonl").read_text().splitlines()]
+    log = metrics(tmp_path / "joint")
     assert "proxy_loss" in log[-1] and 0 < log[-1]["weight/mean"] < 1
 
 
 def test_train_proxy_then_train_through_the_cli(tiny_vlm_dir, tiny_pairs, tmp_path):
-    import yaml
-    from typer.testing import CliRunner
-
-    from mmrm.cli import app
-
     out = tmp_path / "run"
     path = tmp_path / "two_stage.yaml"
     path.write_text(yaml.safe_dump(config(tiny_vlm_dir, tiny_pairs, out, **{
@@ -203,7 +209,7 @@ def test_train_proxy_then_train_through_the_cli(tiny_vlm_dir, tiny_pairs, tmp_pa
                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert json.loads((out / "train_config.json").read_text())["seed"] == 1   # the override
-    log = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    log = metrics(out)
     assert [r["step"] for r in log] == [1, 2] and 0 < log[-1]["weight/mean"] < 1
 
 
@@ -246,7 +252,6 @@ def test_collator_preprocesses_each_batchs_images_once(tiny_vlm_dir, tiny_pairs)
 def test_loader_workers_give_the_same_run(tiny_vlm_dir, tiny_pairs, tmp_path):
     results = [train(config(tiny_vlm_dir, tiny_pairs, tmp_path / f"w{n}",
                             dataloader_num_workers=n), resume=False) for n in (0, 1)]
-    logs = [[json.loads(line)["loss"] for line in (tmp_path / f"w{n}" / "metrics.jsonl")
-             .read_text().splitlines()] for n in (0, 1)]
+    logs = [[r["loss"] for r in metrics(tmp_path / f"w{n}")] for n in (0, 1)]
     assert logs[0] == logs[1]
     assert results[0]["eval/povid/accuracy"] == results[1]["eval/povid/accuracy"]
