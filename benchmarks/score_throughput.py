@@ -11,6 +11,13 @@ CPUs): that is a second busy process beside the worker. The ``--preprocess worke
 the in-process row keep everything in one process, like the naive loop.
 
     python benchmarks/score_throughput.py --base data/base/tiny --items 200 --responses 8
+
+``--random-base SHAPE`` scores with a randomly initialised LLaVA-style model of another shape
+instead (the tiny base's vocabulary and chat template; weights untrained, which does not
+change the work): ``llava-small`` has 256 image tokens per image (224 px, 14 px patches)
+against the tiny base's 49, ``1b`` is a 1.0B-parameter model with 576 image tokens, for a
+GPU (``--device cuda --dtype bf16``: the naive loop runs on the GPU, and the Ray workers get
+one GPU each, or half of it each for the 2-worker row).
 """
 
 from __future__ import annotations
@@ -32,6 +39,26 @@ import torch  # noqa: E402
 from mmrm.data import conversation, load_image, load_pairs, set_right_padding  # noqa: E402
 from mmrm.model import RewardModel, load_processor  # noqa: E402
 from mmrm.score import ResponseScorer, ScoreConfig, score_file  # noqa: E402
+from mmrm.synthetic.tiny_vlm import (TinyVLMConfig, build_model, build_processor,  # noqa: E402
+                                     build_tokenizer, vocabulary_corpus)
+
+#: ``--random-base`` shapes (vision tower and language model share the width).
+SHAPES = {
+    "llava-small": TinyVLMConfig(image_size=224, patch_size=14, hidden_size=128,
+                                 vision_layers=2, text_layers=2, heads=2),
+    "1b": TinyVLMConfig(image_size=336, patch_size=14, hidden_size=2048, vision_layers=4,
+                        text_layers=12, heads=16),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def random_base(shape: str, folder: Path) -> Path:
+    """A randomly initialised LLaVA-style base of ``SHAPES[shape]`` saved to ``folder``."""
+    config = SHAPES[shape].model_copy(update={"attention_prior": False})
+    tokenizer = build_tokenizer(vocabulary_corpus())
+    build_model(tokenizer, config).save_pretrained(folder)
+    build_processor(tokenizer, config).save_pretrained(folder)
+    return folder
 
 
 def write_items(pairs_file: Path, out: Path, items: int, responses: int) -> list[dict]:
@@ -46,9 +73,10 @@ def write_items(pairs_file: Path, out: Path, items: int, responses: int) -> list
 
 
 @torch.no_grad()
-def naive_loop(model_dir: Path, rows: list[dict], batch: int) -> float:
+def naive_loop(model_dir: Path, rows: list[dict], batch: int, device: str = "cpu",
+               dtype: str = "fp32") -> float:
     """Seconds to score every response as its own (prompt, image, response) sequence."""
-    model = RewardModel.load(model_dir).eval()
+    model = RewardModel.load(model_dir, dtype=DTYPES[dtype]).to(device).eval()
     processor = load_processor(model_dir)
     set_right_padding(processor)
     triples = [(r["prompt"], r["img_path"], resp) for r in rows for resp in r["responses"]]
@@ -60,13 +88,15 @@ def naive_loop(model_dir: Path, rows: list[dict], batch: int) -> float:
         images = [load_image(Path(path)) for _, path, _ in chunk]
         inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
         inputs.pop("token_type_ids", None)
-        model(**inputs)
+        model(**{k: v.to(device, DTYPES[dtype]) if v.is_floating_point() else v.to(device)
+                 for k, v in inputs.items()}).tolist()   # tolist: waits for the GPU
     return time.perf_counter() - started
 
 
-def in_process(model_dir: Path, rows: list[dict], batch: int) -> float:
+def in_process(model_dir: Path, rows: list[dict], batch: int, device: str = "cpu",
+               dtype: str = "fp32") -> float:
     """Seconds for mmrm's scorer without Ray (items packed up to ``batch`` responses)."""
-    scorer = ResponseScorer(str(model_dir))
+    scorer = ResponseScorer(str(model_dir), dtype=dtype, device=device)
     per_batch = max(1, batch // len(rows[0]["responses"]))
     items = [{"line": i, "prompt": r["prompt"], "responses": r["responses"],
               "image_file": r["img_path"]} for i, r in enumerate(rows)]
@@ -77,12 +107,14 @@ def in_process(model_dir: Path, rows: list[dict], batch: int) -> float:
 
 
 def with_ray(model_dir: Path, src: Path, work: Path, workers: int, batch: int,
-             attempt: int = 0, preprocess: str = "auto") -> dict:
+             attempt: int = 0, preprocess: str = "auto", device: str = "cpu",
+             dtype: str = "fp32") -> dict:
     out = work / f"scores-{workers}-{preprocess}-{attempt}.jsonl"
+    gpus = 1 / workers if device == "cuda" else 0.0   # all workers share one GPU
     started = time.perf_counter()
     totals = score_file(ScoreConfig(model=str(model_dir), input=str(src), output=str(out),
                                     workers=workers, batch_responses=batch,
-                                    preprocess=preprocess))
+                                    preprocess=preprocess, gpus_per_worker=gpus, dtype=dtype))
     return {"seconds": totals["seconds"], "wall": time.perf_counter() - started,
             "preprocess": totals["preprocess"]}
 
@@ -96,44 +128,62 @@ def main() -> None:
     parser.add_argument("--responses", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64, help="responses per forward")
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--random-base", choices=sorted(SHAPES),
+                        help="a random-init model of this shape instead of --base")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--no-ray", action="store_true",
+                        help="only the naive loop and the in-process scorer (no Ray installed)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    on = {"device": args.device, "dtype": args.dtype}
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        base = random_base(args.random_base, work / "base") if args.random_base else args.base
         model_dir = work / "rm"
-        RewardModel.from_base(args.base).save(model_dir, load_processor(args.base))
+        model = RewardModel.from_base(base)
+        params = sum(p.numel() for p in model.parameters())
+        model.save(model_dir, load_processor(base))
+        del model
         src = work / "items.jsonl"
         rows = write_items(args.pairs, src, args.items, args.responses)
         n = sum(len(r["responses"]) for r in rows)
 
         # best of --repeat runs each (these machines are noisy), interleaved
-        naive, mine, ray1, ray1w, ray2 = [], [], [], [], []
+        runs: dict[str, list[dict]] = {}
         for attempt in range(args.repeat):
-            naive.append(naive_loop(model_dir, rows, args.batch))
-            mine.append(in_process(model_dir, rows, args.batch))
-            ray1.append(with_ray(model_dir, src, work, 1, args.batch, attempt))
-            ray1w.append(with_ray(model_dir, src, work, 1, args.batch, attempt, "worker"))
-            ray2.append(with_ray(model_dir, src, work, 2, args.batch, attempt))
-        naive, mine = min(naive), min(mine)
-        ray1, ray1w, ray2 = (min(runs, key=lambda r: r["seconds"])
-                             for runs in (ray1, ray1w, ray2))
+            runs.setdefault("naive", []).append(
+                {"seconds": naive_loop(model_dir, rows, args.batch, **on)})
+            runs.setdefault("in process", []).append(
+                {"seconds": in_process(model_dir, rows, args.batch, **on)})
+            if args.no_ray:
+                continue
+            for key, workers, preprocess in (("ray 1", 1, "auto"), ("ray 1 worker", 1, "worker"),
+                                             ("ray 2", 2, "auto")):
+                runs.setdefault(key, []).append(with_ray(model_dir, src, work, workers,
+                                                         args.batch, attempt, preprocess, **on))
+        best = {key: min(r, key=lambda run: run["seconds"]) for key, r in runs.items()}
 
+    print(f"{args.random_base or args.base} (random init: {bool(args.random_base)}), "
+          f"{params / 1e6:.1f}M parameters, {args.dtype} on {args.device}")
+    per_worker = "one GPU" if args.device == "cuda" else "1 torch thread"
     print(f"{len(rows)} items x {args.responses} responses = {n} responses, "
-          f"batches of {args.batch} responses, 1 torch thread per worker, "
-          f"best of {args.repeat}")
+          f"batches of {args.batch} responses, {per_worker} per worker, best of {args.repeat}")
     print(f"{'run':<52}{'seconds':>9}{'responses/s':>13}{'vs naive':>10}")
-    for name, seconds in (
-            ("naive loop (image per response)", naive),
-            ("mmrm scorer, in process", mine),
-            (f"mmrm score, Ray, 1 worker (preprocess: {ray1['preprocess']})", ray1["seconds"]),
-            ("mmrm score, Ray, 1 worker (preprocess: worker)", ray1w["seconds"]),
-            (f"mmrm score, Ray, 2 workers (preprocess: {ray2['preprocess']})",
-             ray2["seconds"])):
-        print(f"{name:<52}{seconds:>9.2f}{n / seconds:>13.1f}{naive / seconds:>9.2f}x")
-    print(f"2 vs 1 workers: {ray1['seconds'] / ray2['seconds']:.2f}x "
-          f"(wall incl. Ray start and model load: {ray1['wall']:.1f} s vs {ray2['wall']:.1f} s)")
-
+    names = {"naive": "naive loop (image per response)", "in process": "mmrm scorer, in process",
+             "ray 1": "mmrm score, Ray, 1 worker (preprocess: {})",
+             "ray 1 worker": "mmrm score, Ray, 1 worker (preprocess: {})",
+             "ray 2": "mmrm score, Ray, 2 workers (preprocess: {})"}
+    naive = best["naive"]["seconds"]
+    for key, run in best.items():
+        name = names[key].format(run.get("preprocess"))
+        print(f"{name:<52}{run['seconds']:>9.2f}{n / run['seconds']:>13.1f}"
+              f"{naive / run['seconds']:>9.2f}x")
+    if not args.no_ray:
+        one, two = best["ray 1"], best["ray 2"]
+        print(f"2 vs 1 workers: {one['seconds'] / two['seconds']:.2f}x (wall incl. Ray start "
+              f"and model load: {one['wall']:.1f} s vs {two['wall']:.1f} s)")
 
 if __name__ == "__main__":
     main()
