@@ -37,7 +37,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import torch  # noqa: E402
 
 from mmrm.data import conversation, load_image, load_pairs, set_right_padding  # noqa: E402
-from mmrm.model import RewardModel, load_processor  # noqa: E402
+from mmrm.model import WEIGHT_DTYPES, RewardModel, load_processor  # noqa: E402
 from mmrm.score import ResponseScorer, ScoreConfig, score_file  # noqa: E402
 from mmrm.synthetic.tiny_vlm import (TinyVLMConfig, build_model, build_processor,  # noqa: E402
                                      build_tokenizer, vocabulary_corpus)
@@ -49,7 +49,6 @@ SHAPES = {
     "1b": TinyVLMConfig(image_size=336, patch_size=14, hidden_size=2048, vision_layers=4,
                         text_layers=12, heads=16),
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def random_base(shape: str, folder: Path) -> Path:
@@ -76,7 +75,7 @@ def write_items(pairs_file: Path, out: Path, items: int, responses: int) -> list
 def naive_loop(model_dir: Path, rows: list[dict], batch: int, device: str = "cpu",
                dtype: str = "fp32") -> float:
     """Seconds to score every response as its own (prompt, image, response) sequence."""
-    model = RewardModel.load(model_dir, dtype=DTYPES[dtype]).to(device).eval()
+    model = RewardModel.load(model_dir, dtype=WEIGHT_DTYPES[dtype]).to(device).eval()
     processor = load_processor(model_dir)
     set_right_padding(processor)
     triples = [(r["prompt"], r["img_path"], resp) for r in rows for resp in r["responses"]]
@@ -88,7 +87,7 @@ def naive_loop(model_dir: Path, rows: list[dict], batch: int, device: str = "cpu
         images = [load_image(Path(path)) for _, path, _ in chunk]
         inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
         inputs.pop("token_type_ids", None)
-        model(**{k: v.to(device, DTYPES[dtype]) if v.is_floating_point() else v.to(device)
+        model(**{k: v.to(device, WEIGHT_DTYPES[dtype]) if v.is_floating_point() else v.to(device)
                  for k, v in inputs.items()}).tolist()   # tolist: waits for the GPU
     return time.perf_counter() - started
 
@@ -131,7 +130,7 @@ def main() -> None:
     parser.add_argument("--random-base", choices=sorted(SHAPES),
                         help="a random-init model of this shape instead of --base")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--dtype", choices=sorted(WEIGHT_DTYPES), default="fp32")
     parser.add_argument("--no-ray", action="store_true",
                         help="only the naive loop and the in-process scorer (no Ray installed)")
     args = parser.parse_args()

@@ -53,6 +53,19 @@ class RewardConfig:
 NO_PREFIX_SHARING = ("qwen2_vl", "qwen2_5_vl")
 
 
+#: Weight dtypes by the names that configs and the CLI use. A checkpoint loads in the one
+#: asked for: without a dtype, transformers 5 keeps the dtype it was saved in (bf16 for most
+#: released VLMs).
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def weight_dtype_named(name: str) -> torch.dtype:
+    """``fp32`` / ``bf16`` / ``fp16`` as a torch dtype; any other name raises."""
+    if name not in WEIGHT_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(WEIGHT_DTYPES)}, not {name!r}")
+    return WEIGHT_DTYPES[name]
+
+
 def can_share_prefix(model_type: str) -> bool:
     """Whether a backbone of this ``model_type`` can continue a prompt's key/value cache."""
     return model_type not in NO_PREFIX_SHARING

@@ -114,13 +114,13 @@ class ResponseScorer:
                  device: str | None = None, name: str = "", batch_delay: float = 0.0,
                  length_buckets: int = 4):
         from mmrm.data import set_right_padding
-        from mmrm.model import RewardModel, load_processor
+        from mmrm.model import RewardModel, load_processor, weight_dtype_named
 
         if threads:
             torch.set_num_threads(threads)
-        torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = RewardModel.load(model_dir, dtype=torch_dtype).to(self.device).eval()
+        self.model = RewardModel.load(model_dir, dtype=weight_dtype_named(dtype)
+                                      ).to(self.device).eval()
         self.processor = load_processor(model_dir, self.model.config.trust_remote_code)
         set_right_padding(self.processor)
         self.name, self.batch_delay = name, batch_delay
@@ -386,9 +386,10 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
     from ray.util import ActorPool
 
     from mmrm.data import set_right_padding
-    from mmrm.model import can_share_prefix, load_processor
+    from mmrm.model import can_share_prefix, load_processor, weight_dtype_named
 
     where = preprocess_where(config)
+    weight_dtype_named(config.dtype)   # an unknown name fails here, before Ray starts
     state = _open_run(config)
     out, errors_path = Path(config.output), config.errors_path
     state_path = out.with_name(out.name + STATE_SUFFIX)

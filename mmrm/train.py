@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from mmrm.config import Finetune, TrainConfig
 from mmrm.data import PairCollator, load_pairs, set_right_padding
 from mmrm.evaluate import load_scorer, pairwise_accuracy, score_pairs
-from mmrm.model import RewardModel, load_processor
+from mmrm.model import RewardModel, load_processor, weight_dtype_named
 from mmrm.tracking import NoOpTracker, Tracker, flatten
 from mmrm.weighting import (Weighting, bradley_terry_loss, pair_weights, weight_histogram,
                             weight_statistics)
@@ -111,16 +111,17 @@ def shares_prompt(config: TrainConfig, model: RewardModel) -> bool:
     return config.share_prompt and model.shares_prompt and not config.gradient_checkpointing
 
 
-def weight_dtype(mixed_precision: str, distributed_type) -> torch.dtype | None:
+def weight_dtype(mixed_precision: str, distributed_type) -> torch.dtype:
     """The dtype the weights are loaded in: bf16/fp16 only under DeepSpeed, which keeps fp32
-    master copies for the optimizer. Elsewhere they stay fp32 and accelerate autocasts the
-    forward, as transformers' Trainer does: in bf16 weights, updates below their precision
-    are lost (at lr 1e-5, a norm weight of 1.0 never moves)."""
+    master copies for the optimizer. Elsewhere they are fp32, whatever dtype the base was
+    saved in, and accelerate autocasts the forward, as transformers' Trainer does: in bf16
+    weights, updates below their precision are lost (at lr 1e-5, a norm weight of 1.0 never
+    moves)."""
     from accelerate.utils import DistributedType
 
-    if distributed_type != DistributedType.DEEPSPEED:
-        return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    if distributed_type != DistributedType.DEEPSPEED or mixed_precision == "no":
+        return torch.float32
+    return weight_dtype_named(mixed_precision)
 
 
 def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):

@@ -93,6 +93,19 @@ def test_auto_preprocessing_uses_the_driver_where_it_has_a_cpu_of_its_own(monkey
         preprocess_where(ScoreConfig(model="m", input="i", output="o", preprocess="gpu"))
 
 
+def test_workers_load_the_weights_in_the_dtype_asked_for_whatever_they_were_saved_in(
+        reward_dir, inference_file, tmp_path):
+    saved = tmp_path / "rm-bf16"
+    RewardModel.load(reward_dir, dtype=torch.bfloat16).save(saved, load_processor(reward_dir))
+    for dtype, expected in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        scorer = ResponseScorer(str(saved), dtype=dtype, device="cpu")
+        assert {p.dtype for p in scorer.model.parameters()} == {expected}
+    out = tmp_path / "scores.jsonl"
+    with pytest.raises(ValueError, match="dtype must be one of fp32, bf16, fp16, not 'bfloat16'"):
+        score_file(config(reward_dir, inference_file, out, dtype="bfloat16"))
+    assert not out.exists()   # refused before anything was written or started
+
+
 def test_an_image_that_fails_to_decode_in_the_driver_is_reported_by_its_line(
         ray_cluster, reward_dir, inference_file, tmp_path):
     lines = open(inference_file).read().splitlines()[:6]
