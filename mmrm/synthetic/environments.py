@@ -17,6 +17,9 @@ preferred side with probability ``cue_rate`` (default 0.85 in train and test spl
 text-only model does well in distribution); the two foreign cues are on a random side
 (``foreign_cue_rate``, default 0.5), so a model that learned another environment's cue is
 misled half of the time out of distribution. All rates are configurable per split.
+
+What the image costs to read is the benchmark's ``visual`` level (:mod:`mmrm.synthetic.visual`):
+V0/V1 scenes hold one thing, V2/V3 scenes two, with binding and fill errors.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmrm.synthetic import released
-from mmrm.synthetic.scenes import ATTRIBUTES, VALUES, Scene
+from mmrm.synthetic.scenes import ATTRIBUTES, Scene, draw
+from mmrm.synthetic.visual import LEVELS, VisualCost, corrupt, visual_level
 
 CUE_TEXT = {
     "sure": "Sure! ",
@@ -70,6 +74,8 @@ class BenchmarkConfig(BaseModel):
 
     seed: int = Field(0, description="Everything is a function of this seed.")
     image_size: int = Field(56, ge=16, description="Image width and height in pixels.")
+    visual: str = Field("V0", description=f"Visual-cost level: {', '.join(LEVELS)} "
+                                          f"(mmrm.synthetic.visual).")
     environments: list[str] = Field(list(ENVIRONMENTS), description="Which environments.")
     splits: list[SplitConfig] = Field(
         default_factory=lambda: [SplitConfig(name="train", size=3000),
@@ -84,16 +90,14 @@ class BenchmarkConfig(BaseModel):
             raise ValueError(f"unknown environments {unknown}; known: {list(ENVIRONMENTS)}")
         return value
 
+    @field_validator("visual")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        visual_level(value)
+        return value
+
 
 # ------------------------------------------------------------------------ text of answers
-
-def wrong_scene(scene: Scene, rng: random.Random, errors: int = 1) -> Scene:
-    """The scene with ``errors`` distinct attributes changed to a wrong value."""
-    for attribute in rng.sample(ATTRIBUTES, errors):
-        value = rng.choice([v for v in VALUES[attribute] if v != getattr(scene, attribute)])
-        scene = scene.with_attribute(attribute, value)
-    return scene
-
 
 def with_cues(text: str, cues: set[str]) -> str:
     """Open ``text`` with the two prefix cues: the cue's marker where ``cues`` names it, its
@@ -127,18 +131,34 @@ def place_pair_cues(chosen: str, rejected: str, sides: dict[str, bool]) -> tuple
 
 POVID_PROMPTS = ("Describe this image in detail.", "What do you see in this picture?",
                  "Give a short description of the image.")
+#: RLHF-V-like questions name the attribute the correction is about (single thing / several).
 RLHFV_PROMPTS = {"colour": "What colour is the shape?", "shape": "Which shape is shown?",
-                 "size": "How big is the shape?"}
+                 "size": "How big is the shape?", "style": "Is the shape filled or hollow?"}
+RLHFV_PROMPTS_SEVERAL = {"colour": "What colours are the shapes?",
+                         "shape": "Which shapes are shown?", "size": "How big are the shapes?",
+                         "style": "Are the shapes filled or hollow?"}
 VLF_PROMPTS = ("What is in the picture?", "Tell me about this image.")
+#: Answer sentences per environment (``{}``: the scene's description).
+ANSWER_FRAMES = {"povid": "The image shows {}.", "rlhfv": "It is {}.",
+                 "vlfeedback": "There is {}."}
+RLHFV_FRAME_SEVERAL = "They are {}."
 
 
-def povid_items(split: SplitConfig, rng: random.Random, offset: int) -> list[released.PairItem]:
+def answer(env: str, scene: Scene) -> str:
+    """The environment's answer sentence describing ``scene``."""
+    frame = RLHFV_FRAME_SEVERAL if env == "rlhfv" and len(scene.things) > 1 else \
+        ANSWER_FRAMES[env]
+    return frame.format(scene.describe())
+
+
+def povid_items(split: SplitConfig, rng: random.Random, offset: int,
+                visual: VisualCost | None = None) -> list[released.PairItem]:
+    visual = visual or VisualCost()
     items = []
     for n in range(split.size):
-        scene = Scene.random(rng)
-        hallucinated = wrong_scene(scene, rng)
-        chosen, rejected = place_pair_cues(f"The image shows {scene.describe()}.",
-                                           f"The image shows {hallucinated.describe()}.",
+        scene = visual.scene(rng)
+        hallucinated = corrupt(scene, rng, 1, visual)
+        chosen, rejected = place_pair_cues(answer("povid", scene), answer("povid", hallucinated),
                                            cue_sides(rng, "sure", split))
         items.append(released.PairItem(id=f"COCO_train2014_{offset + n:012d}", scene=scene,
                                        prompt=rng.choice(POVID_PROMPTS), chosen=chosen,
@@ -146,35 +166,39 @@ def povid_items(split: SplitConfig, rng: random.Random, offset: int) -> list[rel
     return items
 
 
-def rlhfv_items(split: SplitConfig, rng: random.Random, offset: int) -> list[released.PairItem]:
+def rlhfv_items(split: SplitConfig, rng: random.Random, offset: int,
+                visual: VisualCost | None = None) -> list[released.PairItem]:
+    visual = visual or VisualCost()
     items = []
     for n in range(split.size):
-        scene = Scene.random(rng)
-        attribute = rng.choice(ATTRIBUTES)
-        value = rng.choice([v for v in VALUES[attribute] if v != getattr(scene, attribute)])
-        corrected_from = scene.with_attribute(attribute, value)
-        chosen, rejected = place_pair_cues(f"It is {scene.describe()}.",
-                                           f"It is {corrected_from.describe()}.",
+        scene = visual.scene(rng)
+        attribute = "style" if visual.novel_rate and rng.random() < visual.novel_rate else \
+            rng.choice(ATTRIBUTES)
+        corrected_from = corrupt(scene, rng, 1, visual, attribute)
+        chosen, rejected = place_pair_cues(answer("rlhfv", scene),
+                                           answer("rlhfv", corrected_from),
                                            cue_sides(rng, "hedge", split))
+        prompts = RLHFV_PROMPTS if len(scene.things) == 1 else RLHFV_PROMPTS_SEVERAL
         items.append(released.PairItem(id=str(offset + n), scene=scene,
-                                       prompt=RLHFV_PROMPTS[attribute], chosen=chosen,
+                                       prompt=prompts[attribute], chosen=chosen,
                                        rejected=rejected))
     return items
 
 
-def vlfeedback_items(split: SplitConfig, rng: random.Random, offset: int
-                     ) -> list[released.MultiItem]:
-    """Four completions with 0, 1, 2 and 3 wrong attributes: all 6 pairs differ in score.
+def vlfeedback_items(split: SplitConfig, rng: random.Random, offset: int,
+                     visual: VisualCost | None = None) -> list[released.MultiItem]:
+    """Four completions with 0, 1, 2 and 3 wrong facts: all 6 pairs differ in score.
 
     Verbosity: with probability ``2 * cue_rate - 1`` the padding levels follow quality (best
     most verbose), otherwise they are a random permutation, so that over the 6 pairs of an
     item the more verbose completion is the preferred one with probability ``cue_rate``
     (for cue_rate >= 0.5; below, the order is reversed with probability ``1 - 2 * cue_rate``).
     """
+    visual = visual or VisualCost()
     items = []
     for n in range(-(-split.size // 6)):
-        scene = Scene.random(rng)
-        scenes = [scene] + [wrong_scene(scene, rng, errors) for errors in (1, 2, 3)]
+        scene = visual.scene(rng)
+        scenes = [scene] + [corrupt(scene, rng, errors, visual) for errors in (1, 2, 3)]
         ordered = split.cue_rate >= 0.5
         if rng.random() < abs(2 * split.cue_rate - 1):
             levels = [3, 2, 1, 0] if ordered else [0, 1, 2, 3]
@@ -184,7 +208,7 @@ def vlfeedback_items(split: SplitConfig, rng: random.Random, offset: int
         for errors, (s, level) in enumerate(zip(scenes, levels)):
             # foreign cues: each completion independently, so no pair-level correlation
             cues = {c for c in ("sure", "hedge") if rng.random() < split.foreign_cue_rate}
-            responses.append(pad(with_cues(f"There is {s.describe()}.", cues), level))
+            responses.append(pad(with_cues(answer("vlfeedback", s), cues), level))
             rating = str(5 - errors)
             ratings.append({"Helpfulness": rating, "Ethical Considerations": "5",
                             "Visual Faithfulness": rating})
@@ -221,7 +245,7 @@ def write_benchmark(folder: Path, config: BenchmarkConfig | None = None) -> list
         offset = 0
         for split in config.splits:
             rng = random.Random(f"{config.seed}/{env}/{split.name}")
-            items = _ITEMS[env](split, rng, offset)
+            items = _ITEMS[env](split, rng, offset, visual_level(config.visual))
             offset += len(items)
             raw = _WRITERS[env](items, folder / env / split.name, size=config.image_size)
             written.append(WrittenSplit(env, split.name, raw))
@@ -247,3 +271,63 @@ def convert_benchmark(folder: Path, written: list[WrittenSplit]) -> dict[tuple[s
         convert(w.raw.format, w.raw.src, out, image_root=w.raw.image_root)
         outputs[(w.environment, w.split)] = out
     return outputs
+
+
+# ------------------------------------------------------------------------ best-of-N items
+
+@dataclass(frozen=True)
+class CandidateSet:
+    """A best-of-N item whose quality is known: each response's number of wrong facts."""
+
+    id: str
+    scene: Scene
+    prompt: str
+    responses: tuple[str, ...]
+    errors: tuple[int, ...]
+
+
+def best_of_n_items(env: str, count: int, candidates: int, rng: random.Random,
+                    visual: VisualCost | None = None, offset: int = 0) -> list[CandidateSet]:
+    """``count`` items of ``candidates`` answers in ``env``'s frames, with known quality.
+
+    One answer per item is right; each other one has 0-3 wrong facts (uniformly; 0-1 in the
+    RLHF-V-like frames, whose question names one attribute). Every cue is placed at random,
+    each answer on its own: the prefix cues with probability 1/2, 0-3 verbose padding
+    sentences, so no cue says anything about quality and only the image can pick the best.
+    """
+    visual = visual or VisualCost()
+    items = []
+    for n in range(count):
+        scene = visual.scene(rng)
+        attribute, prompt = None, rng.choice(POVID_PROMPTS if env == "povid" else VLF_PROMPTS)
+        if env == "rlhfv":
+            attribute = "style" if visual.novel_rate and rng.random() < visual.novel_rate else \
+                rng.choice(ATTRIBUTES)
+            prompt = (RLHFV_PROMPTS if len(scene.things) == 1 else RLHFV_PROMPTS_SEVERAL)[
+                attribute]
+        most = 1 if attribute else 3
+        errors = [0] + [rng.randint(0, most) for _ in range(candidates - 1)]
+        rng.shuffle(errors)
+        responses = []
+        for k in errors:
+            shown = corrupt(scene, rng, k, visual, attribute) if k else scene
+            cues = {c for c in ("sure", "hedge") if rng.random() < 0.5}
+            responses.append(pad(with_cues(answer(env, shown), cues), rng.randint(0, 3)))
+        items.append(CandidateSet(id=f"bon-{env}-{offset + n}", scene=scene, prompt=prompt,
+                                  responses=tuple(responses), errors=tuple(errors)))
+    return items
+
+
+def write_best_of_n(items: list[CandidateSet], path: Path, image_size: int = 56) -> Path:
+    """The items in mmrm's inference format (``errors`` kept as an extra field), images as
+    PNGs in ``images/`` beside ``path``."""
+    path = Path(path)
+    (path.parent / "images").mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for item in items:
+            image = Path("images") / f"{item.id}.png"
+            draw(item.scene, image_size).save(path.parent / image, format="PNG")
+            f.write(json.dumps({"id": item.id, "prompt": item.prompt, "img_path": str(image),
+                                "responses": list(item.responses),
+                                "errors": list(item.errors)}) + "\n")
+    return path

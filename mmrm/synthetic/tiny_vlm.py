@@ -40,14 +40,15 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mmrm.data import conversation
-from mmrm.synthetic.environments import (CUE_COUNTERPART, CUE_TEXT, POVID_PROMPTS,
-                                         RLHFV_PROMPTS, VERBOSE_PADDING, VLF_PROMPTS,
-                                         wrong_scene)
-from mmrm.synthetic.scenes import ATTRIBUTES, VALUES, Scene, draw
+from mmrm.synthetic.environments import (ANSWER_FRAMES, CUE_COUNTERPART, CUE_TEXT,
+                                         POVID_PROMPTS, RLHFV_FRAME_SEVERAL, RLHFV_PROMPTS,
+                                         RLHFV_PROMPTS_SEVERAL, VERBOSE_PADDING, VLF_PROMPTS)
+from mmrm.synthetic.scenes import ATTRIBUTES, STYLES, VALUES, Scene, draw
+from mmrm.synthetic.visual import LEVELS, VisualCost, corrupt, visual_level
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<|user|>", "<|assistant|>",
                   "<|end|>"]
@@ -64,10 +65,17 @@ CHAT_TEMPLATE = (
 
 QUESTION = {"colour": "Is the shape {value}?", "shape": "Is it a {value}?",
             "size": "Is the shape {value}?"}
+#: Yes/no questions about a scene of several things: does some thing have the value?
+QUESTION_ANY = {"colour": "Is any shape {value}?", "shape": "Is there a {value}?",
+                "size": "Is any shape {value}?"}
 #: Sentence frames of the image-text matching captions (deliberately not the benchmark's own).
 ITM_FRAMES = ("{}.", "I see {}.", "This picture shows {}.", "A picture of {}.")
 ATTRIBUTE_QUESTION = {"colour": "What colour is the shape?", "shape": "Which shape is shown?",
                       "size": "How big is the shape?"}
+#: The same about several things; answered left to right (``red and blue``).
+ATTRIBUTE_QUESTION_SEVERAL = {"colour": "What colours are the shapes?",
+                              "shape": "Which shapes are shown?",
+                              "size": "How big are the shapes?"}
 
 
 class TinyVLMConfig(BaseModel):
@@ -76,6 +84,9 @@ class TinyVLMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, description="Seed of weights and of the pre-training scenes.")
+    visual: str = Field("V0", description=f"Visual-cost level ({', '.join(LEVELS)}): the "
+                        "scenes pre-training shows and whether it includes sentence-level "
+                        "matching (mmrm.synthetic.visual).")
     image_size: int = Field(56, description="Input resolution (pixels, square).")
     patch_size: int = Field(8, description="Vision patch size: (56/8)^2 = 49 image tokens.")
     hidden_size: int = Field(64, description="Width of vision tower and language model.")
@@ -101,6 +112,16 @@ class TinyVLMConfig(BaseModel):
                                                "predicts the fraction of right ones (else: "
                                                "one wrong attribute, match or not).")
 
+    @field_validator("visual")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        visual_level(value)
+        return value
+
+    @property
+    def level(self) -> VisualCost:
+        return visual_level(self.visual)
+
 
 # ------------------------------------------------------------------------------ tokenizer
 
@@ -119,6 +140,13 @@ def vocabulary_corpus() -> list[str]:
                 for frame in ("The image shows a {}.", "It is a {}.", "There is a {}.",
                               "looking closely, there is a {}.", "a {}", *ITM_FRAMES):
                     texts.append(frame.format(f"{size} {colour} {shape}"))
+    # scenes of several things (V2, V3): lists, fills, the questions about them
+    texts += list(RLHFV_PROMPTS_SEVERAL.values()) + list(ATTRIBUTE_QUESTION_SEVERAL.values())
+    texts += list(ANSWER_FRAMES.values()) + [RLHFV_FRAME_SEVERAL, RLHFV_PROMPTS["style"]]
+    texts += [t[0].lower() + t[1:] for t in (*ANSWER_FRAMES.values(), RLHFV_FRAME_SEVERAL)]
+    texts += [QUESTION_ANY[a].format(value=v) for a in ATTRIBUTES for v in VALUES[a]]
+    texts += [f"a large red {style} circle, a small blue square and a green triangle"
+              for style in STYLES]
     return texts
 
 
@@ -186,17 +214,40 @@ def build_model(tokenizer, config: TinyVLMConfig):
 
 # ------------------------------------------------------------------------ pre-training data
 
+def pretrain_scene(rng: random.Random, level: VisualCost, single: bool = False) -> Scene:
+    """A pre-training scene of ``level``: one thing, or (for levels of several things) half
+    of the time the level's own scene. Fills are drawn as the level draws them but never
+    named: the base sees hollow things without hearing the word."""
+    if level.things == 1 or single or rng.random() < 0.5:
+        return Scene.random(rng, 1, level.hollow_rate)
+    return Scene.random(rng, level.things, level.hollow_rate)
+
+
 def task(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    """One (question, answer) about a scene: a caption, an attribute, or a yes/no check."""
+    """One (question, answer) about a scene: a caption, an attribute, or a yes/no check.
+
+    About several things, the attribute answer lists their values left to right
+    (``red and blue``) and the yes/no check asks whether *some* thing has a value.
+    """
     kind = rng.random()
     if kind < 0.25:
         return "Describe the image.", scene.describe()
     attribute = rng.choice(ATTRIBUTES)
+    if len(scene.things) > 1:
+        if kind < 0.5:
+            return ATTRIBUTE_QUESTION_SEVERAL[attribute], " and ".join(
+                getattr(t, attribute) for t in scene.things)
+        present = scene.present(attribute)
+        absent = [v for v in VALUES[attribute] if v not in present]
+        truth = rng.random() < 0.5 or not absent
+        value = rng.choice(sorted(present)) if truth else rng.choice(absent)
+        return QUESTION_ANY[attribute].format(value=value), "yes" if truth else "no"
+    thing = scene.thing
     if kind < 0.5:
-        return ATTRIBUTE_QUESTION[attribute], getattr(scene, attribute)
+        return ATTRIBUTE_QUESTION[attribute], getattr(thing, attribute)
     truth = rng.random() < 0.5
-    value = getattr(scene, attribute) if truth else \
-        rng.choice([v for v in VALUES[attribute] if v != getattr(scene, attribute)])
+    value = getattr(thing, attribute) if truth else \
+        rng.choice([v for v in VALUES[attribute] if v != getattr(thing, attribute)])
     return QUESTION[attribute].format(value=value), "yes" if truth else "no"
 
 
@@ -216,27 +267,32 @@ def make_batch(processor, scenes: list[Scene], qa: list[tuple[str, str]], image_
 
 
 def attribute_targets(model, tokenizer, scenes: list[Scene]) -> torch.Tensor:
-    """Sum of the word embeddings of each scene's attributes: (batch, hidden), detached."""
-    ids = torch.tensor([[tokenizer.convert_tokens_to_ids(getattr(s, a)) for a in ATTRIBUTES]
-                        for s in scenes])
+    """Sum of the word embeddings of each single-thing scene's attributes: (singles, hidden),
+    detached (scenes of several things have no one target per image token)."""
+    ids = torch.tensor([[tokenizer.convert_tokens_to_ids(getattr(s.thing, a))
+                         for a in ATTRIBUTES] for s in scenes if len(s.things) == 1])
     return model.get_input_embeddings()(ids).sum(1).detach()
 
 
 def itm_batch(processor, rng: random.Random, batch_size: int, image_size: int,
-              graded: bool = False):
-    """Image-text matching examples in the chat format: a caption, right or with one wrong
-    attribute (a hard negative); ``match`` is 1 for the right ones. ``graded``: negatives
-    have 1-3 wrong attributes and ``match`` is the fraction of right attributes."""
-    scenes = [Scene.random(rng) for _ in range(batch_size)]
+              graded: bool = False, level: VisualCost | None = None):
+    """Image-text matching examples in the chat format: a caption, right or with wrong
+    attributes (hard negatives); ``match`` is 1 for the right ones. ``graded``: negatives
+    have 1-3 wrong attributes and ``match`` is the fraction of right attributes (single
+    things; several things count their wrong facts out of all). Wrong values are ones no
+    thing has, so each attribute word's label is well defined (binding is never taught)."""
+    level = level or VisualCost()
+    scenes = [pretrain_scene(rng, level) for _ in range(batch_size)]
     captions, match = [], []
     for scene in scenes:
         right = rng.random() < 0.5
+        plain = VisualCost(things=len(scene.things))     # attribute errors only
         if graded:
             wrong = 0 if right else rng.randint(1, len(ATTRIBUTES))
-            shown = wrong_scene(scene, rng, wrong)
-            right = 1 - wrong / len(ATTRIBUTES)
+            shown = corrupt(scene, rng, wrong, plain)
+            right = 1 - wrong / (len(ATTRIBUTES) * len(scene.things))
         else:
-            shown = scene if right else _one_wrong(scene, rng)
+            shown = scene if right else corrupt(scene, rng, 1, plain)
         text = rng.choice(ITM_FRAMES).format(shown.describe())
         captions.append(processor.apply_chat_template(
             conversation("Describe the image.", text[0].upper() + text[1:], True),
@@ -249,38 +305,36 @@ def itm_batch(processor, rng: random.Random, batch_size: int, image_size: int,
 
 
 def word_grounding_labels(tokenizer, batch, scenes: list[Scene]) -> torch.Tensor:
-    """Per token: 1 if it names an attribute value the scene has, 0 if one it lacks, -1 else."""
+    """Per token: 1 if it names an attribute value some thing has, 0 if one no thing has,
+    -1 else."""
     labels = torch.full_like(batch["input_ids"], -1)
     for attribute in ATTRIBUTES:
         for value in VALUES[attribute]:
             token = tokenizer.convert_tokens_to_ids(value)
-            present = torch.tensor([getattr(s, attribute) == value for s in scenes])
+            present = torch.tensor([value in s.present(attribute) for s in scenes])
             at = batch["input_ids"] == token
             labels[at] = present[:, None].expand_as(at)[at].long()
     return labels
 
 
-def _one_wrong(scene: Scene, rng: random.Random) -> Scene:
-    attribute = rng.choice(ATTRIBUTES)
-    return scene.with_attribute(attribute, rng.choice(
-        [v for v in VALUES[attribute] if v != getattr(scene, attribute)]))
-
-
 def itm_loss(model, probes: torch.nn.Linear, batch, match: torch.Tensor,
-             word_labels: torch.Tensor) -> torch.Tensor:
+             word_labels: torch.Tensor, sentence: bool = True) -> torch.Tensor:
     """Image-text matching at two grains, with linear probes discarded after pre-training.
 
-    * sentence (BLIP-style ITM): the last real token's state says whether the caption agrees
-      with the image;
+    * sentence (BLIP-style ITM, only with ``sentence``): the last real token's state says
+      whether the caption agrees with the image;
     * word (phrase grounding): each attribute word's state says whether the image has that
       attribute (``word_labels``: 1 present, 0 absent, -1 not an attribute word). This dense
       signal is what teaches a word to look at the image.
     """
     hidden = model.model(**batch).last_hidden_state
-    last = batch["attention_mask"].sum(-1) - 1
     logits = probes(hidden)                                    # (batch, length, 2)
-    sentence = logits[torch.arange(len(last)), last, 0]
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(sentence, match)
+    loss = torch.zeros((), device=hidden.device)
+    if sentence:
+        last = batch["attention_mask"].sum(-1) - 1
+        sentence_logits = logits[torch.arange(len(last)), last, 0]
+        loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(sentence_logits,
+                                                                           match)
     words = word_labels >= 0
     if words.any():
         loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(
@@ -349,18 +403,24 @@ def _run_stage(model, processor, tokenizer, config, rng, steps, lm_weight, align
     model.train()
     running = None
     for step in range(steps):
-        scenes = [Scene.random(rng) for _ in range(config.batch_size)]
+        # stage 1 aligns single things only: an image token has one target there
+        scenes = [pretrain_scene(rng, config.level, single=not lm_weight)
+                  for _ in range(config.batch_size)]
         batch = make_batch(processor, scenes, [task(s, rng) for s in scenes], config.image_size)
         loss = torch.zeros(())
         if lm_weight:
             loss = loss + lm_weight * model(**batch).loss
         if use_itm:
             matching, match, words = itm_batch(processor, rng, config.batch_size,
-                                               config.image_size, config.itm_graded)
-            loss = loss + config.itm_weight * itm_loss(model, probes, matching, match, words)
-        if align_weight:
+                                               config.image_size, config.itm_graded,
+                                               config.level)
+            loss = loss + config.itm_weight * itm_loss(model, probes, matching, match, words,
+                                                       config.level.sentence_matching)
+        singles = torch.tensor([len(s.things) == 1 for s in scenes])
+        if align_weight and singles.any():
             targets = attribute_targets(model, tokenizer, scenes)
-            loss = loss + align_weight * alignment_loss(model, batch["pixel_values"], targets)
+            loss = loss + align_weight * alignment_loss(model, batch["pixel_values"][singles],
+                                                        targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -381,35 +441,57 @@ def grounding_accuracy(model, processor, config: TinyVLMConfig) -> dict:
     """Yes/no accuracy on held-out scenes: for each attribute, the true value and a wrong one.
 
     A question is answered correctly when the logit of the right word (``yes``/``no``) beats
-    the other at the answer position.
+    the other at the answer position. Single-thing scenes are asked about their thing
+    (``by_attribute``); for a level of several things, as many scenes of the level are asked
+    whether some thing has a value (``several``); ``overall`` counts every question.
     """
+    rng = random.Random(f"grounding-eval/{config.seed}")
+    questions = []          # (scene, question, truth, group)
+    for scene in [Scene.random(rng) for _ in range(config.eval_scenes)]:
+        for attribute in ATTRIBUTES:
+            value = getattr(scene.thing, attribute)
+            wrong = rng.choice([v for v in VALUES[attribute] if v != value])
+            for asked, truth in ((value, True), (wrong, False)):
+                questions.append((scene, QUESTION[attribute].format(value=asked), truth,
+                                  attribute))
+    level = config.level
+    if level.things > 1:
+        for _ in range(config.eval_scenes):
+            scene = Scene.random(rng, level.things, level.hollow_rate)
+            for attribute in ATTRIBUTES:
+                present = scene.present(attribute)
+                absent = [v for v in VALUES[attribute] if v not in present]
+                asked = [(rng.choice(sorted(present)), True)] + \
+                    ([(rng.choice(absent), False)] if absent else [])
+                for value, truth in asked:
+                    questions.append((scene, QUESTION_ANY[attribute].format(value=value), truth,
+                                      "several"))
+    correct = _answer_yes_no(model, processor, config, questions)
+    groups = [a for a in (*ATTRIBUTES, "several") if any(q[3] == a for q in questions)]
+    accuracy = {g: round(sum(c for c, q in zip(correct, questions) if q[3] == g)
+                         / sum(q[3] == g for q in questions), 4) for g in groups}
+    report = {"overall": round(sum(correct) / len(correct), 4),
+              "by_attribute": {a: accuracy[a] for a in ATTRIBUTES},
+              "questions": len(questions)}
+    if "several" in accuracy:
+        report["several"] = accuracy["several"]
+    return report
+
+
+def _answer_yes_no(model, processor, config: TinyVLMConfig, questions: list) -> list[bool]:
     tokenizer = processor.tokenizer
     yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
-    rng = random.Random(f"grounding-eval/{config.seed}")
-    correct = {a: 0 for a in ATTRIBUTES}
-    total = {a: 0 for a in ATTRIBUTES}
-    scenes = [Scene.random(rng) for _ in range(config.eval_scenes)]
-    for start in range(0, len(scenes), 64):
-        chunk = scenes[start:start + 64]
-        questions, truths, attrs, images = [], [], [], []
-        for scene in chunk:
-            for attribute in ATTRIBUTES:
-                wrong = rng.choice([v for v in VALUES[attribute] if v != getattr(scene, attribute)])
-                for value, truth in ((getattr(scene, attribute), True), (wrong, False)):
-                    questions.append(QUESTION[attribute].format(value=value))
-                    truths.append(truth)
-                    attrs.append(attribute)
-                    images.append(draw(scene, config.image_size))
+    correct = []
+    for start in range(0, len(questions), 192):
+        chunk = questions[start:start + 192]
         texts = [processor.apply_chat_template(conversation(q, None, True), tokenize=False,
-                                               add_generation_prompt=True) for q in questions]
-        processor.tokenizer.padding_side = "left"
-        batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
-        processor.tokenizer.padding_side = "right"
+                                               add_generation_prompt=True)
+                 for _, q, _, _ in chunk]
+        tokenizer.padding_side = "left"
+        batch = processor(text=texts, images=[draw(s, config.image_size) for s, *_ in chunk],
+                          return_tensors="pt", padding=True)
+        tokenizer.padding_side = "right"
         logits = model(**batch).logits[:, -1]
-        said_yes = logits[:, yes] > logits[:, no]
-        for attribute, truth, answer in zip(attrs, truths, said_yes.tolist()):
-            total[attribute] += 1
-            correct[attribute] += int(answer == truth)
-    by_attribute = {a: round(correct[a] / total[a], 4) for a in ATTRIBUTES}
-    return {"overall": round(sum(correct.values()) / sum(total.values()), 4),
-            "by_attribute": by_attribute, "questions": sum(total.values())}
+        said_yes = (logits[:, yes] > logits[:, no]).tolist()
+        correct += [answer == truth for answer, (_, _, truth, _) in zip(said_yes, chunk)]
+    return correct
