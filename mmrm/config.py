@@ -57,6 +57,17 @@ class DataConfig(Strict):
     image_root: str | None = Field(None, description="Root of img_path (default: each file's "
                                                      "folder).")
     max_length: int = Field(2048, gt=0, description="Longest sequence allowed (tokens).")
+    folds: int = Field(1, ge=1, description="Cut the training pairs into this many folds by "
+                       "a stable hash of their id (cross-fitting; mmrm.data.fold_of).")
+    holdout_fold: int | None = Field(None, ge=0, description="Train on every fold but this "
+                                     "one (its pairs are the ones this model never sees).")
+
+    @model_validator(mode="after")
+    def _fold_exists(self) -> DataConfig:
+        if self.holdout_fold is not None and self.holdout_fold >= self.folds:
+            raise ValueError(f"holdout_fold {self.holdout_fold} needs folds > "
+                             f"{self.holdout_fold}, not {self.folds}")
+        return self
 
 
 class ShortcutConfig(Strict):
@@ -67,7 +78,12 @@ class ShortcutConfig(Strict):
                                                        "per-pair losses (JSON); with none: "
                                                        "logged statistics only.")
     proxy_mode: InputMode = Field(InputMode.TEXT_ONLY, description="Input of the proxy: "
-                                                                   "text_only or blank_image.")
+                                  "text_only, or blank_image (the reference code's white "
+                                  "tile through the frozen vision tower).")
+    proxy_folds: int = Field(2, ge=1, description="sfc_two_stage: each pair's proxy loss "
+                             "comes from a proxy trained on the other folds (cross-fitting), "
+                             "so it is out of sample, as the paper's online loss is; 1: one "
+                             "proxy on all pairs, scored on its own training pairs.")
 
 
 class TrainConfig(Strict):

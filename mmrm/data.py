@@ -5,12 +5,13 @@ the image and the prompt, the assistant turn the response. Three input modes:
 
 * ``multimodal`` — the image and the text (the MM-RM);
 * ``text_only`` — the same conversation without the image (the shortcut proxy);
-* ``blank_image`` — a white image of the same size instead of the real one (the paper's
-  variant of the text-only proxy, for backbones that expect an image).
+* ``blank_image`` — one white 224-pixel tile instead of the real image (the paper's
+  reference code feeds its text-only proxy this way).
 """
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,23 @@ def load_pairs(path: str | Path, *, on_error: OnError | str = OnError.RAISE,
     """Read and validate a whole pairwise file into memory (training sets fit)."""
     ledger = Ledger(on_error=OnError(on_error))
     return list(read_pairs(path, images=ImageRules(root=image_root, check=check), ledger=ledger))
+
+
+def fold_of(pair_id: str, folds: int) -> int:
+    """The fold (0..folds-1) of a pair: a stable hash of its id, the same on every machine.
+
+    >>> [fold_of(i, 2) for i in ("a", "b", "c")] == [fold_of(i, 2) for i in ("a", "b", "c")]
+    True
+    """
+    digest = hashlib.sha256(pair_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % folds
+
+
+def select_folds(pairs: list[PairRecord], folds: int, holdout: int | None) -> list[PairRecord]:
+    """The pairs outside fold ``holdout`` (all of them when ``holdout`` is None)."""
+    if holdout is None:
+        return pairs
+    return [p for p in pairs if fold_of(p.id, folds) != holdout]
 
 
 def conversation(prompt: str, response: str | None, with_image: bool) -> list[dict]:
@@ -123,6 +141,14 @@ def filled_template(processor, first: tuple[str, str] | None = None, with_image:
     if first is not None and template.exact and not template.check(*first):
         template.exact = False
     return template
+
+
+def blank_image() -> Image.Image:
+    """What the proxy sees in ``blank_image`` mode: one white 224-pixel tile, as the paper's
+    reference code feeds its text-only branch (``Image.new('RGB', (224, 224), (255, 255,
+    255))`` in AlignRM/Generalizable-MM-RM ``train_rm_robust.py``), whatever the real
+    image's size (so tiling processors give it one tile)."""
+    return Image.new("RGB", (224, 224), (255, 255, 255))
 
 
 def load_image(path: Path) -> Image.Image:
@@ -241,10 +267,9 @@ class PairCollator:
         return {**batch, "ids": [p.id for p in pairs]}
 
     def _image(self, pair: PairRecord) -> Image.Image:
-        image = load_image(pair.image_file)
         if InputMode(self.mode) is InputMode.BLANK_IMAGE:
-            return Image.new("RGB", image.size, (255, 255, 255))
-        return image
+            return blank_image()
+        return load_image(pair.image_file)
 
     def _pad_id(self) -> int:
         tokenizer = getattr(self.processor, "tokenizer", self.processor)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mmrm.config import Finetune, TrainConfig
-from mmrm.data import PairCollator, load_pairs, set_right_padding
+from mmrm.data import PairCollator, fold_of, load_pairs, select_folds, set_right_padding
 from mmrm.evaluate import load_scorer, pairwise_accuracy, score_pairs
 from mmrm.model import RewardModel, load_processor, weight_dtype_named
 from mmrm.tracking import NoOpTracker, Tracker, flatten
@@ -33,6 +33,7 @@ from mmrm.weighting import (Weighting, bradley_terry_loss, pair_weights, weight_
                             weight_statistics)
 
 STATE_FILE = "trainer_state.json"
+TRAIN_IDS = "train_ids.txt"
 #: Seconds to sleep after each step; only the resume test sets it, to kill a run mid-way.
 _STEP_DELAY = float(os.environ.get("MMRM_TEST_STEP_DELAY", "0"))
 
@@ -194,7 +195,13 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
     modules = TrainedModels(reward_model, proxy)
 
     image_root = Path(config.data.image_root) if config.data.image_root else None
-    pairs = [p for path in config.data.train for p in load_pairs(path, image_root=image_root)]
+    pairs = select_folds([p for path in config.data.train
+                          for p in load_pairs(path, image_root=image_root)],
+                         config.data.folds, config.data.holdout_fold)
+    if not pairs:
+        raise ValueError(f"no training pairs in {config.data.train}"
+                         + (f" outside fold {config.data.holdout_fold} of {config.data.folds}"
+                            if config.data.holdout_fold is not None else ""))
     # sfc_two_stage weights by the cached proxy losses; a standard run given them logs the
     # same proxy statistics (its weights stay 1), so the two compare metric for metric
     proxy_losses = load_proxy_losses(config.shortcut.proxy_losses, pairs) \
@@ -224,6 +231,8 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(config.model_dump_json(indent=2) + "\n")
+        # which pairs this model learns from (a cross-fitted proxy must never see its fold)
+        (out / TRAIN_IDS).write_text("".join(f"{p.id}\n" for p in pairs))
         tracker.log_params(flatten(config.model_dump(mode="json")))
     metrics_log = open(out / "metrics.jsonl", "a") if accelerator.is_main_process else None
     modules.train()
@@ -383,40 +392,71 @@ def _checkpoint_step(path: Path) -> int:
     return int(path.name.split("-")[1])
 
 
-def compute_proxy_losses(model_dir: str | Path, data: list[str], out: str | Path,
-                         batch_size: int = 32, image_root: str | None = None) -> dict:
-    """Per-pair BT losses of a trained (frozen) proxy over ``data``, cached as JSON."""
-    model, collator = load_scorer(model_dir, max_length=2048)
-    root = Path(image_root) if image_root else None
-    pairs = [p for path in data for p in load_pairs(path, image_root=root)]
-    chosen, rejected = score_pairs(model, collator, pairs, batch_size)
-    losses = bradley_terry_loss(chosen, rejected)
-    cache = {"proxy": str(model_dir), "mode": model.config.mode,
-             "accuracy": pairwise_accuracy(chosen, rejected),
-             "losses": {p.id: round(float(l), 6) for p, l in zip(pairs, losses)}}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(cache) + "\n")
-    return cache
-
-
-def proxy_config(config: TrainConfig) -> TrainConfig:
-    """The text-only proxy's run: same data, model and schedule, no image, no weighting."""
+def proxy_config(config: TrainConfig, fold: int | None = None) -> TrainConfig:
+    """The text-only proxy's run: same data, model and schedule, no image, no weighting;
+    with ``fold``, trained on every fold of ``shortcut.proxy_folds`` but that one."""
     raw = config.model_dump(mode="json")
     raw["mode"] = config.shortcut.proxy_mode.value
     raw["shortcut"] = {"weighting": "none"}
     raw["output_dir"] = str(Path(config.output_dir) / "proxy")
-    if config.finetune is Finetune.LORA:
-        raw["finetune"] = "lora"
+    if fold is not None:
+        raw["output_dir"] = str(Path(config.output_dir) / "proxy" / f"fold{fold}")
+        raw["data"].update(folds=config.shortcut.proxy_folds, holdout_fold=fold)
     return TrainConfig.model_validate(raw)
 
 
-def train_text_proxy(config: TrainConfig, tracker: Tracker | None = None, log=print) -> dict:
-    """Stage 1 of ``sfc_two_stage``: train the proxy, then cache its per-pair losses.
+def proxy_dirs(config: TrainConfig) -> list[Path]:
+    """The saved proxies of :func:`train_text_proxy` (one per fold)."""
+    folds = config.shortcut.proxy_folds
+    return [Path(proxy_config(config, f if folds > 1 else None).output_dir) / "final"
+            for f in range(folds)]
 
-    The cache goes to ``shortcut.proxy_losses`` if set, else ``<output_dir>/proxy_losses.json``.
+
+def train_text_proxy(config: TrainConfig, tracker: Tracker | None = None, log=print) -> dict:
+    """Stage 1 of ``sfc_two_stage``: train the text-only proxy, then cache its per-pair losses.
+
+    With ``shortcut.proxy_folds = k > 1`` (default 2) the pairs are cut into k folds
+    (:func:`mmrm.data.fold_of`), k proxies each train on all folds but one, and each pair's
+    loss comes from the proxy that never saw it: out of sample, as the paper's jointly
+    trained proxy's loss is on a pair it meets for the first time. With k = 1 one proxy
+    trains on everything and is scored on its own training pairs (memorised cue-wrong pairs
+    then look easy and lose their weight).
+
+    The cache goes to ``shortcut.proxy_losses`` if set, else ``<output_dir>/proxy_losses.json``:
+    ``losses`` (pair id -> BT loss), ``source`` (pair id -> the fold whose proxy scored it),
+    ``accuracy_in_sample`` (each proxy on its own training pairs), ``accuracy_out_of_sample``
+    (on the pairs it never saw; k > 1 only) and ``accuracy`` (the one the losses carry).
     """
-    proxy = proxy_config(config)
-    train(proxy, tracker, log)
-    out = config.shortcut.proxy_losses or str(Path(config.output_dir) / "proxy_losses.json")
-    return compute_proxy_losses(Path(proxy.output_dir) / "final", config.data.train, out,
-                                config.eval_batch_size, config.data.image_root)
+    folds = config.shortcut.proxy_folds
+    root = Path(config.data.image_root) if config.data.image_root else None
+    pairs = [p for path in config.data.train for p in load_pairs(path, image_root=root)]
+    fold = {p.id: (fold_of(p.id, folds) if folds > 1 else 0) for p in pairs}
+    losses, wins_in, wins_out = {}, [], []
+    for f, model_dir in enumerate(proxy_dirs(config)):
+        run = proxy_config(config, f if folds > 1 else None)
+        log(f"text-only proxy {f + 1}/{folds}: {run.output_dir}")
+        # k > 1: k runs would log clashing params; the caller logs the cache's summary
+        train(run, tracker if folds == 1 else None, log)
+        model, collator = load_scorer(model_dir, max_length=config.data.max_length)
+        chosen, rejected = score_pairs(model, collator, pairs, config.eval_batch_size)
+        for p, c, r, loss in zip(pairs, chosen, rejected, bradley_terry_loss(chosen, rejected)):
+            win = float(c > r) + 0.5 * float(c == r)
+            if folds == 1 or fold[p.id] != f:
+                wins_in.append(win)
+            if fold[p.id] == f:
+                losses[p.id] = round(float(loss), 6)
+                if folds > 1:
+                    wins_out.append(win)
+    mean = (lambda w: sum(w) / len(w) if w else float("nan"))
+    cache = {"proxies": [str(d) for d in proxy_dirs(config)],
+             "mode": config.shortcut.proxy_mode.value, "folds": folds,
+             "accuracy_in_sample": mean(wins_in),
+             "accuracy_out_of_sample": mean(wins_out) if folds > 1 else None,
+             "accuracy": mean(wins_out) if folds > 1 else mean(wins_in),
+             "source": fold, "losses": losses}
+    out = Path(config.shortcut.proxy_losses or Path(config.output_dir) / "proxy_losses.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(cache) + "\n")
+    log(f"proxy accuracy in sample {cache['accuracy_in_sample']:.4f}, out of sample "
+        f"{cache['accuracy_out_of_sample'] if folds > 1 else 'n/a'}")
+    return cache

@@ -190,8 +190,15 @@ def test_sfc_two_stage_and_joint_train(tiny_vlm_dir, tiny_pairs, tmp_path):
     cache = train_text_proxy(two)
     losses = cache["losses"]
     assert len(losses) == 24 and all(v >= 0 for v in losses.values())
-    assert json.loads((tmp_path / "two" / "proxy" / "final" / "reward_config.json")
-                      .read_text())["mode"] == "text_only"
+    # cross-fitted (2 folds by default): each pair's loss is from the proxy that never saw it
+    trained_on = {f: set((tmp_path / "two" / "proxy" / f"fold{f}" / "train_ids.txt")
+                         .read_text().split()) for f in (0, 1)}
+    assert trained_on[0] | trained_on[1] == set(losses) and not trained_on[0] & trained_on[1]
+    assert all(pair not in trained_on[cache["source"][pair]] for pair in losses)
+    assert cache["folds"] == 2 and 0 <= cache["accuracy_out_of_sample"] <= 1
+    for f in (0, 1):
+        assert json.loads((tmp_path / "two" / "proxy" / f"fold{f}" / "final" /
+                           "reward_config.json").read_text())["mode"] == "text_only"
     train(two, resume=False)
     log = metrics(tmp_path / "two")
     assert 0 < log[-1]["weight/mean"] < 1 and "weight/p90" in log[-1]
