@@ -40,6 +40,18 @@ def test_paper_faithful_internvl_settings():
     assert config.shortcut.weighting is Weighting.SFC_JOINT
 
 
+@pytest.mark.parametrize("path", [p for p in TRAIN_CONFIGS
+                                  if "paper-faithful" in p.read_text().lower()],
+                         ids=lambda p: p.name)
+def test_configs_that_call_themselves_paper_faithful_use_the_papers_options(path):
+    """The reference recipe: vision tower frozen, one epoch, and a proxy that sees one white
+    tile where the real image would be (AlignRM/Generalizable-MM-RM)."""
+    config = load_config(path)
+    assert config.finetune.value == "freeze_vision" and config.epochs == 1.0
+    if config.shortcut.weighting is not Weighting.NONE:
+        assert config.shortcut.proxy_mode.value == "blank_image"
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_accelerate_deepspeed_configs(stage):
     raw = yaml.safe_load((CONFIGS / "accelerate" / f"zero{stage}.yaml").read_text())

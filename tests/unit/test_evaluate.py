@@ -107,3 +107,35 @@ def test_weight_histogram_plot_reads_training_logs(tmp_path):
     metrics.write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
     with pytest.raises(ValueError, match="no weight/hist"):
         plot_weight_histograms(metrics, tmp_path / "w2.png")
+
+
+def test_best_of_n_quality_by_hand():
+    """The docstring's example: item 1 picks the 2-mistake answer; item 2 ties a 1-mistake
+    and a correct answer at the top (expected: half a correct pick, 0.5 mistakes)."""
+    from mmrm.evaluate import best_of_n_quality
+
+    q = best_of_n_quality([[0, 2], [1, 0, 3]], [[0.1, 0.9], [5.0, 5.0, 1.0]])
+    assert q["items"] == 2
+    assert q["fully_correct"] == pytest.approx(0.25)
+    assert q["mean_errors"] == pytest.approx(1.25)
+    assert q["random_fully_correct"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert q["random_mean_errors"] == pytest.approx((1 + 4 / 3) / 2)
+    assert (q["oracle_fully_correct"], q["oracle_mean_errors"]) == (1.0, 0.0)
+    perfect = best_of_n_quality([[3, 0, 1]], [[-1.0, 2.0, 1.0]])
+    assert (perfect["fully_correct"], perfect["mean_errors"]) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="2 candidates but 3 scores"):
+        best_of_n_quality([[0, 1]], [[1.0, 2.0, 3.0]])
+
+
+def test_paired_bootstrap_by_hand():
+    """Differences [0, 1]: resampled means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4,
+    so the 95% interval is [0, 1]; identical differences give a point interval."""
+    from mmrm.evaluate import paired_bootstrap
+
+    ci = paired_bootstrap([0.0, 1.0], resamples=4000, seed=1)
+    assert (ci["n"], ci["mean"], ci["low"], ci["high"]) == (2, 0.5, 0.0, 1.0)
+    flat = paired_bootstrap([0.1] * 5, resamples=100)
+    assert flat["low"] == pytest.approx(0.1) and flat["high"] == pytest.approx(0.1)
+    wide = paired_bootstrap([-0.2, 0.1, 0.3, 0.0, 0.2, -0.1], resamples=4000)
+    assert wide["low"] < 0 < wide["high"] and wide["mean"] == pytest.approx(0.05)
+    assert paired_bootstrap([])["n"] == 0
