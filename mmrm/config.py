@@ -121,6 +121,9 @@ class TrainConfig(Strict):
     save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps.")
     save_total_limit: int = Field(2, gt=0)
     eval_batch_size: int = Field(32, gt=0)
+    calibration_pairs: int = Field(1000, ge=0, description="Training pairs scored after "
+                                   "training for the saved reward mean/std (normalised "
+                                   "scores); 0 skips it (mean 0, std 1).")
     dataloader_num_workers: int = Field(0, ge=0, description="Processes that build batches "
                                                              "(images, chat template) while "
                                                              "the model trains.")

@@ -301,10 +301,13 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
         model.eval()
         eval_collator = PairCollator(processor, config.mode, config.data.max_length,
                                      share_prompt=model.shares_prompt)
-        chosen, rejected = score_pairs(model, eval_collator, pairs[:1000], config.eval_batch_size)
-        all_rewards = torch.cat([chosen, rejected])
-        model.config.reward_mean = all_rewards.mean().item()
-        model.config.reward_std = max(all_rewards.std().item(), 1e-6)
+        if config.calibration_pairs:
+            chosen, rejected = score_pairs(model, eval_collator,
+                                           pairs[:config.calibration_pairs],
+                                           config.eval_batch_size)
+            all_rewards = torch.cat([chosen, rejected])
+            model.config.reward_mean = all_rewards.mean().item()
+            model.config.reward_std = max(all_rewards.std().item(), 1e-6)
         model.config.extra = {"weighting": weighting.value, "train": list(config.data.train)}
         _save_final(model, processor, out / "final")
         for name, path in config.data.eval.items():

@@ -223,16 +223,21 @@ def pretrain_scene(rng: random.Random, level: VisualCost, single: bool = False) 
     return Scene.random(rng, level.things, level.hollow_rate)
 
 
-def task(scene: Scene, rng: random.Random) -> tuple[str, str]:
+def task(scene: Scene, rng: random.Random, matched: tuple[str, ...] = ATTRIBUTES
+         ) -> tuple[str, str]:
     """One (question, answer) about a scene: a caption, an attribute, or a yes/no check.
 
     About several things, the attribute answer lists their values left to right
-    (``red and blue``) and the yes/no check asks whether *some* thing has a value.
+    (``red and blue``) and the yes/no check asks whether *some* thing has a value. Yes/no
+    checks are asked only about ``matched`` attributes; about the others the question asks
+    to name the value instead.
     """
     kind = rng.random()
     if kind < 0.25:
         return "Describe the image.", scene.describe()
     attribute = rng.choice(ATTRIBUTES)
+    if attribute not in matched:
+        kind = min(kind, 0.49)      # name it, never check it
     if len(scene.things) > 1:
         if kind < 0.5:
             return ATTRIBUTE_QUESTION_SEVERAL[attribute], " and ".join(
@@ -266,11 +271,14 @@ def make_batch(processor, scenes: list[Scene], qa: list[tuple[str, str]], image_
     return batch
 
 
-def attribute_targets(model, tokenizer, scenes: list[Scene]) -> torch.Tensor:
-    """Sum of the word embeddings of each single-thing scene's attributes: (singles, hidden),
-    detached (scenes of several things have no one target per image token)."""
+def attribute_targets(model, tokenizer, scenes: list[Scene],
+                      attributes: tuple[str, ...] = ATTRIBUTES) -> torch.Tensor:
+    """Sum of the word embeddings of each single-thing scene's ``attributes``: (singles,
+    hidden), detached (scenes of several things have no one target per image token).
+    Aligning image tokens with a word's embedding is itself a way to check that word, so a
+    level that does not teach the base to check an attribute leaves it out."""
     ids = torch.tensor([[tokenizer.convert_tokens_to_ids(getattr(s.thing, a))
-                         for a in ATTRIBUTES] for s in scenes if len(s.things) == 1])
+                         for a in attributes] for s in scenes if len(s.things) == 1])
     return model.get_input_embeddings()(ids).sum(1).detach()
 
 
@@ -301,14 +309,15 @@ def itm_batch(processor, rng: random.Random, batch_size: int, image_size: int,
     batch = processor(text=captions, images=[draw(s, image_size) for s in scenes],
                       return_tensors="pt", padding=True)
     return batch, torch.tensor(match), word_grounding_labels(processor.tokenizer, batch,
-                                                             scenes)
+                                                             scenes, level.matched)
 
 
-def word_grounding_labels(tokenizer, batch, scenes: list[Scene]) -> torch.Tensor:
-    """Per token: 1 if it names an attribute value some thing has, 0 if one no thing has,
-    -1 else."""
+def word_grounding_labels(tokenizer, batch, scenes: list[Scene],
+                          matched: tuple[str, ...] = ATTRIBUTES) -> torch.Tensor:
+    """Per token: 1 if it names a value of a ``matched`` attribute that some thing has, 0 if
+    one no thing has, -1 else."""
     labels = torch.full_like(batch["input_ids"], -1)
-    for attribute in ATTRIBUTES:
+    for attribute in matched:
         for value in VALUES[attribute]:
             token = tokenizer.convert_tokens_to_ids(value)
             present = torch.tensor([value in s.present(attribute) for s in scenes])
@@ -367,9 +376,12 @@ def pretrain(folder: Path, config: TinyVLMConfig | None = None, log=print) -> di
     for p in model.model.language_model.parameters():
         p.requires_grad_(False)
     model.get_input_embeddings().weight.requires_grad_(False)
+    # A level whose base checks no word has no alignment target: its stage 1 aligns through
+    # the frozen language model's next-token loss instead (LLaVA's own stage 1).
     report["align_loss"] = _run_stage(model, processor, tokenizer, config, rng,
-                                      config.align_steps, lm_weight=0.0, align_weight=1.0,
-                                      log=log, name="align")
+                                      config.align_steps,
+                                      lm_weight=0.0 if config.level.matched else 1.0,
+                                      align_weight=1.0, log=log, name="align")
     for p in model.parameters():
         p.requires_grad_(True)
     report["tune_loss"] = _run_stage(model, processor, tokenizer, config, rng, config.tune_steps,
@@ -393,7 +405,7 @@ def _run_stage(model, processor, tokenizer, config, rng, steps, lm_weight, align
         return float("nan")
     params = [p for p in model.parameters() if p.requires_grad]
     probes = torch.nn.Linear(config.hidden_size, 2)
-    use_itm = bool(lm_weight and config.itm_weight)
+    use_itm = bool(lm_weight and config.itm_weight and config.level.matched)
     if use_itm:
         params += list(probes.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
@@ -406,7 +418,8 @@ def _run_stage(model, processor, tokenizer, config, rng, steps, lm_weight, align
         # stage 1 aligns single things only: an image token has one target there
         scenes = [pretrain_scene(rng, config.level, single=not lm_weight)
                   for _ in range(config.batch_size)]
-        batch = make_batch(processor, scenes, [task(s, rng) for s in scenes], config.image_size)
+        batch = make_batch(processor, scenes, [task(s, rng, config.level.matched)
+                                               for s in scenes], config.image_size)
         loss = torch.zeros(())
         if lm_weight:
             loss = loss + lm_weight * model(**batch).loss
@@ -417,8 +430,8 @@ def _run_stage(model, processor, tokenizer, config, rng, steps, lm_weight, align
             loss = loss + config.itm_weight * itm_loss(model, probes, matching, match, words,
                                                        config.level.sentence_matching)
         singles = torch.tensor([len(s.things) == 1 for s in scenes])
-        if align_weight and singles.any():
-            targets = attribute_targets(model, tokenizer, scenes)
+        if align_weight and singles.any() and config.level.matched:
+            targets = attribute_targets(model, tokenizer, scenes, config.level.matched)
             loss = loss + align_weight * alignment_loss(model, batch["pixel_values"][singles],
                                                         targets)
         optimizer.zero_grad(set_to_none=True)
@@ -475,7 +488,36 @@ def grounding_accuracy(model, processor, config: TinyVLMConfig) -> dict:
               "questions": len(questions)}
     if "several" in accuracy:
         report["several"] = accuracy["several"]
+    report["naming"] = naming_accuracy(model, processor, config)
     return report
+
+
+@torch.no_grad()
+def naming_accuracy(model, processor, config: TinyVLMConfig) -> dict[str, float]:
+    """How often the base names each attribute of a held-out single thing right ("What colour
+    is the shape?": the value with the highest logit among the attribute's values). A base
+    that checks no word (V3) still sees: it names what is there."""
+    tokenizer = processor.tokenizer
+    rng = random.Random(f"naming-eval/{config.seed}")
+    scenes = [Scene.random(rng) for _ in range(config.eval_scenes)]
+    accuracy = {}
+    for attribute in ATTRIBUTES:
+        values = list(VALUES[attribute])
+        ids = tokenizer.convert_tokens_to_ids(values)
+        correct = 0
+        for start in range(0, len(scenes), 192):
+            chunk = scenes[start:start + 192]
+            texts = [processor.apply_chat_template(
+                conversation(ATTRIBUTE_QUESTION[attribute], None, True), tokenize=False,
+                add_generation_prompt=True)] * len(chunk)
+            tokenizer.padding_side = "left"
+            batch = processor(text=texts, images=[draw(s, config.image_size) for s in chunk],
+                              return_tensors="pt", padding=True)
+            tokenizer.padding_side = "right"
+            said = model(**batch).logits[:, -1, ids].argmax(-1).tolist()
+            correct += sum(values[k] == getattr(s.thing, attribute) for k, s in zip(said, chunk))
+        accuracy[attribute] = round(correct / len(scenes), 4)
+    return accuracy
 
 
 def _answer_yes_no(model, processor, config: TinyVLMConfig, questions: list) -> list[bool]:

@@ -2,20 +2,26 @@
 
 In real preference data the textual cue is cheap and the visual evidence is expensive (a
 text-only RM comes within a point or two of the multimodal one in distribution). A level
-sets both sides of that cost, the data and the base together:
+sets the cost of the visual evidence through what the base was taught to *check* (it names
+every attribute at every level) and through the scenes:
 
 ====  ======================================================================================
 V0    one thing; the base is pre-trained on sentence-level image-text matching read at the
       last token, the very state a value head reads (the visual decision is a linear
       read-out the base already has).
-V1    the V0 data; the base keeps word-level grounding, attribute QA and captioning but is
-      not trained on sentence-level matching.
-V2    V1's base recipe on scenes of two things described left to right; half of the errors
-      swap an attribute between the two things (binding: every word of the wrong answer is
-      true of *some* thing, so word-level grounding cannot see the error).
-V3    V2, and things may be hollow; answers name each thing's fill (``filled`` /
-      ``hollow``), which the base saw in its images but never heard named, and a third of
-      the errors are on it.
+V1    the V0 data; the base keeps word-level matching (each attribute word: is it in the
+      image?), attribute QA and captioning, but no sentence-level matching.
+V2    the V0 data; the base checks colour and size words, but shape words it only ever
+      *names* (captions, "which shape is shown?"): a wrong shape is for the reward model to
+      learn to see.
+V3    the V0 data; the base checks no word against the image (no word-level matching, no
+      yes/no questions); it captions and answers attribute questions, so it sees, but every
+      check is the reward model's to learn.
+V4    V1's base recipe on scenes of two things described left to right; half of the
+      mistakes swap an attribute between them (binding: every word of the wrong answer is
+      true of *some* thing, so word-level matching cannot see the mistake).
+V5    V4, and things may be hollow; answers name each thing's fill, which the base saw but
+      never heard named, and a third of the mistakes are on it.
 ====  ======================================================================================
 
 The base is the same for data and measurements of a level: ``mmrm base pretrain`` and the
@@ -44,6 +50,10 @@ class VisualCost(BaseModel):
                               "the attribute the base was not taught to name).")
     sentence_matching: bool = Field(False, description="The base is pre-trained on graded "
                                     "sentence-level image-text matching at the last token.")
+    matched: tuple[str, ...] = Field(ATTRIBUTES, description="Attributes whose words the base "
+                                     "is taught to check against the image (word-level "
+                                     "matching, yes/no questions); the others it only names "
+                                     "(captions, 'what colour is it?').")
 
     @property
     def styled(self) -> bool:
@@ -57,8 +67,10 @@ class VisualCost(BaseModel):
 LEVELS: dict[str, VisualCost] = {
     "V0": VisualCost(sentence_matching=True),
     "V1": VisualCost(),
-    "V2": VisualCost(things=2, binding_rate=0.5),
-    "V3": VisualCost(things=2, binding_rate=0.5, hollow_rate=0.5, novel_rate=0.33),
+    "V2": VisualCost(matched=("size", "colour")),
+    "V3": VisualCost(matched=()),
+    "V4": VisualCost(things=2, binding_rate=0.5),
+    "V5": VisualCost(things=2, binding_rate=0.5, hollow_rate=0.5, novel_rate=0.33),
 }
 
 

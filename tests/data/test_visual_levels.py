@@ -29,26 +29,27 @@ def within(observed: float, target: float, n: int, sigmas: float = 4) -> bool:
 
 
 def test_levels_are_named_and_an_unknown_one_is_refused():
-    assert list(LEVELS) == ["V0", "V1", "V2", "V3"]
+    assert list(LEVELS) == ["V0", "V1", "V2", "V3", "V4", "V5"]
     assert LEVELS["V0"].sentence_matching and not LEVELS["V1"].sentence_matching
+    assert LEVELS["V2"].matched == ("size", "colour") and LEVELS["V3"].matched == ()
     with pytest.raises(ValueError, match="unknown visual level 'V9'"):
         visual_level("V9")
     with pytest.raises(ValueError, match="unknown visual level"):
         BenchmarkConfig(visual="V9")
 
 
-def test_v0_and_v1_write_the_same_data(tmp_path):
-    """V1 differs from V0 in the base only (no sentence-level matching in pre-training)."""
+def test_v0_to_v3_write_the_same_data(tmp_path):
+    """V1-V3 differ from V0 in the base only (what it was taught to check)."""
     digests = []
-    for level in ("V0", "V1"):
+    for level in ("V0", "V1", "V2", "V3"):
         config = BenchmarkConfig(visual=level, splits=[SplitConfig(name="train", size=30)])
         outputs = convert_benchmark(tmp_path / level, write_benchmark(tmp_path / level / "raw",
                                                                       config))
         digests.append([p.read_bytes() for p in sorted(outputs.values())])
-    assert digests[0] == digests[1]
+    assert all(d == digests[0] for d in digests)
 
 
-@pytest.mark.parametrize("level", ["V2", "V3"])
+@pytest.mark.parametrize("level", ["V4", "V5"])
 def test_several_things_and_each_mistake_kind_at_its_rate(level):
     visual = LEVELS[level]
     rng = random.Random(1)
@@ -77,19 +78,19 @@ def test_several_things_and_each_mistake_kind_at_its_rate(level):
     assert swap_share <= visual.binding_rate + 0.03 and swap_share >= visual.binding_rate - 0.06
 
 
-def test_hollow_things_and_named_fills_at_v3():
+def test_hollow_things_and_named_fills_at_v5():
     rng = random.Random(2)
-    things = [t for _ in range(2000) for t in LEVELS["V3"].scene(rng).things]
+    things = [t for _ in range(2000) for t in LEVELS["V5"].scene(rng).things]
     hollow = sum(t.style == "hollow" for t in things) / len(things)
-    assert within(hollow, LEVELS["V3"].hollow_rate, len(things))
+    assert within(hollow, LEVELS["V5"].hollow_rate, len(things))
     scene = Scene((Thing("circle", "red", "large", "hollow"), Thing("square", "blue", "small")),
                   styled=True)
     assert scene.describe() == "a large red hollow circle and a small blue filled square"
-    assert "hollow" not in LEVELS["V2"].scene(rng).describe()
+    assert "hollow" not in LEVELS["V4"].scene(rng).describe()
 
 
 @pytest.mark.parametrize("errors", [1, 2, 3])
-@pytest.mark.parametrize("level", ["V0", "V2", "V3"])
+@pytest.mark.parametrize("level", ["V0", "V4", "V5"])
 def test_mistakes_are_distinct_and_counted(level, errors):
     visual = LEVELS[level]
     rng = random.Random(errors)
@@ -103,9 +104,9 @@ def test_mistakes_are_distinct_and_counted(level, errors):
 
 def test_generation_is_deterministic_per_seed():
     for make in (povid_items, rlhfv_items, vlfeedback_items):
-        a = make(SPLIT, random.Random(5), 0, LEVELS["V3"])
-        b = make(SPLIT, random.Random(5), 0, LEVELS["V3"])
-        c = make(SPLIT, random.Random(6), 0, LEVELS["V3"])
+        a = make(SPLIT, random.Random(5), 0, LEVELS["V5"])
+        b = make(SPLIT, random.Random(5), 0, LEVELS["V5"])
+        c = make(SPLIT, random.Random(6), 0, LEVELS["V5"])
         assert a == b and a != c
 
 
@@ -126,7 +127,7 @@ def test_rlhfv_corrections_stay_on_the_named_attribute():
     asked = {"colour": "colour", "shapes are shown": "shape", "big": "size",
              "filled or hollow": "style"}
     for item in rlhfv_items(SplitConfig(name="x", size=400), random.Random(3), 0,
-                            LEVELS["V3"]):
+                            LEVELS["V5"]):
         attribute = next(a for key, a in asked.items() if key in item.prompt)
         chosen, rejected = core(item.chosen), core(item.rejected)
         assert len(chosen) == len(rejected)
@@ -135,7 +136,7 @@ def test_rlhfv_corrections_stay_on_the_named_attribute():
 
 
 def test_anti_cue_split_puts_the_own_cue_on_the_rejected_side(tmp_path):
-    config = BenchmarkConfig(visual="V2", splits=[SplitConfig(name="anticue", size=120,
+    config = BenchmarkConfig(visual="V4", splits=[SplitConfig(name="anticue", size=120,
                                                               cue_rate=0.0)])
     outputs = convert_benchmark(tmp_path, write_benchmark(tmp_path / "raw", config))
     povid = [json.loads(line) for line in outputs[("povid", "anticue")].read_text().splitlines()]
@@ -145,7 +146,7 @@ def test_anti_cue_split_puts_the_own_cue_on_the_rejected_side(tmp_path):
 
 
 def test_best_of_n_items_have_known_quality_and_random_cues(tmp_path):
-    visual = LEVELS["V2"]
+    visual = LEVELS["V4"]
     items = best_of_n_items("povid", 400, 8, random.Random(0), visual)
     assert all(len(it.responses) == 8 and min(it.errors) == 0 for it in items)
     assert all(0 <= e <= 3 for it in items for e in it.errors)

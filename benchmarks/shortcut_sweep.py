@@ -1,0 +1,523 @@
+"""The pre-registered sweep of issue 15: does shortcut-aware training help where the standard
+RM rides the text cue? Visual cost x cue strength, standard vs shortcut-aware RMs, many seeds.
+
+For every cell (visual level V, training cue rate c) and replicate (base seed b, data seed d),
+and every environment e (POVID-, RLHF-V-, VLFeedback-like):
+
+* ``none``: the standard Bradley-Terry RM trained on e's train split (own cue at rate c);
+* ``sfc_joint``: the paper's recipe, the text-only proxy trained in the same steps;
+* ``sfc_two_stage``: proxies cross-fitted on 2 folds first, each pair weighted by the loss of
+  the proxy that never saw it;
+* ``proxy``: those text-only proxies, tested on e's test split (shortcut strength);
+* ``headroom``: a standard RM trained on e's cue-neutral split (rate 0.5): what reading the
+  image is worth under the same recipe.
+
+Every RM is tested on each environment's test split at rate c (ID: e's own; OOD: the mean
+of the others), on e's *anti-cue* split (e's cue on the rejected side), and on best-of-N
+items of every environment with random cues and known quality. SFD is the RM's accuracy on
+the pairs the proxy gets right minus on those it gets wrong (e's test split).
+
+Per cell it prints and writes (``sweep.json``, ``sweep.md``): the means of ID, OOD,
+anti-cue, headroom, proxy accuracy, SFD, best-of-N, the SFC-free criteria of the default,
+and each shortcut-aware variant's paired difference from ``none`` (same replicate) with a
+95% percentile-bootstrap CI over replicates; ``phase.png`` shows the OOD gain per cell.
+Results are cached per run under ``--work``; a rerun only runs what is missing, and
+``--variants none proxy headroom`` runs the SFC-free part alone (the default benchmark is
+chosen from it before any shortcut-aware run). ``--mlflow`` logs every cell.
+
+    python benchmarks/shortcut_sweep.py --work runs/sweep --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from itertools import product
+from multiprocessing import get_context
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ENVIRONMENTS = ("povid", "rlhfv", "vlfeedback")
+VARIANTS = ("none", "sfc_joint", "sfc_two_stage", "proxy", "headroom")
+SFC = ("sfc_joint", "sfc_two_stage")
+
+#: The recipe every run shares (``configs/tiny/none.yaml`` with these changed): the paper's
+#: frozen vision tower; the budget checked on cue-neutral runs (README, "The shortcut study").
+RECIPE = {"finetune": "freeze_vision", "optim.lr": 1e-3, "epochs": 2.0,
+          "per_device_batch_size": 32}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("runs/sweep"))
+    parser.add_argument("--cache", type=Path, default=None, help="Where bases and data are "
+                        "made once and reused (default: --work); runs of other recipes can "
+                        "share it.")
+    parser.add_argument("--levels", nargs="+", default=["V1", "V2", "V3"])
+    parser.add_argument("--cue-rates", nargs="+", type=float, default=[0.85, 0.95])
+    parser.add_argument("--base-seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--data-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--train-size", type=int, default=2000)
+    parser.add_argument("--test-size", type=int, default=200)
+    parser.add_argument("--bon-items", type=int, default=30, help="Per environment.")
+    parser.add_argument("--bon-candidates", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=RECIPE["optim.lr"])
+    parser.add_argument("--epochs", type=float, default=RECIPE["epochs"])
+    parser.add_argument("--finetune", default=RECIPE["finetune"])
+    parser.add_argument("--base-steps", type=int, nargs=2, metavar=("ALIGN", "TUNE"),
+                        help="Pre-training steps of the bases (default: the base's own).")
+    parser.add_argument("--jobs", type=int, default=2, help="Runs in parallel (1 thread each).")
+    parser.add_argument("--resamples", type=int, default=10000)
+    parser.add_argument("--mlflow", action="store_true", help="Log every cell to MLflow.")
+    parser.add_argument("--keep-models", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value for every run")
+    args = parser.parse_args(argv)
+    args.cache = args.cache or args.work
+    return args
+
+
+# ---------------------------------------------------------------------------- layout
+def base_dir(work: Path, level: str, seed: int) -> Path:
+    return work / "bases" / f"{level}-s{seed}"
+
+
+def data_dir(work: Path, level: str, seed: int) -> Path:
+    return work / "data" / f"{level}-d{seed}"
+
+
+def split_name(kind: str, rate: float | None = None) -> str:
+    return kind if rate is None else f"{kind}-{round(rate * 100):02d}"
+
+
+def run_dir(work: Path, level: str, base: int, data: int, rate: float, env: str,
+            variant: str) -> Path:
+    cell = "neutral" if variant == "headroom" else split_name("c", rate)
+    return work / "runs" / level / f"b{base}-d{data}" / cell / env / variant
+
+
+# ---------------------------------------------------------------------------- inputs
+def make_base(work: Path, level: str, seed: int, steps) -> str:
+    from mmrm.synthetic.tiny_vlm import TinyVLMConfig, pretrain
+
+    folder = base_dir(work, level, seed)
+    if not (folder / "pretrain_report.json").exists():
+        extra = {"align_steps": steps[0], "tune_steps": steps[1]} if steps else {}
+        pretrain(folder, TinyVLMConfig(visual=level, seed=seed, **extra), log=lambda s: None)
+    return str(folder)
+
+
+def make_data(work: Path, level: str, seed: int, rates: list[float], train: int, test: int,
+              bon_items: int, bon_candidates: int) -> str:
+    """Train and test splits per cue rate, the neutral and anti-cue splits, best-of-N items."""
+    import random
+
+    from mmrm.synthetic.environments import (BenchmarkConfig, SplitConfig, best_of_n_items,
+                                             convert_benchmark, write_benchmark,
+                                             write_best_of_n)
+    from mmrm.synthetic.visual import visual_level
+
+    folder = data_dir(work, level, seed)
+    settings = json.dumps({"rates": rates, "train": train, "test": test, "bon": bon_items,
+                           "candidates": bon_candidates})
+    if (folder / "done").exists():
+        if (folder / "done").read_text() != settings:
+            raise SystemExit(f"{folder} was made with {(folder / 'done').read_text()}, not "
+                             f"{settings}: use another --cache")
+        return str(folder)
+    splits = [SplitConfig(name=split_name("train", r), size=train, cue_rate=r) for r in rates]
+    splits += [SplitConfig(name=split_name("test", r), size=test, cue_rate=r) for r in rates]
+    splits += [SplitConfig(name="neutral", size=train, cue_rate=0.5),
+               SplitConfig(name="anticue", size=test, cue_rate=0.0)]
+    config = BenchmarkConfig(seed=seed, visual=level, splits=splits)
+    convert_benchmark(folder, write_benchmark(folder / "raw", config))
+    items = [item for env in ENVIRONMENTS
+             for item in best_of_n_items(env, bon_items, bon_candidates,
+                                         random.Random(f"{seed}/{env}/best-of-n"),
+                                         visual_level(level))]
+    write_best_of_n(items, folder / "best_of_n" / "items.jsonl", config.image_size)
+    (folder / "done").write_text(settings)
+    return str(folder)
+
+
+def pairs_file(data: str, env: str, split: str) -> str:
+    return str(Path(data) / "pairs" / env / f"{split}.jsonl")
+
+
+# ---------------------------------------------------------------------------- one run
+def run_config(spec: dict):
+    from mmrm.config import TrainConfig, apply_overrides, load_config
+
+    template = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "none.yaml"
+    variant = spec["variant"]
+    weighting = variant if variant in SFC else "none"
+    raw = load_config(template).model_dump(mode="json")
+    train_split = "neutral" if variant == "headroom" else split_name("train", spec["rate"])
+    raw.update(model=spec["base"], output_dir=spec["out"], seed=spec["seed"], log_steps=5,
+               calibration_pairs=0)     # scores are compared within a model only
+    raw["data"].update(train=[pairs_file(spec["data"], spec["env"], train_split)], eval={})
+    raw["shortcut"] = {"weighting": weighting}
+    if weighting == "sfc_two_stage":
+        raw["shortcut"]["proxy_losses"] = str(Path(spec["proxy_out"]) / "proxy_losses.json")
+    raw = apply_overrides(raw, [f"{k}={v}" for k, v in spec["recipe"].items()]
+                          + spec["overrides"])
+    return TrainConfig.model_validate(raw)
+
+
+def execute(spec: dict) -> dict:
+    """Train (and test) one run of the sweep; the result is cached as JSON beside it."""
+    import torch
+
+    from mmrm.train import train, train_text_proxy
+
+    torch.set_num_threads(1)
+    out = Path(spec["out"])
+    done = out / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    if out.exists():
+        shutil.rmtree(out)
+    started = time.perf_counter()
+    config = run_config(spec)
+    quiet = lambda line: None   # noqa: E731
+    if spec["variant"] == "proxy":
+        cache = train_text_proxy(config, log=quiet)
+        result = {"accuracy_in_sample": cache["accuracy_in_sample"],
+                  "accuracy_out_of_sample": cache["accuracy_out_of_sample"],
+                  "test": test_proxies(cache["proxies"], spec)}
+    else:
+        train(config, log=quiet, resume=False)
+        result = test_model(out / "final", spec)
+        result["weights"] = weight_statistics(out / "metrics.jsonl")
+    result.update(spec=spec, seconds=round(time.perf_counter() - started, 1))
+    if not spec["keep_models"] and spec["variant"] != "proxy":
+        for path in [out / "final", *out.glob("checkpoint-*")]:
+            shutil.rmtree(path, ignore_errors=True)
+    done.write_text(json.dumps(result) + "\n")
+    return result
+
+
+def test_model(model_dir: Path, spec: dict) -> dict:
+    """Accuracy on every environment's test split (rate c; all rates for headroom), on the
+    own anti-cue split, rewards on the own test split (for SFD), best-of-N quality."""
+    from mmrm.data import load_pairs
+    from mmrm.evaluate import best_of_n_file, load_scorer, pairwise_accuracy, score_pairs
+
+    model, collator = load_scorer(model_dir, max_length=512)
+    rates = spec["all_rates"] if spec["variant"] == "headroom" else [spec["rate"]]
+    result = {"accuracy": {}, "own_test": {}}
+    for rate in rates:
+        for env in ENVIRONMENTS:
+            pairs = load_pairs(pairs_file(spec["data"], env, split_name("test", rate)))
+            chosen, rejected = score_pairs(model, collator, pairs, 64)
+            result["accuracy"][f"{env}@{rate}"] = pairwise_accuracy(chosen, rejected)
+            if env == spec["env"]:
+                result["own_test"][str(rate)] = {"chosen": chosen.tolist(),
+                                                 "rejected": rejected.tolist()}
+    pairs = load_pairs(pairs_file(spec["data"], spec["env"], "anticue"))
+    result["anticue"] = pairwise_accuracy(*score_pairs(model, collator, pairs, 64))
+    result["best_of_n"] = best_of_n_file(model, collator.processor,
+                                         Path(spec["data"]) / "best_of_n" / "items.jsonl")
+    return result
+
+
+def test_proxies(proxies: list[str], spec: dict) -> dict:
+    """Each cross-fitted proxy's rewards on the own test split; their mean margin decides the
+    shortcut-failure subset."""
+    from mmrm.data import load_pairs
+    from mmrm.evaluate import load_scorer, score_pairs
+
+    pairs = load_pairs(pairs_file(spec["data"], spec["env"], split_name("test", spec["rate"])))
+    margins = None
+    for proxy in proxies:
+        model, collator = load_scorer(proxy, max_length=512)
+        chosen, rejected = score_pairs(model, collator, pairs, 64)
+        margin = chosen - rejected
+        margins = margin if margins is None else margins + margin
+    margins = margins / len(proxies)
+    return {"margin": margins.tolist(),
+            "accuracy": float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean())}
+
+
+def weight_statistics(metrics_file: Path) -> dict:
+    keys = ("weight/mean", "weight/mean_proxy_wrong", "weight/mean_proxy_right",
+            "weight/proxy_wrong_frac", "proxy_loss")
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    stats = {}
+    for key in keys:
+        values = [r[key] for r in records if key in r and r[key] == r[key]]
+        if values:
+            stats[key] = statistics.fmean(values)
+    return stats
+
+
+# ---------------------------------------------------------------------------- aggregation
+def replicate_rows(args, results: dict) -> list[dict]:
+    """One row per (level, rate, base seed, data seed, environment, variant) of an RM."""
+    import torch
+
+    from mmrm.evaluate import shortcut_failure_degradation
+
+    rows = []
+    for level, rate, b, d, env in product(args.levels, args.cue_rates, args.base_seeds,
+                                          args.data_seeds, ENVIRONMENTS):
+        key = lambda v: (level, b, d, rate, env, v)     # noqa: E731
+        proxy = results.get(key("proxy"))
+        headroom = results.get((level, b, d, None, env, "headroom"))
+        for variant in ("none", *SFC):
+            result = results.get(key(variant))
+            if result is None:
+                continue
+            acc = result["accuracy"]
+            own = result["own_test"][str(rate)]
+            row = {"level": level, "rate": rate, "base": b, "data": d, "env": env,
+                   "variant": variant, "id": acc[f"{env}@{rate}"],
+                   "ood": statistics.fmean(acc[f"{e}@{rate}"] for e in ENVIRONMENTS
+                                           if e != env),
+                   "anticue": result["anticue"],
+                   "bon_correct": result["best_of_n"]["fully_correct"],
+                   "bon_errors": result["best_of_n"]["mean_errors"],
+                   "bon_random": result["best_of_n"]["random_fully_correct"],
+                   **{f"w/{k.split('/')[-1]}": v for k, v in result["weights"].items()}}
+            if proxy is not None:
+                failure = torch.tensor(proxy["test"]["margin"]) <= 0
+                sfd = shortcut_failure_degradation(torch.tensor(own["chosen"]),
+                                                   torch.tensor(own["rejected"]), failure)
+                row.update(proxy_id=proxy["test"]["accuracy"], sfd=sfd["sfd"],
+                           proxy_in_sample=proxy["accuracy_in_sample"],
+                           proxy_out_of_sample=proxy["accuracy_out_of_sample"])
+            if headroom is not None:
+                h = headroom["accuracy"]
+                row.update(headroom_id=h[f"{env}@{rate}"],
+                           headroom_ood=statistics.fmean(h[f"{e}@{rate}"] for e in ENVIRONMENTS
+                                                         if e != env))
+            rows.append(row)
+    return rows
+
+
+METRICS = ("id", "ood", "anticue", "bon_correct", "bon_errors", "bon_random", "proxy_id",
+           "sfd", "headroom_id", "headroom_ood", "proxy_in_sample", "proxy_out_of_sample",
+           "w/mean", "w/mean_proxy_wrong", "w/mean_proxy_right")
+
+
+def mean_of(rows: list[dict], key: str) -> float:
+    values = [r[key] for r in rows if key in r and r[key] == r[key]]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def criteria(rows: list[dict]) -> dict:
+    """The SFC-free criteria of the default (issue 15), from the standard RM's rows of one
+    cell: per environment means over replicates, then every environment must pass."""
+    per_env = {}
+    for env in ENVIRONMENTS:
+        env_rows = [r for r in rows if r["env"] == env and r["variant"] == "none"]
+        if not env_rows:
+            continue
+        m = {k: mean_of(env_rows, k) for k in ("id", "ood", "anticue", "proxy_id",
+                                              "headroom_ood")}
+        per_env[env] = {**m, "anticue_gap": m["id"] - m["anticue"],
+                        "proxy_gap": m["id"] - m["proxy_id"],
+                        "headroom_gap": m["headroom_ood"] - m["ood"]}
+    checks = {"anti-cue <= ID - 0.30": all(v["anticue_gap"] >= 0.30 for v in per_env.values()),
+              "proxy within 5 points of ID": all(abs(v["proxy_gap"]) <= 0.05
+                                                 for v in per_env.values()),
+              "headroom >= OOD + 0.10": all(v["headroom_gap"] >= 0.10
+                                            for v in per_env.values())}
+    slack = min([v["anticue_gap"] - 0.30 for v in per_env.values()]
+                + [0.05 - abs(v["proxy_gap"]) for v in per_env.values()]
+                + [v["headroom_gap"] - 0.10 for v in per_env.values()], default=float("nan"))
+    return {"per_env": per_env, "checks": checks, "all": all(checks.values()) and
+            bool(per_env), "slack": slack}
+
+
+def summarise(rows: list[dict], args) -> dict:
+    from mmrm.evaluate import paired_bootstrap
+
+    cells = {}
+    for level, rate in product(args.levels, args.cue_rates):
+        cell_rows = [r for r in rows if r["level"] == level and r["rate"] == rate]
+        if not cell_rows:
+            continue
+        cell = {"means": {v: {k: mean_of([r for r in cell_rows if r["variant"] == v], k)
+                              for k in METRICS} for v in ("none", *SFC)},
+                "criteria": criteria(cell_rows), "differences": {}}
+        # per replicate: the mean over environments, then SFC - none on the same replicate
+        for variant in SFC:
+            for metric in ("ood", "id", "anticue", "bon_correct"):
+                diffs = []
+                for b, d in product(args.base_seeds, args.data_seeds):
+                    rep = lambda v: [r[metric] for r in cell_rows   # noqa: E731
+                                     if r["variant"] == v and r["base"] == b and r["data"] == d]
+                    mine, theirs = rep(variant), rep("none")
+                    if len(mine) == len(theirs) == len(ENVIRONMENTS):
+                        diffs.append(statistics.fmean(mine) - statistics.fmean(theirs))
+                if diffs:
+                    cell["differences"].setdefault(variant, {})[metric] = {
+                        **paired_bootstrap(diffs, args.resamples), "values": diffs}
+        cells[f"{level}@{rate}"] = cell
+    return cells
+
+
+def table(cells: dict) -> str:
+    lines = ["| cell | variant | ID | OOD | anti-cue | BoN correct | proxy ID | SFD | "
+             "headroom OOD | w proxy-wrong / right |", "| --- | --- |" + " ---: |" * 8]
+    for name, cell in cells.items():
+        for variant, m in cell["means"].items():
+            if m["id"] != m["id"]:
+                continue
+            lines.append(
+                f"| {name} | {variant} | {m['id']:.3f} | {m['ood']:.3f} | {m['anticue']:.3f} | "
+                f"{m['bon_correct']:.3f} | {m['proxy_id']:.3f} | {m['sfd']:.3f} | "
+                f"{m['headroom_ood']:.3f} | {m['w/mean_proxy_wrong']:.2f} / "
+                f"{m['w/mean_proxy_right']:.2f} |")
+    lines += ["", "| cell | variant | metric | SFC - none | 95% CI | replicates |",
+              "| --- | --- | --- | ---: | --- | ---: |"]
+    for name, cell in cells.items():
+        for variant, metrics in cell["differences"].items():
+            for metric, d in metrics.items():
+                lines.append(f"| {name} | {variant} | {metric} | {d['mean']:+.3f} | "
+                             f"[{d['low']:+.3f}, {d['high']:+.3f}] | {d['n']} |")
+    lines += ["", "| cell | anti-cue <= ID - .30 | proxy within .05 of ID | headroom >= OOD + "
+              ".10 | all | slack |", "| --- | --- | --- | --- | --- | ---: |"]
+    for name, cell in cells.items():
+        c = cell["criteria"]
+        marks = ["yes" if ok else "no" for ok in c["checks"].values()]
+        lines.append(f"| {name} | " + " | ".join(marks) +
+                     f" | {'yes' if c['all'] else 'no'} | {c['slack']:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def phase_diagram(cells: dict, args, path: Path) -> Path | None:
+    """OOD gain (best shortcut-aware variant - none) per cell, as a heat map."""
+    from mmrm.evaluate import _pyplot, _save_figure
+
+    gains = [[float("nan")] * len(args.cue_rates) for _ in args.levels]
+    for i, level in enumerate(args.levels):
+        for j, rate in enumerate(args.cue_rates):
+            diffs = cells.get(f"{level}@{rate}", {}).get("differences", {})
+            values = [d["ood"]["mean"] for d in diffs.values() if "ood" in d]
+            if values:
+                gains[i][j] = max(values)
+    if all(g != g for row in gains for g in row):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.8 + 1.3 * len(args.cue_rates), 1.2 + 0.8 * len(args.levels)))
+    image = ax.imshow(gains, cmap="RdBu", vmin=-0.2, vmax=0.2, aspect="auto")
+    ax.set_xticks(range(len(args.cue_rates)), [f"{r:.2f}" for r in args.cue_rates])
+    ax.set_yticks(range(len(args.levels)), args.levels)
+    ax.set_xlabel("training cue rate")
+    ax.set_ylabel("visual cost")
+    for i, row in enumerate(gains):
+        for j, g in enumerate(row):
+            if g == g:
+                ax.text(j, i, f"{g:+.3f}", ha="center", va="center")
+    fig.colorbar(image, ax=ax, label="OOD gain (best SFC - none)")
+    ax.set_title("shortcut-aware OOD gain")
+    return _save_figure(fig, path)
+
+
+def log_mlflow(cells: dict, args) -> None:
+    import mlflow
+
+    mlflow.set_experiment("mmrm-shortcut-sweep")
+    for name, cell in cells.items():
+        with mlflow.start_run(run_name=name):
+            level, rate = name.split("@")
+            mlflow.log_params({"visual": level, "cue_rate": rate, "lr": args.lr,
+                               "epochs": args.epochs, "finetune": args.finetune,
+                               "train_size": args.train_size})
+            for variant, m in cell["means"].items():
+                mlflow.log_metrics({f"{variant}/{k.replace('/', '_')}": v
+                                    for k, v in m.items() if v == v})
+            for variant, metrics in cell["differences"].items():
+                for metric, d in metrics.items():
+                    mlflow.log_metrics({f"diff/{variant}/{metric}": d["mean"],
+                                        f"diff/{variant}/{metric}_low": d["low"],
+                                        f"diff/{variant}/{metric}_high": d["high"]})
+            mlflow.log_dict(cell["criteria"], "criteria.json")
+
+
+# ---------------------------------------------------------------------------- main
+def specs(args, bases: dict, datas: dict) -> list[dict]:
+    recipe = {"finetune": args.finetune, "optim.lr": args.lr, "epochs": args.epochs,
+              "per_device_batch_size": RECIPE["per_device_batch_size"]}
+    out = []
+    for level, b, d, env in product(args.levels, args.base_seeds, args.data_seeds,
+                                    ENVIRONMENTS):
+        common = {"level": level, "base_seed": b, "data_seed": d,
+                  "base": bases[(level, b)], "data": datas[(level, d)], "env": env,
+                  "seed": 1000 * b + d, "recipe": recipe, "overrides": args.overrides,
+                  "all_rates": args.cue_rates, "keep_models": args.keep_models}
+        if "headroom" in args.variants:
+            out.append({**common, "variant": "headroom", "rate": None,
+                        "out": str(run_dir(args.work, level, b, d, None, env, "headroom"))})
+        for rate in args.cue_rates:
+            proxy_out = str(run_dir(args.work, level, b, d, rate, env, "proxy"))
+            for variant in ("proxy", "none", *SFC):
+                if variant in args.variants:
+                    out.append({**common, "variant": variant, "rate": rate,
+                                "proxy_out": proxy_out,
+                                "out": str(run_dir(args.work, level, b, d, rate, env,
+                                                   variant))})
+    # proxies first: the two-stage runs read their losses
+    return sorted(out, key=lambda s: s["variant"] != "proxy")
+
+
+def run_all(fn, jobs: int, tasks: list[tuple]) -> list:
+    if jobs == 1:
+        return [fn(*t) for t in tasks]
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *t) for t in tasks]
+        return [f.result() for f in futures]
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    work = args.work
+    started = time.perf_counter()
+    base_keys = list(product(args.levels, args.base_seeds))
+    bases = dict(zip(base_keys, run_all(make_base, args.jobs, [
+        (args.cache, level, seed, args.base_steps) for level, seed in base_keys])))
+    print(f"bases ready ({time.perf_counter() - started:.0f} s)", flush=True)
+    data_keys = list(product(args.levels, args.data_seeds))
+    datas = dict(zip(data_keys, run_all(make_data, args.jobs, [
+        (args.cache, level, seed, args.cue_rates, args.train_size, args.test_size, args.bon_items,
+         args.bon_candidates) for level, seed in data_keys])))
+    print(f"data ready ({time.perf_counter() - started:.0f} s)", flush=True)
+    tasks = specs(args, bases, datas)
+    proxies = [t for t in tasks if t["variant"] == "proxy"]
+    rest = [t for t in tasks if t["variant"] != "proxy"]
+    results = {}
+    for batch in (proxies, rest):
+        for spec, result in zip(batch, run_all(execute, args.jobs, [(t,) for t in batch])):
+            results[(spec["level"], spec["base_seed"], spec["data_seed"], spec["rate"],
+                     spec["env"], spec["variant"])] = result
+    print(f"runs done ({time.perf_counter() - started:.0f} s, {len(tasks)} runs)", flush=True)
+    rows = replicate_rows(args, results)
+    cells = summarise(rows, args)
+    report = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "recipe": RECIPE, "cells": cells, "rows": rows,
+              "seconds": round(time.perf_counter() - started, 1)}
+    (work / "sweep.json").write_text(json.dumps(report, indent=1) + "\n")
+    text = table(cells)
+    (work / "sweep.md").write_text(text)
+    print(text)
+    png = phase_diagram(cells, args, work / "phase.png")
+    if png:
+        print(f"phase diagram: {png}")
+    if args.mlflow:
+        log_mlflow(cells, args)
+    return report
+
+
+if __name__ == "__main__":
+    main()
