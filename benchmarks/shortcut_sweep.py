@@ -52,7 +52,7 @@ SFC = ("sfc_joint", "sfc_two_stage")
 
 #: The recipe every run shares (``configs/tiny/none.yaml`` with these changed): the paper's
 #: frozen vision tower; the budget checked on cue-neutral runs (README, "The shortcut study").
-RECIPE = {"finetune": "freeze_vision", "optim.lr": 1e-3, "epochs": 2.0,
+RECIPE = {"finetune": "freeze_vision", "optim.lr": 1e-3, "epochs": 4.0,
           "per_device_batch_size": 32}
 
 
