@@ -19,7 +19,6 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export RAY_AUTH_MODE := disabled
 export PREFECT_API_URL ?= http://127.0.0.1:4200/api
 # dvc runs each stage as `mmrm stage ...`: the venv's commands come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)

@@ -39,7 +39,8 @@ OnErrorOption = Annotated[OnError, typer.Option(
                        "skip: count it by reason and go on.")]
 ImageRootOption = Annotated[Optional[Path], typer.Option(
     "--image-root", help="Folder the records' image paths are relative to (default: the "
-                         "source file's folder). Absolute paths are refused under it.")]
+                         "source file's folder). Every image, absolute paths included, must "
+                         "lie inside it; --image-root / allows any path.")]
 MaxPixelsOption = Annotated[int, typer.Option(
     "--max-image-pixels", help="Refuse images whose width*height exceeds this "
                                "(decompression-bomb guard).")]

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from mmrm.formats import ImageCheck, ImageRules, PairRecord, read_pairs
+from mmrm.images import open_rgb
 from mmrm.ledger import Ledger, OnError
 
 
@@ -152,8 +153,8 @@ def blank_image() -> Image.Image:
 
 
 def load_image(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """The image a model sees (:func:`mmrm.images.open_rgb`)."""
+    return open_rgb(path)
 
 
 class _ReuseImageInputs:

@@ -56,6 +56,8 @@ def text_field(obj: dict, key: str, *, prefix: str = "", optional: bool = False)
         raise FieldProblem(name, f"expected a string, got {type(value).__name__}", "wrong_type")
     if not value.strip():
         raise FieldProblem(name, "empty", "empty_text")
+    if "\x00" in value:
+        raise FieldProblem(name, "contains a NUL character", "nul_character")
     return value
 
 
@@ -232,13 +234,24 @@ def _rows_from_columns(columns: dict) -> list[dict]:
 def iter_jsonl(path: Path, ledger: Ledger) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, object)`` for each non-blank line; count and judge bad JSON.
 
-    Whitespace-only lines hold no record and are neither read nor skipped.
+    Whitespace-only lines hold no record and are neither read nor skipped. Lines are decoded
+    one by one, so a line that is not valid UTF-8 is one bad record (``invalid_utf8``), not
+    a failed file; a UTF-8 byte-order mark at the start of the file is dropped.
     """
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
                 continue
             ledger.read += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                ledger.bad(RecordError(path, line_no, "<line>", f"not valid UTF-8 (byte "
+                                       f"0x{raw[err.start]:02x} at column {err.start + 1})",
+                                       "invalid_utf8"))
+                continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:

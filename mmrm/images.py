@@ -2,8 +2,10 @@
 
 Three guards apply to every image that enters mmrm:
 
-* a path may not escape its data root (``../``), and may not be absolute when a root was
-  given explicitly;
+* a path may not escape its data root (``../``), and an absolute path must lie inside it:
+  the root is the user's ``--image-root``, else the data file's own folder, so a record
+  cannot reach an arbitrary file of the machine unless the user names a root that holds it
+  (``--image-root /`` allows any);
 * the pixel count read from the header must stay under ``max_pixels`` *before* anything is
   decoded (a decompression bomb is refused, not allocated);
 * the image must decode (``decode=True``) or at least identify as an image.
@@ -22,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmrm.ledger import FieldProblem
 
@@ -41,28 +43,41 @@ def resolve_image_path(img_path: str, root: Path, *, root_is_explicit: bool,
     Args:
         img_path: the path as written in the record.
         root: the data root (the user's ``--image-root``, else the data file's folder).
-        root_is_explicit: whether the user named the root; then absolute paths are refused.
+        root_is_explicit: whether the user named the root (the message says how to widen it).
         field: the record field named in errors.
 
     Returns:
         The absolute path of the image (not yet checked to exist).
 
     Raises:
-        FieldProblem: empty path, absolute path under an explicit root, or escape via ``..``.
+        FieldProblem: empty path, or a path (``..`` or absolute) outside the root.
     """
     if not img_path.strip():
         raise FieldProblem(field, "empty image path", "empty_text")
+    if "\x00" in img_path:
+        raise FieldProblem(field, "contains a NUL character", "nul_character")
     path = Path(img_path)
-    if path.is_absolute():
-        if root_is_explicit:
-            raise FieldProblem(field, f"absolute path {img_path!r} not allowed under image root "
-                                      f"{str(root)!r}", "image_path_escapes_root")
-        return path
-    resolved = (root / path).resolve()
+    resolved = (root / path).resolve()          # an absolute path stays itself
     if not resolved.is_relative_to(root.resolve()):
-        raise FieldProblem(field, f"path {img_path!r} escapes the data root {str(root)!r}",
-                           "image_path_escapes_root")
+        hint = "" if root_is_explicit else \
+            " (the data file's folder; --image-root names another, --image-root / any)"
+        kind = "absolute path" if path.is_absolute() else "path"
+        raise FieldProblem(field, f"{kind} {img_path!r} is outside the data root "
+                                  f"{str(root)!r}{hint}", "image_path_escapes_root")
     return resolved
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """An image file as 8-bit RGB, upright: EXIF orientation applied (a phone photo is
+    stored sideways with a rotate tag), and 16/32-bit grey scaled to 8 bits (converting
+    those straight to RGB clips every value above 255 to white)."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+            image = image.point(lambda v: v * (1 / 257)).convert("L")
+        elif image.mode == "I":
+            image = image.point(lambda v: v * (1 / 16843009)).convert("L")
+        return image.convert("RGB")
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,8 @@ class ImageStore:
         self.max_pixels = max_pixels
         self.decode = decode
         self._known: dict[str, str] = {}  # sha256 -> relative path
+        self._created: list[Path] = []     # files this store wrote (rolled back on failure)
+        self._made_folder = False
 
     def add_bytes(self, data: bytes, field: str = "image") -> str:
         """Store embedded image bytes; returns the path relative to the output file."""
@@ -136,6 +153,7 @@ class ImageStore:
         target = self._target(digest, info)
         if not target.exists():
             _atomic_write_bytes(target, data)
+            self._created.append(target)
         return self._remember(digest, target)
 
     def add_file(self, path: Path, field: str = "img_path") -> str:
@@ -149,6 +167,7 @@ class ImageStore:
         target = self._target(digest, info)
         if not target.exists():
             _link_or_copy(path, target)
+            self._created.append(target)
         return self._remember(digest, target)
 
     @property
@@ -160,8 +179,18 @@ class ImageStore:
         names = sorted(Path(p).name for p in self._known.values())
         return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
+    def remove_created(self) -> None:
+        """Undo this store's writes: the images it added, and its folder if it made it."""
+        for path in self._created:
+            path.unlink(missing_ok=True)
+        self._created.clear()
+        if self._made_folder and self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
+
     def _target(self, digest: str, info: ImageInfo) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.folder.is_dir():
+            self.folder.mkdir(parents=True)
+            self._made_folder = True
         return self.folder / f"{digest[:32]}{info.extension}"
 
     def _remember(self, digest: str, target: Path) -> str:

@@ -397,8 +397,7 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
         return {"items_scored": 0, "already_complete": True, **asdict(state)}
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=config.address or os.environ.get("RAY_ADDRESS") or None,
-                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+        start_ray(config.address or os.environ.get("RAY_ADDRESS") or None)
     # a worker's threads are its torch threads: the tokenizer's own pool and busy-waiting
     # OpenMP threads would compete with them on the worker's CPUs
     actor_env = {"TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -438,6 +437,25 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
         if started_ray:
             ray.shutdown()
     return totals
+
+
+def start_ray(address: str | None, **init_kwargs) -> None:
+    """Join the cluster at ``address``, or start a local one that only this machine can
+    reach: every Ray process binds to 127.0.0.1 (Ray treats a node whose IP is loopback as
+    local-only), no dashboard, and Ray's token authentication as Ray sets it (on by default
+    for local clusters since Ray 2.59; mmrm never turns it off)."""
+    import ray
+
+    if address is None:
+        from ray._private import ray_constants
+
+        # On Linux Ray advertises (and binds to) the machine's network address unless this
+        # is off; then the node IP is 127.0.0.1 and GCS, raylet, workers and agents listen
+        # there only. The variable reaches Ray's own subprocesses; the constant this process.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(address=address, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, **init_kwargs)
 
 
 def preprocess_where(config: ScoreConfig) -> str:

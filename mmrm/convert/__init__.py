@@ -23,6 +23,7 @@ from mmrm.convert.vlfeedback import convert_multi_completion, convert_vlfeedback
 class Format:
     convert: Callable[..., dict]
     description: str
+    reads_folder: bool = False      # SRC may be a folder (of parquet shards)
 
 
 FORMATS: dict[str, Format] = {
@@ -33,9 +34,9 @@ FORMATS: dict[str, Format] = {
     "rlhfv": Format(convert_rlhfv, "RLHF-V parquet, 'text' a JSON string of "
                     "question/chosen/rejected, image bytes embedded"),
     "rlaifv": Format(convert_rlaifv, "RLAIF-V parquet shards (a folder or a file), "
-                     "question/chosen/rejected columns, image bytes embedded"),
+                     "question/chosen/rejected columns, image bytes embedded", True),
     "vlrewardbench": Format(convert_vlrewardbench, "VL-RewardBench parquet (evaluation): two "
-                            "responses ranked by human_ranking, 0 = best"),
+                            "responses ranked by human_ranking, 0 = best", True),
     "mmrewardbench": Format(convert_mmrewardbench, "Multimodal RewardBench all_data.json "
                             "(evaluation): Output1/Output2 and Better, per Category"),
     "pairs": Format(convert_pairs, "mmrm pairwise JSONL {id,prompt,img_path,chosen,rejected}: "
@@ -46,10 +47,42 @@ FORMATS: dict[str, Format] = {
 
 
 def convert(fmt: str, src: Path, out: Path, **kwargs) -> dict:
-    """Convert ``src`` in format ``fmt`` to pairwise JSONL at ``out``; returns the manifest."""
+    """Convert ``src`` in format ``fmt`` to pairwise JSONL at ``out``; returns the manifest.
+
+    Raises:
+        ValueError: an unknown format, or paths that cannot work (see :func:`check_paths`).
+        RecordError: the first bad record, under ``on_error="raise"``.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(FORMATS)}")
-    return FORMATS[fmt].convert(Path(src), Path(out), **kwargs)
+    src, out = Path(src), Path(out)
+    check_paths(FORMATS[fmt], src, out)
+    return FORMATS[fmt].convert(src, out, **kwargs)
+
+
+def check_paths(fmt: Format, src: Path, out: Path) -> None:
+    """Refuse, before anything is written, paths that would fail half-way or destroy data:
+    a missing SRC, a folder where a file is read, an OUT that is a folder, sits under a file
+    or would overwrite the source (OUT, its manifest or its images folder)."""
+    if not src.exists():
+        raise ValueError(f"{src}: no such file or folder")
+    if src.is_dir() and not fmt.reads_folder:
+        raise ValueError(f"{src}: is a folder; this format reads one file")
+    if out.is_dir():
+        raise ValueError(f"{out}: is a folder; OUT is the pairwise .jsonl file to write")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{out}: cannot be written, {parent} is a file")
+    sources = {p.resolve() for p in ([src] if src.is_file() else src.rglob("*"))}
+    targets = [out, manifest_path(out)]
+    clobbered = [t for t in targets if t.resolve() in sources]
+    if clobbered:
+        raise ValueError(f"{clobbered[0]}: OUT would overwrite the source {src}; choose "
+                         f"another output")
+    images = (out.parent / "images").resolve()
+    if any(s.is_relative_to(images) for s in sources):
+        raise ValueError(f"{src}: lies in {images}, where OUT's images are written; choose "
+                         f"another output folder")
 
 
 __all__ = ["FORMATS", "Format", "convert", "manifest_path"]

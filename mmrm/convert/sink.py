@@ -32,6 +32,30 @@ def manifest_path(out: Path) -> Path:
     return out.with_name(out.stem + ".manifest.json")
 
 
+def remove_stale_temporaries(folder: Path, prefix: str) -> list[Path]:
+    """Delete ``<prefix>*.tmp<pid>`` files in ``folder`` left by a process that no longer runs
+    (a converter killed with SIGKILL cannot clean up after itself)."""
+    removed = []
+    if not Path(folder).is_dir():
+        return removed
+    for path in Path(folder).glob(f"{prefix}*.tmp*"):
+        pid = path.name.rpartition(".tmp")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class PairSink:
     """Collects converted pairs, images and counts for one output file.
 
@@ -64,13 +88,17 @@ class PairSink:
 
     def __enter__(self) -> PairSink:
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out.parent, self.out.name)
+        remove_stale_temporaries(self.images.folder, "")
         self._file = open(self._tmp, "w", encoding="utf-8")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._file.close()
         if exc_type is not None:
+            # no partial output: neither the JSONL nor the images this run added
             self._tmp.unlink(missing_ok=True)
+            self.images.remove_created()
             return
         os.replace(self._tmp, self.out)
         self.manifest = self._write_manifest()

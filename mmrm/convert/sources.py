@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmrm.ledger import Ledger, RecordError
@@ -27,7 +28,13 @@ def iter_json_array(path: Path, ledger: Ledger) -> Iterator[tuple[int, dict]]:
     Raises:
         RecordError: the file is not a JSON array, or its text breaks off.
     """
-    text = Path(path).read_text(encoding="utf-8")
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise RecordError(path, data.count(b"\n", 0, err.start) + 1, "<file>",
+                          f"not valid UTF-8 (byte 0x{data[err.start]:02x})",
+                          "invalid_utf8") from None
     decoder = json.JSONDecoder()
     pos, line = _skip_ws(text, 0, 1)
     if pos >= len(text) or text[pos] != "[":
@@ -88,13 +95,24 @@ def iter_parquet_rows(path: Path, columns: list[str], ledger: Ledger,
     Raises:
         ValueError: a required column is absent (names the file and the columns it has).
     """
-    parquet = pq.ParquetFile(path)
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path}: not a readable parquet file ({err})") from None
     names = parquet.schema_arrow.names
     missing = [c for c in columns if c not in names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; the file has {names}")
     row = 0
-    for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+    batches = parquet.iter_batches(batch_size=batch_size, columns=columns)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as err:
+            raise ValueError(f"{path}: row {row + 1}: the parquet data does not read "
+                             f"({err})") from None
+        if batch is None:
+            return
         for values in batch.to_pylist():
             row += 1
             ledger.read += 1

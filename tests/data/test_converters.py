@@ -121,9 +121,13 @@ def test_povid_bad_records(tmp_path, povid):
                      rejected_human="<image>\nAnother question?"),
         {"id": "x6", "image": "COCO_train2014_000000000001.jpg", "conversations": []},
         povid_record("x7", "../COCO_train2014_000000000001.jpg", "<image>\nQ?", "a", "b"),
-        povid_record("x8", str(coco / "COCO_train2014_000000000001.jpg"), "<image>\nQ?", "a",
-                     "b"),
+        povid_record("x8", str(tmp_path / "COCO_train2014_000000000001.jpg"), "<image>\nQ?",
+                     "a", "b"),                     # absolute, outside the image root
+        povid_record("x9", str(coco / "COCO_train2014_000000000001.jpg"), "<image>\nQ?", "a",
+                     "b"),                          # absolute, inside it: accepted
     ]
+    (tmp_path / "COCO_train2014_000000000001.jpg").write_bytes(
+        (coco / "COCO_train2014_000000000001.jpg").read_bytes())
     src.write_text(json.dumps(records, indent=2))
     out = tmp_path / "out" / "povid.jsonl"
     with pytest.raises(RecordError) as caught:
@@ -141,7 +145,7 @@ def test_povid_bad_records(tmp_path, povid):
     assert manifest["records"]["skipped_by_reason"] == {
         "image_missing": 1, "duplicate_id": 1, "chosen_equals_rejected": 1,
         "prompt_mismatch": 1, "missing_field": 1, "image_path_escapes_root": 2}
-    assert manifest["records"]["read"] == 10 and manifest["records"]["written"] == 3
+    assert manifest["records"]["read"] == 11 and manifest["records"]["written"] == 4
     check_contract(out)
 
 

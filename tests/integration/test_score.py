@@ -22,12 +22,13 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray for the module (starting Ray costs seconds); stopped at the end."""
+    """One local Ray for the module (starting Ray costs seconds), started as mmrm score starts
+    one (loopback only); stopped at the end."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    from mmrm.score import start_ray
+
+    start_ray(None, num_cpus=2)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -52,9 +53,10 @@ def reward_dir(trained_runs):
 
 
 def config(reward_dir, inference_file, out, **changes):
+    # the items name their images by absolute paths under several folders: the root is /
     return ScoreConfig(**{"model": str(reward_dir), "input": str(inference_file),
                           "output": str(out), "workers": 2, "batch_responses": 12,
-                          "chunk_items": 4, **changes})
+                          "chunk_items": 4, "image_root": "/", **changes})
 
 
 def read_lines(path):
@@ -215,7 +217,7 @@ def test_driver_killed_halfway_then_rerun_gives_the_clean_output(
     state = tmp_path / "scores.jsonl.state.json"
     cmd = [sys.executable, "-m", "mmrm", "score", str(reward_dir), str(inference_file), str(out),
            "--workers", "2", "--batch-responses", "12", "--chunk-items", "4",
-           "--address", ray_cluster]
+           "--address", ray_cluster, "--image-root", "/"]
     env = {**os.environ, "MMRM_TEST_BATCH_DELAY": "0.4"}   # slow enough to stop halfway
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

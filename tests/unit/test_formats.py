@@ -48,7 +48,7 @@ BAD_LINES = [
     ("image_missing", good(6, img_path="nope.png"), "img_path", "image not found"),
     ("image_undecodable", good(7, img_path="broken.png"), "img_path", "does not decode"),
     ("image_path_escapes_root", good(8, img_path="../escape.png"), "img_path",
-     "escapes the data root"),
+     "is outside the data root"),
     ("image_too_large", good(9, img_path="bomb.png"), "img_path", "exceeds the limit"),
 ]
 
@@ -84,13 +84,22 @@ def test_skip_counts_every_bad_line_exactly(data_dir):
     assert len(ledger.examples) == 5
 
 
-def test_absolute_path_refused_only_under_an_explicit_root(data_dir):
-    absolute = str(data_dir / "outside" / "secret.png")
-    path = write_jsonl(data_dir / "pairs.jsonl", [good(0, img_path=absolute)])
-    [record] = read_pairs(path)  # no root given: the user's absolute path is taken
-    assert record.image_file == data_dir / "outside" / "secret.png"
-    with pytest.raises(RecordError, match="absolute path .* not allowed under image root"):
-        list(read_pairs(path, images=ImageRules(root=data_dir)))
+def test_absolute_paths_must_lie_inside_the_data_root(data_dir):
+    """The root is the data file's folder unless --image-root names another: a record cannot
+    reach an arbitrary file of the machine (README, "Bad input")."""
+    inside = data_dir / "outside" / "secret.png"
+    path = write_jsonl(data_dir / "outside" / "pairs.jsonl", [good(0, img_path=str(inside))])
+    [record] = read_pairs(path)                       # inside the file's own folder
+    assert record.image_file == inside
+    (data_dir / "other").mkdir(exist_ok=True)
+    elsewhere = write_jsonl(data_dir / "other" / "pairs.jsonl", [good(0, img_path=str(inside))])
+    with pytest.raises(RecordError, match="absolute path .* is outside the data root .*"
+                                          "--image-root names another"):
+        list(read_pairs(elsewhere))
+    [record] = read_pairs(elsewhere, images=ImageRules(root=data_dir))   # a root that holds it
+    assert record.image_file == inside
+    with pytest.raises(RecordError, match="is outside the data root"):
+        list(read_pairs(path, images=ImageRules(root=data_dir / "other")))
 
 
 def test_relative_paths_resolve_against_the_given_root(data_dir):
