@@ -41,6 +41,9 @@ ImageRootOption = Annotated[Optional[Path], typer.Option(
     "--image-root", help="Folder the records' image paths are relative to (default: the "
                          "source file's folder). Every image, absolute paths included, must "
                          "lie inside it; --image-root / allows any path.")]
+TrustOption = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="Run model code shipped in the model folder (only for a folder "
+                                "you trust; a folder cannot turn this on by itself).")]
 MaxPixelsOption = Annotated[int, typer.Option(
     "--max-image-pixels", help="Refuse images whose width*height exceeds this "
                                "(decompression-bomb guard).")]
@@ -172,7 +175,8 @@ def train(
     from mmrm.train import train as run_train
 
     cfg = _load_or_exit(load_config, config, overrides or [])
-    result = run_train(cfg, log=typer.echo, resume=not no_resume)
+    with _user_errors():
+        result = run_train(cfg, log=typer.echo, resume=not no_resume)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -187,7 +191,8 @@ def train_proxy(
     from mmrm.train import train_text_proxy
 
     cfg = _load_or_exit(load_config, config, overrides or [])
-    cache = train_text_proxy(cfg, log=typer.echo)
+    with _user_errors():
+        cache = train_text_proxy(cfg, log=typer.echo)
     typer.echo(f"proxy accuracy on its training data: {cache['accuracy']:.4f}")
 
 
@@ -219,6 +224,7 @@ def score(
         help="Bad items file (default OUTPUT stem + .errors.jsonl).")] = None,
     on_error: OnErrorOption = OnError.RAISE,
     image_root: ImageRootOption = None,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     from mmrm.score import ScoreConfig, score_file
 
@@ -230,7 +236,7 @@ def score(
                          chunk_items=chunk_items,
                          normalize=normalize, on_error=on_error, address=address,
                          image_root=str(image_root) if image_root else None, dtype=dtype,
-                         preprocess=preprocess)
+                         preprocess=preprocess, trust_remote_code=trust_remote_code)
     with _user_errors():
         totals = score_file(config, show_bar=True)
     if totals.get("already_complete"):
@@ -321,12 +327,15 @@ def eval_command(
         Path("data/eval"),
     batch_size: Annotated[int, typer.Option(help="Pairs per forward.")] = 32,
     on_error: OnErrorOption = OnError.RAISE,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     from mmrm.evaluate import evaluation_report, load_scorer, plot_reward_margins, score_file
+    from mmrm.model import check_reward_model
 
     with _user_errors():
+        check_reward_model(model, trust_remote_code)      # before any conversion or loading
         files = _eval_files(_named_paths(data, "data set"), format, work, on_error)
-        scorer, collator = load_scorer(model)
+        scorer, collator = load_scorer(model, trust_remote_code=trust_remote_code)
         reports = {}
         for name, path in files.items():
             pairs, chosen, rejected = score_file(scorer, collator, path, batch_size, progress=True)
@@ -351,9 +360,13 @@ def matrix(
     batch_size: Annotated[int, typer.Option(help="Pairs per forward.")] = 32,
 ) -> None:
     from mmrm.evaluate import cross_distribution
+    from mmrm.model import check_reward_model
 
     with _user_errors():
-        result = cross_distribution(_named_paths(model, "model"), _named_paths(test, "test"),
+        models = _named_paths(model, "model")
+        for folder in models.values():
+            check_reward_model(folder)            # every one before the first is evaluated
+        result = cross_distribution(models, _named_paths(test, "test"),
                                     batch_size=batch_size, progress=True)
     paths = result.write(out)
     typer.echo(result.to_markdown())

@@ -115,13 +115,13 @@ def evaluation_report(pairs: Sequence[PairRecord], chosen: torch.Tensor,
     return report
 
 
-def load_scorer(model_dir: str | Path, max_length: int = 4096):
+def load_scorer(model_dir: str | Path, max_length: int = 4096, trust_remote_code: bool = False):
     """A saved reward model (eval mode) and the collator for the input mode it was trained in."""
     from mmrm.data import InputMode, set_right_padding
     from mmrm.model import RewardModel, load_processor
 
-    model = RewardModel.load(model_dir).eval()
-    processor = load_processor(model_dir, model.config.trust_remote_code)
+    model = RewardModel.load(model_dir, trust_remote_code=trust_remote_code).eval()
+    processor = load_processor(model_dir, trust_remote_code)
     set_right_padding(processor)
     return model, PairCollator(processor, InputMode(model.config.mode), max_length,
                                share_prompt=model.shares_prompt)

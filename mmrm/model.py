@@ -21,7 +21,7 @@ import copy
 import functools
 import inspect
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -103,13 +103,21 @@ class RewardModel(nn.Module):
                                           trust_remote_code=trust_remote_code))
 
     @classmethod
-    def load(cls, path: str | Path, *, dtype=None, attn_implementation: str | None = None
-             ) -> RewardModel:
-        """Load a reward model saved by :meth:`save`."""
+    def load(cls, path: str | Path, *, dtype=None, attn_implementation: str | None = None,
+             trust_remote_code: bool = False) -> RewardModel:
+        """Load a reward model saved by :meth:`save` (checked first: :func:`check_reward_model`).
+
+        Args:
+            trust_remote_code: run model code shipped in the folder. Only the caller decides:
+                a folder whose ``reward_config.json`` asks for it is refused without it.
+        """
         path = Path(path)
-        raw = json.loads((path / REWARD_CONFIG).read_text())
-        config = RewardConfig(**raw)
-        backbone = _load_backbone(path, dtype, config.trust_remote_code, attn_implementation)
+        config = check_reward_model(path, trust_remote_code)
+        try:
+            backbone = _load_backbone(path, dtype, trust_remote_code, attn_implementation)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise ValueError(f"{path}: the backbone does not load ({type(err).__name__}: "
+                             f"{str(err)[:300]})") from None
         model = cls(backbone, config)
         head = load_file(str(path / VALUE_HEAD))
         model.value_head.load_state_dict(head)
@@ -303,10 +311,90 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long() * (positions + 1)).argmax(-1)
 
 
+def check_model_folder(path: str | Path) -> Path:
+    """``path`` as a local Hugging Face model folder, or a clear error at once: mmrm never
+    asks a model hub (transformers would retry one for minutes with a name it cannot find)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such model folder (mmrm loads models from local folders "
+                         f"only; download the model there first)")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path}: no config.json, not a Hugging Face model folder")
+    return path
+
+
+def check_reward_model(path: str | Path, trust_remote_code: bool = False) -> RewardConfig:
+    """Check a saved reward model folder before anything heavy starts; its config.
+
+    Raises:
+        ValueError: naming the folder, the file and what is wrong with it: no folder, no or
+        corrupt ``config.json`` / ``reward_config.json`` (unknown keys, wrong types), a value
+        head that is missing, corrupt or of the wrong shape, no weights, or a folder that asks
+        for remote code the caller did not allow.
+    """
+    path = check_model_folder(path)
+    config = read_reward_config(path)
+    if config.trust_remote_code and not trust_remote_code:
+        raise ValueError(f"{path / REWARD_CONFIG}: trust_remote_code: the model needs code "
+                         f"shipped in its folder; run it only if you trust the folder, with "
+                         f"--trust-remote-code")
+    try:
+        backbone_config = json.loads((path / "config.json").read_text())
+        hidden = (backbone_config.get("text_config") or backbone_config)["hidden_size"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path / 'config.json'}: unreadable or without hidden_size "
+                         f"({type(err).__name__}: {err})") from None
+    head = path / VALUE_HEAD
+    try:
+        tensors = load_file(str(head))
+    except FileNotFoundError:
+        raise ValueError(f"{head}: missing (not a saved reward model?)") from None
+    except Exception as err:   # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"{head}: not a readable safetensors file ({err})") from None
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    if shapes != {"weight": (1, hidden), "bias": (1,)}:
+        raise ValueError(f"{head}: expected weight (1, {hidden}) and bias (1,), found {shapes}")
+    if not any(p.name != VALUE_HEAD and p.suffix in (".safetensors", ".bin")
+               for p in path.iterdir()):
+        raise ValueError(f"{path}: no backbone weights (*.safetensors or *.bin)")
+    return config
+
+
+def read_reward_config(path: str | Path) -> RewardConfig:
+    """``reward_config.json`` of a saved reward model, validated (``file: key: problem``)."""
+    file = Path(path) / REWARD_CONFIG
+    try:
+        raw = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{file}: missing (not a saved reward model?)") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: expected a JSON object")
+    known = {f.name: f for f in fields(RewardConfig)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"{file}: {unknown[0]}: unknown key (known: {', '.join(known)})")
+    if "base_model" not in raw:
+        raise ValueError(f"{file}: base_model: missing")
+    types = {"base_model": str, "mode": str, "reward_mean": (int, float),
+             "reward_std": (int, float), "template": str, "trust_remote_code": bool,
+             "extra": dict}
+    for key, value in raw.items():
+        if not isinstance(value, types[key]) or isinstance(value, bool) != (types[key] is bool):
+            raise ValueError(f"{file}: {key}: wrong type {type(value).__name__}")
+    if raw.get("mode", "multimodal") not in ("multimodal", "text_only", "blank_image"):
+        raise ValueError(f"{file}: mode: unknown input mode {raw['mode']!r}")
+    if raw.get("reward_std", 1.0) <= 0:
+        raise ValueError(f"{file}: reward_std: must be > 0")
+    return RewardConfig(**raw)
+
+
 def _load_backbone(path, dtype, trust_remote_code, attn_implementation):
     from transformers import AutoModelForImageTextToText
 
-    kwargs = {"trust_remote_code": trust_remote_code}
+    path = check_model_folder(path)
+    kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
     if attn_implementation is not None:
@@ -325,13 +413,15 @@ def load_processor(path: str | Path, trust_remote_code: bool = False):
 
     from mmrm.processors import image_only_processor
 
+    path = check_model_folder(path)
     try:
-        processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code,
+                                                  local_files_only=True)
     except (AttributeError, ImportError, ValueError, TypeError):
         processor = None     # e.g. a video processor that needs torchvision
     if not hasattr(processor, "image_processor"):
-        model_type = AutoConfig.from_pretrained(str(path),
-                                                trust_remote_code=trust_remote_code).model_type
+        model_type = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code,
+                                                local_files_only=True).model_type
         processor = image_only_processor(path, model_type) or processor
     if processor is None:
         raise ValueError(f"{path}: no processor could be built (see the log above)")

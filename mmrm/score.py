@@ -79,6 +79,8 @@ class ScoreConfig:
             batch by length), ``worker`` (each worker before its forward), or ``auto``:
             the driver where it has a CPU of its own (GPU workers, a remote cluster, or
             fewer worker threads than this machine's CPUs), else the workers.
+        trust_remote_code: run model code shipped in the model folder (never on the folder's
+            own say-so).
     """
 
     model: str
@@ -97,6 +99,7 @@ class ScoreConfig:
     image_root: str | None = None
     dtype: str = "fp32"
     preprocess: Literal["auto", "driver", "worker"] = "auto"
+    trust_remote_code: bool = False
 
     @property
     def errors_path(self) -> Path:
@@ -112,16 +115,17 @@ class ResponseScorer:
 
     def __init__(self, model_dir: str, dtype: str = "fp32", threads: int = 1,
                  device: str | None = None, name: str = "", batch_delay: float = 0.0,
-                 length_buckets: int = 4):
+                 length_buckets: int = 4, trust_remote_code: bool = False):
         from mmrm.data import set_right_padding
         from mmrm.model import RewardModel, load_processor, weight_dtype_named
 
         if threads:
             torch.set_num_threads(threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = RewardModel.load(model_dir, dtype=weight_dtype_named(dtype)
+        self.model = RewardModel.load(model_dir, dtype=weight_dtype_named(dtype),
+                                      trust_remote_code=trust_remote_code
                                       ).to(self.device).eval()
-        self.processor = load_processor(model_dir, self.model.config.trust_remote_code)
+        self.processor = load_processor(model_dir, trust_remote_code)
         set_right_padding(self.processor)
         self.name, self.batch_delay = name, batch_delay
         self.length_buckets = length_buckets
@@ -262,11 +266,15 @@ def score_items_shared_prefix(model, processor, items: list[dict], device="cpu",
 # ---------------------------------------------------------------------------- the driver
 @dataclass
 class ScoreState:
-    """What ``OUTPUT.state.json`` records between chunks."""
+    """What ``OUTPUT.state.json`` records between chunks: the run's identity (input, model
+    files, dtype, normalisation: a resume must match every one) and how far it got."""
 
     input: str
     input_sha256: str
     model: str
+    model_digest: str = ""
+    dtype: str = ""
+    normalize: bool = False
     next_line: int = 1
     items_written: int = 0
     items_failed: int = 0
@@ -287,12 +295,20 @@ def _open_run(config: ScoreConfig) -> ScoreState:
     out, errors = Path(config.output), config.errors_path
     state_path = out.with_name(out.name + STATE_SUFFIX)
     digest = sha256_file(config.input)
+    identity = {"model_digest": model_digest(config.model), "dtype": config.dtype,
+                "normalize": config.normalize}
     if state_path.exists():
-        state = ScoreState(**json.loads(state_path.read_text()))
+        state = _read_state(state_path)
         if state.input_sha256 != digest:
             raise ValueError(f"{out}: was written for another input (sha256 "
                              f"{state.input_sha256[:12]}..., {config.input} is "
                              f"{digest[:12]}...); remove it and {state_path} to start over")
+        changed = [f"{key} ({getattr(state, key)!r} then, {value!r} now)"
+                   for key, value in identity.items() if getattr(state, key) != value]
+        if changed:
+            raise ValueError(f"{out}: was scored with another {', '.join(changed)}; mixing "
+                             f"scores would be wrong: remove it and {state_path} to start over, "
+                             f"or choose another output")
         for path, size in ((out, state.output_bytes), (errors, state.errors_bytes)):
             with open(path, "ab") as f:
                 f.truncate(size)
@@ -304,9 +320,38 @@ def _open_run(config: ScoreConfig) -> ScoreState:
     errors.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(b"")
     errors.write_bytes(b"")
-    state = ScoreState(input=str(config.input), input_sha256=digest, model=str(config.model))
+    state = ScoreState(input=str(config.input), input_sha256=digest, model=str(config.model),
+                       **identity)
     _write_state(state_path, state)
     return state
+
+
+def _read_state(path: Path) -> ScoreState:
+    try:
+        raw = json.loads(path.read_text())
+        return ScoreState(**{k: v for k, v in raw.items() if k != "extra"})
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: not a scoring state this mmrm can resume ({err}); remove "
+                         f"it and the output to start over") from None
+
+
+#: Files above this size enter the model digest by name, size and modification time only
+#: (hashing an 8B model's 16 GB at every start would cost a minute).
+DIGEST_CONTENT_LIMIT = 64 << 20
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """A digest of a model folder's files: content for the small ones (configs, value head,
+    tokenizer), name + size + mtime for weight shards over :data:`DIGEST_CONTENT_LIMIT`."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        stat = path.stat()
+        h.update(str(path.relative_to(model_dir)).encode() + b"\0")
+        if stat.st_size <= DIGEST_CONTENT_LIMIT:
+            h.update(sha256_file(path).encode())
+        else:
+            h.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return h.hexdigest()
 
 
 def _windows(config: ScoreConfig, start_line: int, ledger: Ledger, bad: list[RecordError]
@@ -386,10 +431,12 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
     from ray.util import ActorPool
 
     from mmrm.data import set_right_padding
-    from mmrm.model import can_share_prefix, load_processor, weight_dtype_named
+    from mmrm.model import (can_share_prefix, check_reward_model, load_processor,
+                            read_reward_config, weight_dtype_named)
 
     where = preprocess_where(config)
     weight_dtype_named(config.dtype)   # an unknown name fails here, before Ray starts
+    check_reward_model(config.model, config.trust_remote_code)     # ... and a broken model
     state = _open_run(config)
     out, errors_path = Path(config.output), config.errors_path
     state_path = out.with_name(out.name + STATE_SUFFIX)
@@ -411,12 +458,13 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
     actors = [actor_class.options(name=name).remote(config.model, config.dtype,
                                                     config.threads_per_worker, name=name,
                                                     batch_delay=delay,
-                                                    length_buckets=config.length_buckets)
+                                                    length_buckets=config.length_buckets,
+                                                    trust_remote_code=config.trust_remote_code)
               for name in names]
     try:
         ray.get([a.ready.remote() for a in actors])
-        reward_config = json.loads((Path(config.model) / "reward_config.json").read_text())
-        processor = load_processor(config.model, reward_config.get("trust_remote_code", False))
+        reward_config = asdict(read_reward_config(config.model))
+        processor = load_processor(config.model, config.trust_remote_code)
         set_right_padding(processor)
         if where == "driver":
             model_type = json.loads((Path(config.model) / "config.json").read_text()

@@ -109,7 +109,7 @@ class MLflowTracker:
 
         info = self._mlflow.pyfunc.log_model(     # a model from code: no pickled objects
             name="reward_model", python_model=mmrm.serving.__file__,
-            artifacts={"reward_model": str(model_dir)},
+            artifacts={"reward_model": str(model_dir)}, signature=mmrm.serving.signature(),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                               f"transformers=={transformers.__version__}", "mmrm"],
             registered_model_name=registered_name)

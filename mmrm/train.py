@@ -149,13 +149,54 @@ def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
 
 
 def load_proxy_losses(path: str | Path, pairs) -> dict[str, float]:
-    cache = json.loads(Path(path).read_text())
-    losses = cache["losses"] if "losses" in cache else cache
+    try:
+        cache = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"shortcut.proxy_losses: {path}: no such file (run mmrm train-proxy "
+                         f"first)") from None
+    except ValueError as err:
+        raise ValueError(f"shortcut.proxy_losses: {path}: not valid JSON ({err})") from None
+    losses = cache.get("losses", cache) if isinstance(cache, dict) else None
+    if not isinstance(losses, dict) or not all(isinstance(v, (int, float))
+                                               for v in losses.values()):
+        raise ValueError(f"shortcut.proxy_losses: {path}: expected {{pair id: loss}}")
     missing = [p.id for p in pairs if p.id not in losses]
     if missing:
         raise ValueError(f"{path}: no proxy loss for {len(missing)} training pairs "
                          f"(e.g. {missing[:3]}); was the proxy run on the same data?")
     return losses
+
+
+def training_inputs(config: TrainConfig) -> tuple[list, dict[str, float] | None]:
+    """Every input of a run, checked before a model is loaded: the training pairs (each
+    record validated, ``file:line: field: problem``), the evaluation files and base model
+    folder (they exist), and the proxy losses of ``sfc_two_stage`` (one per pair).
+
+    Returns the training pairs (after fold selection) and the proxy losses, if any.
+    """
+    from mmrm.model import check_model_folder
+
+    check_model_folder(config.model)
+    for name, path in config.data.eval.items():
+        if not Path(path).is_file():
+            raise ValueError(f"data.eval.{name}: {path}: no such file")
+    image_root = Path(config.data.image_root) if config.data.image_root else None
+    for path in config.data.train:
+        if not Path(path).is_file():
+            raise ValueError(f"data.train: {path}: no such file")
+    pairs = select_folds([p for path in config.data.train
+                          for p in load_pairs(path, image_root=image_root)],
+                         config.data.folds, config.data.holdout_fold)
+    if not pairs:
+        raise ValueError(f"no training pairs in {config.data.train}"
+                         + (f" outside fold {config.data.holdout_fold} of {config.data.folds}"
+                            if config.data.holdout_fold is not None else ""))
+    # sfc_two_stage weights by the cached proxy losses; a standard run given them logs the
+    # same proxy statistics (its weights stay 1), so the two compare metric for metric
+    proxy_losses = load_proxy_losses(config.shortcut.proxy_losses, pairs) \
+        if config.shortcut.proxy_losses and config.shortcut.weighting is not \
+        Weighting.SFC_JOINT else None
+    return pairs, proxy_losses
 
 
 def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
@@ -172,6 +213,8 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
 
     tracker = tracker or NoOpTracker()
     out = Path(config.output_dir)
+    weighting = config.shortcut.weighting
+    pairs, proxy_losses = training_inputs(config)     # bad input fails here, not mid-run
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
                               gradient_accumulation_steps=config.gradient_accumulation_steps)
     set_seed(config.seed)
@@ -183,7 +226,6 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
         config.model, mode=config.mode.value, dtype=dtype,
         trust_remote_code=config.trust_remote_code,
         attn_implementation=config.attn_implementation), config)
-    weighting = config.shortcut.weighting
     proxy, proxy_view = None, None
     if weighting is Weighting.SFC_JOINT:
         proxy = apply_finetune(RewardModel.from_base(
@@ -195,17 +237,6 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
     modules = TrainedModels(reward_model, proxy)
 
     image_root = Path(config.data.image_root) if config.data.image_root else None
-    pairs = select_folds([p for path in config.data.train
-                          for p in load_pairs(path, image_root=image_root)],
-                         config.data.folds, config.data.holdout_fold)
-    if not pairs:
-        raise ValueError(f"no training pairs in {config.data.train}"
-                         + (f" outside fold {config.data.holdout_fold} of {config.data.folds}"
-                            if config.data.holdout_fold is not None else ""))
-    # sfc_two_stage weights by the cached proxy losses; a standard run given them logs the
-    # same proxy statistics (its weights stay 1), so the two compare metric for metric
-    proxy_losses = load_proxy_losses(config.shortcut.proxy_losses, pairs) \
-        if config.shortcut.proxy_losses and weighting is not Weighting.SFC_JOINT else None
     generator = torch.Generator().manual_seed(config.seed)
     collator = TrainCollator(PairCollator(processor, config.mode, config.data.max_length,
                                           share_prompt=shares_prompt(config, reward_model)),
