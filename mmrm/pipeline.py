@@ -12,11 +12,12 @@ pipeline's parent run through :func:`mmrm.tracking.stage_run` (a no-op when trac
 from __future__ import annotations
 
 import json
+import random
 import statistics
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmrm.synthetic.environments import ENVIRONMENTS
 from mmrm.weighting import Weighting
@@ -28,15 +29,36 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class BestOfNParams(Strict):
+    items: int = Field(40, gt=0, description="Best-of-N items per environment.")
+    candidates: int = Field(8, ge=2, description="Answers per item (0-3 mistakes each).")
+
+
 class BenchmarkParams(Strict):
     seed: int = 0
+    visual: str = Field("V0", description="Visual-cost level (mmrm.synthetic.visual); the "
+                        "base is pre-trained for the same level.")
+    cue_rate: float = Field(0.85, ge=0, le=1, description="P(own cue on the preferred side) "
+                            "in each environment's train and test splits.")
     train_size: int = Field(3000, gt=0, description="Pairs per environment's train split.")
-    test_size: int = Field(600, gt=0, description="Pairs per environment's test split.")
+    test_size: int = Field(600, gt=0, description="Pairs per environment's test split (and "
+                           "its anti-cue split: own cue on the rejected side).")
     image_size: int = Field(56, ge=16)
+    best_of_n: BestOfNParams = Field(default_factory=BestOfNParams)
+
+    @field_validator("visual")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        from mmrm.synthetic.visual import visual_level
+
+        visual_level(value)
+        return value
 
 
 class TrainParams(Strict):
     seed: int = 0
+    finetune: str = Field("freeze_vision", pattern="^(full|freeze_vision|lora)$",
+                          description="What trains (the paper: freeze_vision).")
     epochs: float = Field(2, gt=0)
     max_steps: int | None = Field(None, gt=0, description="Stop early (tests, smoke runs).")
     lr: float = Field(1e-3, gt=0)
@@ -52,8 +74,6 @@ class RealDataset(Strict):
 
 
 class ScoreParams(Strict):
-    items: int = Field(50, gt=0, description="Items of the sample inference file.")
-    responses: int = Field(8, gt=0, description="Responses per item.")
     workers: int = Field(1, gt=0)
     batch_responses: int = Field(64, gt=0)
 
@@ -89,6 +109,11 @@ class PipelineParams(Strict):
     def pairs(self, env: str, split: str) -> Path:
         return Path(self.paths.benchmark) / "pairs" / env / f"{split}.jsonl"
 
+    @property
+    def best_of_n(self) -> Path:
+        """Every environment's best-of-N items (inference format, ``errors`` per response)."""
+        return Path(self.paths.benchmark) / "best_of_n" / "items.jsonl"
+
     def proxy_dir(self, env: str) -> Path:
         return Path(self.paths.runs) / "proxy" / env
 
@@ -111,17 +136,36 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
 def make_benchmark(params: PipelineParams) -> dict:
     """Write the three environments in their released formats under ``benchmark/raw``."""
     from mmrm.synthetic.environments import BenchmarkConfig, SplitConfig, write_benchmark
-    from mmrm.tracking import stage_run
+    from mmrm.tracking import flatten, stage_run
 
     b = params.benchmark
-    config = BenchmarkConfig(seed=b.seed, image_size=b.image_size,
+    config = BenchmarkConfig(seed=b.seed, image_size=b.image_size, visual=b.visual,
                              environments=params.environments,
-                             splits=[SplitConfig(name="train", size=b.train_size),
-                                     SplitConfig(name="test", size=b.test_size)])
+                             splits=[SplitConfig(name="train", size=b.train_size,
+                                                 cue_rate=b.cue_rate),
+                                     SplitConfig(name="test", size=b.test_size,
+                                                 cue_rate=b.cue_rate),
+                                     SplitConfig(name="anticue", size=b.test_size,
+                                                 cue_rate=0.0)])
     with stage_run(params, "benchmark") as tracker:
-        tracker.log_params({f"benchmark.{k}": v for k, v in b.model_dump().items()})
+        tracker.log_params(flatten(b.model_dump(), "benchmark."))
         written = write_benchmark(Path(params.paths.benchmark) / "raw", config)
+        write_best_of_n_sets(params)
     return {"splits": len(written)}
+
+
+def write_best_of_n_sets(params: PipelineParams) -> None:
+    """Best-of-N items of known quality in every environment's frames (random cues; mmrm's
+    inference format with each answer's number of mistakes in ``errors``)."""
+    from mmrm.synthetic.environments import best_of_n_items, write_best_of_n
+    from mmrm.synthetic.visual import visual_level
+
+    b = params.benchmark
+    items = [item for env in params.environments
+             for item in best_of_n_items(env, b.best_of_n.items, b.best_of_n.candidates,
+                                         random.Random(f"{b.seed}/{env}/best-of-n"),
+                                         visual_level(b.visual))]
+    write_best_of_n(items, params.best_of_n, b.image_size)
 
 
 def convert_environment(params: PipelineParams, env: str) -> dict:
@@ -163,7 +207,7 @@ def pretrain_base(params: PipelineParams) -> dict:
     from mmrm.synthetic.tiny_vlm import TinyVLMConfig, pretrain
     from mmrm.tracking import stage_run
 
-    config = TinyVLMConfig.model_validate(params.base)
+    config = TinyVLMConfig.model_validate({"visual": params.benchmark.visual, **params.base})
     with stage_run(params, "base") as tracker:
         tracker.log_params({f"base.{k}": v for k, v in config.model_dump().items()})
         report = pretrain(Path(params.paths.base), config, log=lambda line: None)
@@ -180,7 +224,7 @@ def train_config(params: PipelineParams, env: str, variant: Weighting | str):
     t = params.train
     raw = load_config(CONFIGS / f"{variant.value}.yaml", t.overrides).model_dump(mode="json")
     raw.update(model=params.paths.base, seed=t.seed, epochs=t.epochs, max_steps=t.max_steps,
-               per_device_batch_size=t.batch_size,
+               per_device_batch_size=t.batch_size, finetune=t.finetune,
                output_dir=str(params.model_dir(env, variant)))
     raw["optim"]["lr"] = t.lr
     raw["data"].update(train=[str(params.pairs(env, "train"))],
@@ -192,7 +236,7 @@ def train_config(params: PipelineParams, env: str, variant: Weighting | str):
 
 def train_proxy(params: PipelineParams, env: str) -> dict:
     """The text-only proxy of ``env`` (stage 1 of sfc_two_stage) and its cached losses."""
-    from mmrm.train import proxy_config, train_text_proxy
+    from mmrm.train import proxy_dirs, train_text_proxy
     from mmrm.tracking import stage_run
 
     config = train_config(params, env, Weighting.SFC_TWO_STAGE)
@@ -203,8 +247,8 @@ def train_proxy(params: PipelineParams, env: str) -> dict:
         tracker.log_dataset(params.pairs(env, "train"), f"{env}/train", "training")
         cache = train_text_proxy(config, tracker, log=lambda line: None)
         tracker.log_metrics({"proxy/train_accuracy": cache["accuracy"]})
-        tracker.set_tags({"mmrm.environment": env, "mmrm.model_dir":
-                          str(Path(proxy_config(config).output_dir) / "final")})
+        tracker.set_tags({"mmrm.environment": env,
+                          "mmrm.model_dir": str(proxy_dirs(config)[0])})
     return {"accuracy": cache["accuracy"]}
 
 
@@ -245,8 +289,9 @@ def id_ood(result: dict, env: str, environments: list[str]) -> dict[str, float]:
 
 
 def evaluate(params: PipelineParams) -> dict:
-    """The cross-distribution matrix of every trained model, the mean ID/OOD per variant
-    (``metrics.json``, a DVC metric), and the champion: the model with the best mean OOD."""
+    """The cross-distribution matrix of every trained model; per model its own environment's
+    anti-cue accuracy and best-of-N quality on every environment's items; per variant the
+    means (``metrics.json``, a DVC metric); and the champion: the best mean OOD."""
     from mmrm.evaluate import cross_distribution
     from mmrm.tracking import stage_run
 
@@ -256,54 +301,70 @@ def evaluate(params: PipelineParams) -> dict:
     with stage_run(params, "evaluate") as tracker:
         matrix = cross_distribution(models, tests)
         paths = matrix.write(params.matrix_dir)
+        shortcut = {row: shortcut_measures(params, row.split("/")[0], model_dir)
+                    for row, model_dir in models.items()}
         per_variant = {}
         for v in params.variants:
-            rows = [matrix.row_summary(f"{env}/{v.value}") for env in params.environments]
-            per_variant[v.value] = {"iid_mean": statistics.mean(r["id"] for r in rows),
-                                    "ood_mean": statistics.mean(r["ood"] for r in rows)}
+            rows = [f"{env}/{v.value}" for env in params.environments]
+            summaries = [matrix.row_summary(r) for r in rows]
+            per_variant[v.value] = {
+                "iid_mean": statistics.mean(r["id"] for r in summaries),
+                "ood_mean": statistics.mean(r["ood"] for r in summaries),
+                **{key: statistics.mean(shortcut[r][key] for r in rows)
+                   for key in shortcut[rows[0]]}}
             tracker.log_metrics({f"{v.value}/{k}": x for k, x in per_variant[v.value].items()})
         champion = max(models, key=lambda row: matrix.row_summary(row)["ood"])
         metrics = {"variants": per_variant, **matrix.summary(), "champion": champion,
                    "champion_dir": str(models[champion])}
         _write_json(params.matrix_dir / "metrics.json", metrics)
-        for path in paths.values():
+        _write_json(params.matrix_dir / "shortcut.json", shortcut)
+        for path in [*paths.values(), params.matrix_dir / "shortcut.json"]:
             tracker.log_artifact(path, "matrix")
         tracker.set_champion(params.tracking.registered_model, str(models[champion]))
     return {"matrix": matrix, "metrics": metrics}
 
 
-def score_sample(params: PipelineParams) -> dict:
-    """Score a sample inference file (best-of-N) with the champion model on Ray."""
+def shortcut_measures(params: PipelineParams, env: str, model_dir: Path) -> dict[str, float]:
+    """One model's accuracy on its environment's anti-cue split (own cue on the rejected
+    side) and the quality of its best-of-N picks over every environment's items."""
+    from mmrm.evaluate import best_of_n_file, load_scorer, pairwise_accuracy, score_pairs
     from mmrm.data import load_pairs
+
+    model, collator = load_scorer(model_dir)
+    measures = {"anticue": pairwise_accuracy(*score_pairs(
+        model, collator, load_pairs(params.pairs(env, "anticue"))))}
+    report = best_of_n_file(model, collator.processor, params.best_of_n)
+    for key in ("fully_correct", "mean_errors", "random_fully_correct", "oracle_fully_correct"):
+        measures[f"best_of_n/{key}"] = report[key]
+    return measures
+
+
+def score_sample(params: PipelineParams) -> dict:
+    """Score the best-of-N items (known quality) with the champion model on Ray, and report
+    how good its picks are."""
+    from mmrm.evaluate import best_of_n_quality
     from mmrm.score import ScoreConfig, score_file
     from mmrm.tracking import stage_run
 
     metrics = json.loads((params.matrix_dir / "metrics.json").read_text())
     out = Path(params.paths.runs) / "scores"
     out.mkdir(parents=True, exist_ok=True)
-    items = out / "sample_items.jsonl"
-    _write_sample_items(load_pairs(params.pairs(params.environments[-1], "test")), items,
-                        params.score.items, params.score.responses)
     for stale in out.glob("scores.*"):
         stale.unlink()             # a rerun of this stage scores afresh
     with stage_run(params, "score") as tracker:
-        totals = score_file(ScoreConfig(model=metrics["champion_dir"], input=str(items),
+        totals = score_file(ScoreConfig(model=metrics["champion_dir"],
+                                        input=str(params.best_of_n),
                                         output=str(out / "scores.jsonl"),
                                         workers=params.score.workers,
                                         batch_responses=params.score.batch_responses))
+        scored = [json.loads(line) for line in open(out / "scores.jsonl")]
+        quality = best_of_n_quality([s["errors"] for s in scored], [s["scores"] for s in scored])
         rate = totals["responses"] / max(totals["seconds"], 1e-9)
         tracker.log_metrics({"score/items": totals["items_scored"],
-                             "score/responses_per_second": rate})
-    return {"items": totals["items_scored"], "output": str(out / "scores.jsonl")}
-
-
-def _write_sample_items(pairs, path: Path, items: int, responses: int) -> None:
-    """Best-of-N items from test pairs: the chosen answer among rejected ones and variants."""
-    with open(path, "w") as f:
-        for p in pairs[:items]:
-            candidates = [p.rejected, p.chosen] + [f"{p.rejected} ({k})" for k in range(responses)]
-            f.write(json.dumps({"id": p.id, "prompt": p.prompt, "img_path": str(p.image_file),
-                                "responses": candidates[:responses]}) + "\n")
+                             "score/responses_per_second": rate,
+                             **{f"best_of_n/{k}": v for k, v in quality.items()}})
+    _write_json(out / "best_of_n.json", {"model": metrics["champion"], **quality})
+    return {"items": totals["items_scored"], "output": str(out / "scores.jsonl"), **quality}
 
 
 def _write_json(path: Path, data: dict) -> Path:

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: Small enough for CI: two environments, two variants, a few steps; same code paths.
 TINY = {
-    "benchmark": {"seed": 0, "train_size": 24, "test_size": 12, "image_size": 32},
+    "benchmark": {"seed": 0, "train_size": 24, "test_size": 12, "image_size": 32,
+                  "best_of_n": {"items": 2, "candidates": 3}},
     "base": {"seed": 0, "image_size": 32, "hidden_size": 32, "vision_layers": 1,
              "text_layers": 1, "align_steps": 3, "tune_steps": 3, "batch_size": 8,
              "eval_scenes": 10},
@@ -27,7 +28,7 @@ TINY = {
     "variants": ["none", "sfc_two_stage"],
     "train": {"seed": 0, "epochs": 1, "max_steps": 2, "lr": 1.0e-3, "batch_size": 8,
               "overrides": []},
-    "score": {"items": 6, "responses": 3, "workers": 1, "batch_responses": 12},
+    "score": {"workers": 1, "batch_responses": 12},
 }
 
 
@@ -44,7 +45,7 @@ def test_shipped_params_and_dvc_stages_validate():
 
 def run(cmd, cwd, **kw):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+           "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -83,8 +84,12 @@ def test_repro_runs_everything_then_nothing_then_only_what_a_param_touches(proje
     metrics = json.loads((folder / "runs/pipeline/matrix/metrics.json").read_text())
     assert set(metrics["variants"]) == {"none", "sfc_two_stage"}
     assert (folder / "runs/pipeline/matrix/matrix.png").stat().st_size > 1000
+    assert {"anticue", "best_of_n/fully_correct", "best_of_n/random_fully_correct"} <= set(
+        metrics["variants"]["none"])
     scores = [json.loads(line) for line in open(folder / "runs/pipeline/scores/scores.jsonl")]
-    assert len(scores) == 6 and all(len(s["scores"]) == 3 for s in scores)
+    assert len(scores) == 4 and all(len(s["scores"]) == len(s["errors"]) == 3 for s in scores)
+    best_of_n = json.loads((folder / "runs/pipeline/scores/best_of_n.json").read_text())
+    assert best_of_n["items"] == 4 and best_of_n["oracle_fully_correct"] == 1.0
 
     second = run([sys.executable, "-m", "dvc", "repro"], folder, timeout=600)
     assert ran_stages(second) == set() and "Data and pipelines are up to date" in second
@@ -138,10 +143,14 @@ def test_mlflow_holds_the_lineage_of_the_pipeline(project):
     champion = mlflow.pyfunc.load_model("models:/mmrm-reward-model@champion")
     pair = json.loads(open(folder / "data/benchmark/pairs/povid/test.jsonl").readline())
     image = str(folder / "data/benchmark/pairs/povid" / pair["img_path"])
-    rewards = champion.predict(pd.DataFrame(
+    rows = pd.DataFrame(
         [{"prompt": pair["prompt"], "img_path": image, "response": pair["chosen"]},
-         {"prompt": pair["prompt"], "img_path": image, "response": pair["rejected"]}]))
+         {"prompt": pair["prompt"], "img_path": image, "response": pair["rejected"]}])
+    rewards = champion.predict(rows, params={"image_root": str(folder)})
     assert len(rewards) == 2 and all(isinstance(r, float) for r in rewards)
+    # the image rules hold behind the registry too: a path outside the root is refused
+    with pytest.raises(Exception, match="is outside the data root"):
+        champion.predict(rows, params={"image_root": str(folder / "data" / "benchmark" / "raw")})
     metrics = json.loads((folder / "runs/pipeline/matrix/metrics.json").read_text())
     version = mlflow.MlflowClient().get_model_version_by_alias("mmrm-reward-model", "champion")
     assert version.tags["mmrm.model_dir"] == metrics["champion_dir"]
