@@ -26,13 +26,12 @@ from mmrm.synthetic.environments import (ENVIRONMENTS, BenchmarkConfig,  # noqa:
                                          SplitConfig, convert_benchmark, write_benchmark)
 from mmrm.train import train, train_text_proxy  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tiny"
 WEIGHTINGS = ("none", "sfc_two_stage", "sfc_joint")
 
 
 def run_config(weighting: str, base: Path, pairs: dict, env: str, out: Path, seed: int,
                overrides: list[str]) -> TrainConfig:
-    raw = load_config(CONFIGS / f"{weighting}.yaml", overrides).model_dump(mode="json")
+    raw = load_config(f"tiny/{weighting}", overrides).model_dump(mode="json")
     raw.update(model=str(base), output_dir=str(out), seed=seed)
     raw["data"].update(train=[str(pairs[(env, "train")])],
                        eval={e: str(pairs[(e, "test")]) for e in ENVIRONMENTS})

@@ -266,13 +266,12 @@ def shared_prompt_check(args, base: Path, pairs_file: Path) -> dict:
     """Rewards of a batch with the shared prompt vs whole sequences, in the run's dtype."""
     import torch
 
-    from mmrm.data import PairCollator, load_pairs, set_right_padding
+    from mmrm.data import PairCollator, load_pairs
     from mmrm.model import RewardModel, load_processor
 
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
     model = RewardModel.from_base(base, dtype=dtype).to(args.device).eval()
     processor = load_processor(base)
-    set_right_padding(processor)
     pairs = load_pairs(pairs_file)[:args.batch]
     rewards = {}
     with torch.inference_mode():

@@ -35,9 +35,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from mmrm.data import conversation, load_image, load_pairs, set_right_padding  # noqa: E402
+from mmrm.data import conversation, load_image, load_pairs  # noqa: E402
 from mmrm.model import WEIGHT_DTYPES, RewardModel, load_processor  # noqa: E402
-from mmrm.score import ResponseScorer, ScoreConfig, score_file  # noqa: E402
+from mmrm.inference import ResponseScorer  # noqa: E402
+from mmrm.score import ScoreConfig, score_file  # noqa: E402
 from mmrm.synthetic.tiny_vlm import (TinyVLMConfig, build_model, build_processor,  # noqa: E402
                                      build_tokenizer, vocabulary_corpus)
 
@@ -76,7 +77,6 @@ def naive_loop(model_dir: Path, rows: list[dict], batch: int, device: str = "cpu
     """Seconds to score every response as its own (prompt, image, response) sequence."""
     model = RewardModel.load(model_dir, dtype=WEIGHT_DTYPES[dtype]).to(device).eval()
     processor = load_processor(model_dir)
-    set_right_padding(processor)
     triples = [(r["prompt"], r["img_path"], resp) for r in rows for resp in r["responses"]]
     started = time.perf_counter()
     for start in range(0, len(triples), batch):

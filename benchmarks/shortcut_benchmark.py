@@ -34,7 +34,7 @@ from mmrm.synthetic.environments import (ENVIRONMENTS, BenchmarkConfig,  # noqa:
 from mmrm.synthetic.tiny_vlm import TinyVLMConfig, pretrain  # noqa: E402
 from mmrm.train import train  # noqa: E402
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "none.yaml"
+TEMPLATE = "tiny/none"        # the shipped config (mmrm/configs/tiny/none.yaml)
 
 
 def run_config(base: Path, train_files: list[Path], tests: dict[str, Path], out: Path, mode: str,

@@ -157,7 +157,7 @@ def pairs_file(data: str, env: str, split: str) -> str:
 def run_config(spec: dict):
     from mmrm.config import TrainConfig, apply_overrides, load_config
 
-    template = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "none.yaml"
+    template = "tiny/none"      # the shipped config (mmrm/configs/tiny/none.yaml)
     variant = spec["variant"]
     weighting = variant if variant in SFC else "none"
     raw = load_config(template).model_dump(mode="json")
@@ -210,9 +210,10 @@ def test_model(model_dir: Path, spec: dict) -> dict:
     """Accuracy on every environment's test split (rate c; all rates for headroom), on the
     own anti-cue split, rewards on the own test split (for SFD), best-of-N quality."""
     from mmrm.data import load_pairs
-    from mmrm.evaluate import best_of_n_file, load_scorer, pairwise_accuracy, score_pairs
+    from mmrm.evaluate import best_of_n_file, pairwise_accuracy
+    from mmrm.inference import load_reward_model, score_pairs
 
-    model, collator = load_scorer(model_dir, max_length=512)
+    model, collator = load_reward_model(model_dir, max_length=512)
     rates = spec["all_rates"] if spec["variant"] == "headroom" else [spec["rate"]]
     result = {"accuracy": {}, "own_test": {}}
     for rate in rates:
@@ -234,12 +235,12 @@ def test_proxies(proxies: list[str], spec: dict) -> dict:
     """Each cross-fitted proxy's rewards on the own test split; their mean margin decides the
     shortcut-failure subset."""
     from mmrm.data import load_pairs
-    from mmrm.evaluate import load_scorer, score_pairs
+    from mmrm.inference import load_reward_model, score_pairs
 
     pairs = load_pairs(pairs_file(spec["data"], spec["env"], split_name("test", spec["rate"])))
     margins = None
     for proxy in proxies:
-        model, collator = load_scorer(proxy, max_length=512)
+        model, collator = load_reward_model(proxy, max_length=512)
         chosen, rejected = score_pairs(model, collator, pairs, 64)
         margin = chosen - rejected
         margins = margin if margins is None else margins + margin

@@ -63,13 +63,12 @@ def baseline_loop(args) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from mmrm.data import conversation, load_image, load_pairs, set_right_padding
+    from mmrm.data import conversation, load_image, load_pairs
     from mmrm.model import RewardModel, load_processor
 
     torch.manual_seed(0)
     model = RewardModel.from_base(args.base)
     processor = load_processor(args.base)
-    set_right_padding(processor)
     pairs = load_pairs(args.pairs)
 
     def collate(batch):

@@ -80,17 +80,9 @@ def score_task(params: PipelineParams) -> dict:
 
 
 def resolve_params(params_file: str, overrides: dict[str, Any] | None) -> PipelineParams:
-    """``params.yaml`` with ``overrides`` (dotted keys) applied, validated."""
-    import yaml
-
-    raw = yaml.safe_load(Path(params_file).read_text()) or {}
-    for key, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return PipelineParams.model_validate(raw)
+    """``params.yaml`` with ``overrides`` (dotted keys) applied, validated: the same
+    :func:`mmrm.pipeline.load_params` as ``mmrm stage`` and DVC."""
+    return stages.load_params(params_file, overrides or {})
 
 
 @flow(name="mmrm-pipeline", log_prints=True)
@@ -102,7 +94,7 @@ def pipeline_flow(params_file: str = "params.yaml",
         params_file: pipeline params YAML, relative to the serving process's directory.
         overrides: dotted keys over it, e.g. ``{"train.lr": 0.002, "variants": ["none"]}``.
     """
-    from mmrm.tracking import PARENT_ENV, pipeline_run
+    from mmrm.lineage import PARENT_ENV, pipeline_run
 
     params = resolve_params(params_file, overrides)
     logger = get_run_logger()

@@ -226,18 +226,18 @@ def score(
     image_root: ImageRootOption = None,
     trust_remote_code: TrustOption = False,
 ) -> None:
-    from mmrm.score import ScoreConfig, score_file
+    from mmrm.config import ScoreConfig, validate
+    from mmrm.score import score_file
 
-    config = ScoreConfig(model=str(model), input=str(input), output=str(output),
-                         errors=str(errors) if errors else None, workers=workers,
-                         gpus_per_worker=gpus_per_worker,
-                         threads_per_worker=threads_per_worker,
-                         batch_responses=batch_responses, length_buckets=length_buckets,
-                         chunk_items=chunk_items,
-                         normalize=normalize, on_error=on_error, address=address,
-                         image_root=str(image_root) if image_root else None, dtype=dtype,
-                         preprocess=preprocess, trust_remote_code=trust_remote_code)
     with _user_errors():
+        config = validate(ScoreConfig, dict(
+            model=str(model), input=str(input), output=str(output),
+            errors=str(errors) if errors else None, workers=workers,
+            gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker,
+            batch_responses=batch_responses, length_buckets=length_buckets,
+            chunk_items=chunk_items, normalize=normalize, on_error=on_error.value,
+            address=address, image_root=str(image_root) if image_root else None, dtype=dtype,
+            preprocess=preprocess, trust_remote_code=trust_remote_code), "mmrm score")
         totals = score_file(config, show_bar=True)
     if totals.get("already_complete"):
         typer.echo(f"{output} is already complete ({totals['items_written']} items)")
@@ -329,16 +329,18 @@ def eval_command(
     on_error: OnErrorOption = OnError.RAISE,
     trust_remote_code: TrustOption = False,
 ) -> None:
-    from mmrm.evaluate import evaluation_report, load_scorer, plot_reward_margins, score_file
+    from mmrm.evaluate import evaluation_report, plot_reward_margins, score_pairs_file
+    from mmrm.inference import load_reward_model
     from mmrm.model import check_reward_model
 
     with _user_errors():
         check_reward_model(model, trust_remote_code)      # before any conversion or loading
         files = _eval_files(_named_paths(data, "data set"), format, work, on_error)
-        scorer, collator = load_scorer(model, trust_remote_code=trust_remote_code)
+        scorer, collator = load_reward_model(model, trust_remote_code=trust_remote_code)
         reports = {}
         for name, path in files.items():
-            pairs, chosen, rejected = score_file(scorer, collator, path, batch_size, progress=True)
+            pairs, chosen, rejected = score_pairs_file(scorer, collator, path, batch_size,
+                                                       progress=True)
             reports[name] = {"file": str(path), **evaluation_report(pairs, chosen, rejected)}
             if plots is not None:
                 plot_reward_margins(chosen, rejected, plots / f"{name}.png", f"{model} on {name}")
@@ -391,7 +393,8 @@ def diagnose(
     batch_size: Annotated[int, typer.Option(help="Pairs per forward.")] = 32,
 ) -> None:
     from mmrm.data import load_pairs
-    from mmrm.evaluate import diagnose_pairs, diagnosis_markdown, load_scorer, score_file
+    from mmrm.evaluate import diagnose_pairs, diagnosis_markdown, score_pairs_file
+    from mmrm.inference import load_reward_model
 
     if (proxy is None) == (config is None):
         typer.echo("error: give exactly one of --proxy DIR or --config CONFIG", err=True)
@@ -400,15 +403,16 @@ def diagnose(
         if proxy is None:
             proxy = _train_diagnosis_proxy(config, data, out)
         test = test or data
-        scorer, collator = load_scorer(proxy)
+        scorer, collator = load_reward_model(proxy)
         if collator.mode.value == "multimodal":
             typer.echo(f"warning: {proxy} was trained with images; a text-only proxy is expected",
                        err=True)
-        pairs, text_c, text_r = score_file(scorer, collator, test, batch_size, progress=True)
+        pairs, text_c, text_r = score_pairs_file(scorer, collator, test, batch_size,
+                                                 progress=True)
         mm_scores = None
         if model is not None:
-            scorer, collator = load_scorer(model)
-            mm_scores = score_file(scorer, collator, test, batch_size, progress=True)[1:]
+            scorer, collator = load_reward_model(model)
+            mm_scores = score_pairs_file(scorer, collator, test, batch_size, progress=True)[1:]
         report = diagnose_pairs(pairs, text_c, text_r, mm_scores, load_pairs(data), top)
     report = {"data": str(data), "test": str(test), "proxy": str(proxy),
               "model": str(model) if model else None, **report}
@@ -420,13 +424,12 @@ def diagnose(
 
 
 def _train_diagnosis_proxy(config: Path, data: Path, out: Path) -> Path:
-    from mmrm.config import TrainConfig, load_config
+    from mmrm.config import load_config, with_overrides
     from mmrm.train import proxy_config, train as run_train
 
-    raw = _load_or_exit(load_config, config, []).model_dump(mode="json")
-    raw["data"].update(train=[str(data)], eval={})
-    raw["output_dir"] = str(out / "run")
-    run = proxy_config(TrainConfig.model_validate(raw))
+    base = _load_or_exit(load_config, config, [])
+    run = proxy_config(with_overrides(base, {"data.train": [str(data)], "data.eval": {},
+                                             "output_dir": str(out / "run")}))
     run_train(run, log=typer.echo, resume=False)
     return Path(run.output_dir) / "final"
 

@@ -1,23 +1,42 @@
-"""Typed run configurations, loaded from YAML and validated once.
+"""Typed configurations, loaded from YAML and validated once; a leaf (it imports nothing of
+mmrm), so every other module can use its types.
 
 A bad key or value is reported with the file and the dotted key::
 
     configs/tiny_none.yaml: optim.lr: Input should be greater than 0
 
-Overrides on the command line use the same dotted keys: ``optim.lr=3e-4 seed=2``.
+Overrides use the same dotted keys everywhere (CLI, DVC stages, Prefect flows):
+``optim.lr=3e-4 seed=2`` (:func:`apply_overrides`, :func:`with_overrides`).
+
+Shipped configs (``mmrm/configs/``) are package data: ``mmrm train tiny/none`` finds
+``mmrm/configs/tiny/none.yaml`` from any folder, installed or not (:func:`config_path`).
 """
 
 from __future__ import annotations
 
 from enum import Enum
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mmrm.data import InputMode
-from mmrm.weighting import Weighting
+
+class InputMode(str, Enum):
+    """What a model sees of a pair (:class:`mmrm.data.PairCollator`)."""
+
+    MULTIMODAL = "multimodal"      # the image and the text (the MM-RM)
+    TEXT_ONLY = "text_only"        # the conversation without the image (the shortcut proxy)
+    BLANK_IMAGE = "blank_image"    # a white tile where the image was (the reference proxy)
+
+
+class Weighting(str, Enum):
+    """How pairs are weighted in the reward model's loss (:mod:`mmrm.weighting`)."""
+
+    NONE = "none"                  # the standard Bradley-Terry RM
+    SFC_JOINT = "sfc_joint"        # the paper: proxy trained jointly, in the same step
+    SFC_TWO_STAGE = "sfc_two_stage"  # proxy trained first and frozen; its losses cached
 
 
 class Finetune(str, Enum):
@@ -27,6 +46,8 @@ class Finetune(str, Enum):
 
 
 class Strict(BaseModel):
+    """The one base of mmrm's configs: unknown keys are errors."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -127,7 +148,6 @@ class TrainConfig(Strict):
     dataloader_num_workers: int = Field(0, ge=0, description="Processes that build batches "
                                                              "(images, chat template) while "
                                                              "the model trains.")
-    tracking: dict[str, Any] = Field(default_factory=dict, description="Tracker options.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -138,37 +158,132 @@ class TrainConfig(Strict):
         return self
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Set dotted keys from ``key=value`` strings; values parse as YAML (``1e-4``, ``true``)."""
-    raw = dict(raw)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        key, value = item.split("=", 1)
+class ScoreConfig(Strict):
+    """One batch-scoring run (``mmrm score``)."""
+
+    model: str = Field(description="Saved reward model directory.")
+    input: str = Field(description="Inference JSONL.")
+    output: str = Field(description="JSONL to write (OUTPUT.state.json beside it while it "
+                        "is in progress).")
+    errors: str | None = Field(None, description="Bad items file (default: OUTPUT's stem + "
+                               ".errors.jsonl).")
+    workers: int = Field(1, ge=1, description="Scorer actors.")
+    gpus_per_worker: float = Field(0.0, ge=0, description="1 = a GPU each, 0.5 = two per "
+                                   "GPU, 0 = CPU.")
+    threads_per_worker: int = Field(1, ge=1, description="torch threads of a CPU worker.")
+    batch_responses: int = Field(64, ge=1, description="Responses per forward (items are "
+                                 "packed up to this many).")
+    length_buckets: int = Field(4, ge=1, description="A batch's responses run in up to this "
+                                "many groups of similar length after the shared prompts.")
+    chunk_items: int = Field(256, ge=1, description="Items per written chunk (the resume "
+                             "granularity).")
+    normalize: bool = Field(False, description="Scores as (r - reward_mean) / reward_std from "
+                            "the model's config.")
+    on_error: Literal["raise", "skip"] = Field("raise", description="Stop at the first bad "
+                                               "item, or skip it into the errors file.")
+    address: str | None = Field(None, description="Ray cluster to join (default RAY_ADDRESS, "
+                                "else a local one on 127.0.0.1).")
+    image_root: str | None = Field(None, description="Root of img_path (default: the input "
+                                   "file's folder).")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Weights on the "
+                                                   "workers.")
+    preprocess: Literal["auto", "driver", "worker"] = Field(
+        "auto", description="Where images are decoded and text tokenized: driver (while the "
+        "workers run the model), worker, or auto (the driver where it has a CPU of its own: "
+        "GPU workers, a remote cluster, or fewer worker threads than CPUs).")
+    trust_remote_code: bool = Field(False, description="Run model code shipped in the model "
+                                    "folder (never on the folder's own say-so).")
+
+    @property
+    def errors_path(self) -> Path:
+        if self.errors:
+            return Path(self.errors)
+        out = Path(self.output)
+        return out.with_name(out.name.removesuffix(".jsonl") + ".errors.jsonl")
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any]) -> dict:
+    """Set dotted keys from ``key=value`` strings (values parse as YAML: ``1e-4``, ``true``)
+    or from a ``{dotted key: value}`` mapping; returns a new dict."""
+    items = overrides.items() if isinstance(overrides, dict) else \
+        [_split_override(item) for item in overrides]
+    raw = _copy(raw)
+    for key, value in items:
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+                raise ValueError(f"override {key!r}: {part!r} is not a section")
+        node[parts[-1]] = value
     return raw
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None,
-                cls: type[BaseModel] = TrainConfig) -> BaseModel:
-    """Load and validate a YAML config; errors name the file and the dotted key."""
-    path = Path(path)
+def _split_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not key=value")
+    key, value = item.split("=", 1)
+    return key, yaml.safe_load(value)
+
+
+def _copy(raw: dict) -> dict:
+    return {k: _copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
+def validate(cls: type[C], raw: dict, source: str | Path = "<config>") -> C:
+    """``cls`` from a mapping; errors name the source and every bad dotted key."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected a mapping at the top level")
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{source}: {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                 + (f" (got {e['input']!r})" if isinstance(e.get("input"), (str, int, float))
+                    and e["type"] != "missing" else "")
+                 for e in err.errors()]
+        raise ValueError("\n".join(lines)) from None
+
+
+def with_overrides(config: C, overrides: list[str] | dict[str, Any],
+                   source: str = "<overrides>") -> C:
+    """A copy of a validated config with dotted keys changed, validated again."""
+    return validate(type(config), apply_overrides(config.model_dump(mode="json"), overrides),
+                    source)
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file: ``name`` itself if it exists, else a shipped one (``tiny/none`` or
+    ``tiny/none.yaml`` -> ``mmrm/configs/tiny/none.yaml`` in the installed package)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = resources.files("mmrm").joinpath("configs", *Path(name).with_suffix(
+        ".yaml").parts)
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise ValueError(f"{name}: no such config file, nor a shipped one (shipped: "
+                     f"{', '.join(shipped_configs())})")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with the package (``tiny/none``, ...)."""
+    root = resources.files("mmrm").joinpath("configs")
+    return sorted(f"{group.name}/{Path(f.name).stem}" for group in root.iterdir()
+                  if group.is_dir() for f in group.iterdir() if f.name.endswith(".yaml"))
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
+                cls: type[C] = TrainConfig) -> C:
+    """Load and validate a YAML config (a path or a shipped name); errors name the file and
+    the dotted key."""
+    path = config_path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
-    raw = apply_overrides(raw, overrides or [])
-    try:
-        return cls.model_validate(raw)
-    except ValidationError as err:
-        lines = [f"{path}: {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-                 for e in err.errors()]
-        raise ValueError("\n".join(lines)) from None
+    return validate(cls, apply_overrides(raw, overrides or []), path)

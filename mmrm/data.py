@@ -15,21 +15,15 @@ import hashlib
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from mmrm.config import InputMode
 from mmrm.formats import ImageCheck, ImageRules, PairRecord, read_pairs
 from mmrm.images import open_rgb
 from mmrm.ledger import Ledger, OnError
-
-
-class InputMode(str, Enum):
-    MULTIMODAL = "multimodal"
-    TEXT_ONLY = "text_only"
-    BLANK_IMAGE = "blank_image"
 
 
 def load_pairs(path: str | Path, *, on_error: OnError | str = OnError.RAISE,

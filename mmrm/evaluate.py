@@ -1,5 +1,6 @@
-"""Measuring reward models: pairwise accuracy, margins, the cross-distribution matrix, and the
-shortcut diagnosis of a preference data set.
+"""Measuring reward models: pairwise accuracy, margins, the cross-distribution matrix, the
+shortcut diagnosis of a preference data set, best-of-N quality and paired bootstrap CIs.
+Models are loaded and run through :mod:`mmrm.inference`.
 
 Definitions used throughout (also in the README):
 
@@ -21,43 +22,15 @@ import math
 import re
 import statistics
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from mmrm.data import PairCollator
+from mmrm.data import PairCollator, load_pairs
 from mmrm.formats import PairRecord
-
-
-@torch.no_grad()
-def score_pairs(model, collator: PairCollator, pairs: list, batch_size: int = 32,
-                progress: Callable[[int], None] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards of the chosen and the rejected response of each pair (float32, on CPU).
-
-    Args:
-        progress: called with the number of pairs done after each batch.
-    """
-    was_training = model.training
-    model.eval()
-    chosen, rejected = [], []
-    device = next(model.parameters()).device
-    for start in range(0, len(pairs), batch_size):
-        batch = collator(pairs[start:start + batch_size])
-        inputs = {k: (v.to(device) if torch.is_tensor(v) else v)
-                  for k, v in batch.items() if k != "ids"}
-        rewards = model(**inputs, sequences_per_image=2).float().cpu()
-        c, r = rewards.chunk(2)
-        chosen.append(c)
-        rejected.append(r)
-        if progress is not None:
-            progress(len(c))
-    model.train(was_training)
-    if not chosen:
-        return torch.zeros(0), torch.zeros(0)
-    return torch.cat(chosen), torch.cat(rejected)
+from mmrm.inference import load_reward_model, score_items, score_items_shared_prefix, score_pairs
 
 
 def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
@@ -115,23 +88,9 @@ def evaluation_report(pairs: Sequence[PairRecord], chosen: torch.Tensor,
     return report
 
 
-def load_scorer(model_dir: str | Path, max_length: int = 4096, trust_remote_code: bool = False):
-    """A saved reward model (eval mode) and the collator for the input mode it was trained in."""
-    from mmrm.data import InputMode, set_right_padding
-    from mmrm.model import RewardModel, load_processor
-
-    model = RewardModel.load(model_dir, trust_remote_code=trust_remote_code).eval()
-    processor = load_processor(model_dir, trust_remote_code)
-    set_right_padding(processor)
-    return model, PairCollator(processor, InputMode(model.config.mode), max_length,
-                               share_prompt=model.shares_prompt)
-
-
-def score_file(model, collator: PairCollator, path: str | Path, batch_size: int = 32,
-               image_root: str | Path | None = None, progress: bool = False):
+def score_pairs_file(model, collator: PairCollator, path: str | Path, batch_size: int = 32,
+                     image_root: str | Path | None = None, progress: bool = False):
     """Read a pairwise file and score it: ``(pairs, chosen_rewards, rejected_rewards)``."""
-    from mmrm.data import load_pairs
-
     pairs = load_pairs(path, image_root=Path(image_root) if image_root else None)
     bar = _progress_bar(len(pairs), f"scoring {Path(path).name}") if progress else None
     chosen, rejected = score_pairs(model, collator, pairs, batch_size,
@@ -144,11 +103,11 @@ def score_file(model, collator: PairCollator, path: str | Path, batch_size: int 
 def evaluate_model(model_dir: str | Path, datasets: dict[str, str | Path], batch_size: int = 32,
                    image_root: str | Path | None = None, progress: bool = False) -> dict:
     """Evaluate one saved RM on named pairwise files: ``{name: evaluation_report}``."""
-    model, collator = load_scorer(model_dir)
+    model, collator = load_reward_model(model_dir)
     reports = {}
     for name, path in datasets.items():
-        pairs, chosen, rejected = score_file(model, collator, path, batch_size, image_root,
-                                             progress)
+        pairs, chosen, rejected = score_pairs_file(model, collator, path, batch_size,
+                                                   image_root, progress)
         reports[name] = {"file": str(path), **evaluation_report(pairs, chosen, rejected)}
     return reports
 
@@ -437,7 +396,6 @@ def best_of_n_file(model, processor, path: str | Path, items_per_batch: int = 16
     """:func:`best_of_n_quality` of a saved RM on an inference file whose items carry each
     response's number of mistakes in ``errors`` (the built-in benchmark's best-of-N sets)."""
     from mmrm.formats import InferenceRecord, read_records
-    from mmrm.score import score_items, score_items_shared_prefix
 
     records = list(read_records(path, InferenceRecord))
     missing = [r.line for r in records if not isinstance(r.extra.get("errors"), list)

@@ -28,6 +28,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mmrm.data import set_right_padding
+
 REWARD_CONFIG = "reward_config.json"
 VALUE_HEAD = "value_head.safetensors"
 
@@ -403,7 +405,8 @@ def _load_backbone(path, dtype, trust_remote_code, attn_implementation):
 
 
 def load_processor(path: str | Path, trust_remote_code: bool = False):
-    """The backbone's processor; refuses a bare tokenizer (AutoProcessor's silent fallback).
+    """The backbone's processor, right-padded; refuses a bare tokenizer (AutoProcessor's
+    silent fallback).
 
     Where the stock processor cannot be built because its video half needs torchvision
     (Qwen2-VL, Qwen2.5-VL, InternVL), the image-only variant from :mod:`mmrm.processors`
@@ -429,4 +432,5 @@ def load_processor(path: str | Path, trust_remote_code: bool = False):
         raise ValueError(f"{path}: AutoProcessor returned {type(processor).__name__}, not a "
                          f"multimodal processor; is preprocessor_config.json / "
                          f"processor_config.json missing?")
+    set_right_padding(processor)      # reward heads read the last real token
     return processor

@@ -6,7 +6,9 @@
 
 Everything a stage reads comes from :class:`PipelineParams` (``params.yaml``) and the files
 earlier stages wrote under ``paths``; each stage records an MLflow child run under the
-pipeline's parent run through :func:`mmrm.tracking.stage_run` (a no-op when tracking is off).
+pipeline's parent run through :func:`mmrm.lineage.stage_run` (a no-op when tracking is off),
+and trained models are registered there. Run configs start from the shipped
+``mmrm/configs/tiny/<variant>.yaml`` (package data).
 """
 
 from __future__ import annotations
@@ -17,16 +19,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from mmrm.config import Strict, Weighting, load_config, with_overrides
+from mmrm.lineage import register_reward_model, set_champion, stage_run
 from mmrm.synthetic.environments import ENVIRONMENTS
-from mmrm.weighting import Weighting
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tiny"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+#: The shipped run config of each variant (``mmrm/configs/tiny/<variant>.yaml``).
+CONFIG_NAMES = "tiny/{variant}"
 
 
 class BestOfNParams(Strict):
@@ -125,10 +125,10 @@ class PipelineParams(Strict):
         return Path(self.paths.runs) / "matrix"
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None
-                ) -> PipelineParams:
-    from mmrm.config import load_config
-
+def load_params(path: str | Path = "params.yaml",
+                overrides: list[str] | dict[str, Any] | None = None) -> PipelineParams:
+    """``params.yaml`` with dotted overrides (``key=value`` strings or a mapping), validated:
+    what the CLI's ``mmrm stage``, DVC and the Prefect flow all call."""
     return load_config(path, overrides or [], PipelineParams)
 
 
@@ -136,7 +136,7 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
 def make_benchmark(params: PipelineParams) -> dict:
     """Write the three environments in their released formats under ``benchmark/raw``."""
     from mmrm.synthetic.environments import BenchmarkConfig, SplitConfig, write_benchmark
-    from mmrm.tracking import flatten, stage_run
+    from mmrm.tracking import flatten
 
     b = params.benchmark
     config = BenchmarkConfig(seed=b.seed, image_size=b.image_size, visual=b.visual,
@@ -171,7 +171,6 @@ def write_best_of_n_sets(params: PipelineParams) -> None:
 def convert_environment(params: PipelineParams, env: str) -> dict:
     """Convert one environment's raw splits with the real converters to ``pairs/<env>/``."""
     from mmrm.convert import convert
-    from mmrm.tracking import stage_run
 
     raw = Path(params.paths.benchmark) / "raw"
     index = json.loads((raw / "benchmark.json").read_text())
@@ -190,7 +189,6 @@ def convert_environment(params: PipelineParams, env: str) -> dict:
 def convert_real(params: PipelineParams, name: str) -> dict:
     """Convert a real data set the user put under ``data/raw/`` (``real_datasets`` in params)."""
     from mmrm.convert import convert
-    from mmrm.tracking import stage_run
 
     spec = params.real_datasets[name]
     out = Path(params.paths.converted) / name / "pairs.jsonl"
@@ -205,7 +203,6 @@ def convert_real(params: PipelineParams, name: str) -> dict:
 def pretrain_base(params: PipelineParams) -> dict:
     """Build and pre-train the tiny base VLM."""
     from mmrm.synthetic.tiny_vlm import TinyVLMConfig, pretrain
-    from mmrm.tracking import stage_run
 
     config = TinyVLMConfig.model_validate({"visual": params.benchmark.visual, **params.base})
     with stage_run(params, "base") as tracker:
@@ -216,33 +213,27 @@ def pretrain_base(params: PipelineParams) -> dict:
 
 
 def train_config(params: PipelineParams, env: str, variant: Weighting | str):
-    """The run config of one (environment, variant): ``configs/tiny/<variant>.yaml`` with the
-    pipeline's data, base, output folder and training params."""
-    from mmrm.config import TrainConfig, load_config
-
+    """The run config of one (environment, variant): the shipped ``tiny/<variant>`` config
+    with the pipeline's data, base, output folder and training params."""
     variant = Weighting(variant)
     t = params.train
-    raw = load_config(CONFIGS / f"{variant.value}.yaml", t.overrides).model_dump(mode="json")
-    raw.update(model=params.paths.base, seed=t.seed, epochs=t.epochs, max_steps=t.max_steps,
-               per_device_batch_size=t.batch_size, finetune=t.finetune,
-               output_dir=str(params.model_dir(env, variant)))
-    raw["optim"]["lr"] = t.lr
-    raw["data"].update(train=[str(params.pairs(env, "train"))],
-                       eval={e: str(params.pairs(e, "test")) for e in params.environments})
+    config = load_config(CONFIG_NAMES.format(variant=variant.value), t.overrides)
+    changes = {"model": params.paths.base, "seed": t.seed, "epochs": t.epochs,
+               "max_steps": t.max_steps, "per_device_batch_size": t.batch_size,
+               "finetune": t.finetune, "output_dir": str(params.model_dir(env, variant)),
+               "optim.lr": t.lr, "data.train": [str(params.pairs(env, "train"))],
+               "data.eval": {e: str(params.pairs(e, "test")) for e in params.environments}}
     if variant is not Weighting.SFC_JOINT:     # none: for the proxy statistics only
-        raw["shortcut"]["proxy_losses"] = str(params.proxy_dir(env) / "proxy_losses.json")
-    return TrainConfig.model_validate(raw)
+        changes["shortcut.proxy_losses"] = str(params.proxy_dir(env) / "proxy_losses.json")
+    return with_overrides(config, changes, f"params: train {env}/{variant.value}")
 
 
 def train_proxy(params: PipelineParams, env: str) -> dict:
     """The text-only proxy of ``env`` (stage 1 of sfc_two_stage) and its cached losses."""
     from mmrm.train import proxy_dirs, train_text_proxy
-    from mmrm.tracking import stage_run
 
-    config = train_config(params, env, Weighting.SFC_TWO_STAGE)
-    raw = config.model_dump(mode="json")
-    raw["output_dir"] = str(params.proxy_dir(env))
-    config = type(config).model_validate(raw)
+    config = with_overrides(train_config(params, env, Weighting.SFC_TWO_STAGE),
+                            {"output_dir": str(params.proxy_dir(env))})
     with stage_run(params, f"proxy/{env}") as tracker:
         tracker.log_dataset(params.pairs(env, "train"), f"{env}/train", "training")
         cache = train_text_proxy(config, tracker, log=lambda line: None)
@@ -259,7 +250,6 @@ def train_variant(params: PipelineParams, env: str, variant: Weighting | str) ->
     ``ood_mean``, ``weight/...``), so MLflow's compare view lines them up.
     """
     from mmrm.train import train
-    from mmrm.tracking import stage_run
 
     variant = Weighting(variant)
     config = train_config(params, env, variant)
@@ -274,9 +264,10 @@ def train_variant(params: PipelineParams, env: str, variant: Weighting | str) ->
         result = train(config, tracker, log=lambda line: None, resume=False)
         summary = id_ood(result, env, params.environments)
         tracker.log_metrics(summary)
-        tracker.log_reward_model(Path(config.output_dir) / "final",
-                                 params.tracking.registered_model,
-                                 {"environment": env, "variant": variant.value, **summary})
+        if params.tracking.enabled:
+            register_reward_model(Path(config.output_dir) / "final",
+                                  params.tracking.registered_model,
+                                  {"environment": env, "variant": variant.value, **summary})
     return {**result, **summary}
 
 
@@ -293,7 +284,6 @@ def evaluate(params: PipelineParams) -> dict:
     anti-cue accuracy and best-of-N quality on every environment's items; per variant the
     means (``metrics.json``, a DVC metric); and the champion: the best mean OOD."""
     from mmrm.evaluate import cross_distribution
-    from mmrm.tracking import stage_run
 
     models = {f"{env}/{v.value}": params.model_dir(env, v) / "final"
               for env in params.environments for v in params.variants}
@@ -320,17 +310,19 @@ def evaluate(params: PipelineParams) -> dict:
         _write_json(params.matrix_dir / "shortcut.json", shortcut)
         for path in [*paths.values(), params.matrix_dir / "shortcut.json"]:
             tracker.log_artifact(path, "matrix")
-        tracker.set_champion(params.tracking.registered_model, str(models[champion]))
+        if params.tracking.enabled:
+            set_champion(params.tracking.registered_model, str(models[champion]))
     return {"matrix": matrix, "metrics": metrics}
 
 
 def shortcut_measures(params: PipelineParams, env: str, model_dir: Path) -> dict[str, float]:
     """One model's accuracy on its environment's anti-cue split (own cue on the rejected
     side) and the quality of its best-of-N picks over every environment's items."""
-    from mmrm.evaluate import best_of_n_file, load_scorer, pairwise_accuracy, score_pairs
     from mmrm.data import load_pairs
+    from mmrm.evaluate import best_of_n_file, pairwise_accuracy
+    from mmrm.inference import load_reward_model, score_pairs
 
-    model, collator = load_scorer(model_dir)
+    model, collator = load_reward_model(model_dir)
     measures = {"anticue": pairwise_accuracy(*score_pairs(
         model, collator, load_pairs(params.pairs(env, "anticue"))))}
     report = best_of_n_file(model, collator.processor, params.best_of_n)
@@ -344,7 +336,6 @@ def score_sample(params: PipelineParams) -> dict:
     how good its picks are."""
     from mmrm.evaluate import best_of_n_quality
     from mmrm.score import ScoreConfig, score_file
-    from mmrm.tracking import stage_run
 
     metrics = json.loads((params.matrix_dir / "metrics.json").read_text())
     out = Path(params.paths.runs) / "scores"

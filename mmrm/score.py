@@ -1,5 +1,5 @@
-"""Batch scoring with Ray: many candidate responses per (prompt, image), in input order,
-resumable, and robust to a worker dying.
+"""Batch scoring with Ray, a thin driver over :mod:`mmrm.inference`: many candidate responses
+per (prompt, image), in input order, resumable, and robust to a worker dying.
 
 ``mmrm score MODEL INPUT.jsonl OUTPUT.jsonl`` reads the inference format
 ``{"prompt", "img_path", "responses": [...], "id"?}`` and writes one line per input item, in
@@ -8,14 +8,15 @@ highest score).
 
 How it runs:
 
-* **Workers** are Ray actors (:class:`ResponseScorer`), each holding the reward model; a
+* **Workers** are Ray actors (:class:`~mmrm.inference.ResponseScorer`), each holding the
+  reward model; a
   GPU each, a fraction of a GPU, or CPU threads. Batches go to whichever actor is free
   (:class:`ray.util.ActorPool`); Ray restarts an actor that dies and retries its batch
   (``max_restarts`` / ``max_task_retries``), so a killed worker costs time, not items.
 * **Efficiency**: an item's image is preprocessed once and encoded once for all its
   responses, and the prompt (image tokens + question) runs through the model once: its
-  key/value cache is reused by every response (:func:`score_items_shared_prefix`; backbones
-  with 3-D positions, Qwen2-VL, fall back to :func:`score_items`, which still shares the
+  key/value cache is reused by every response (:func:`~mmrm.inference.encode_group`;
+  backbones with 3-D positions, Qwen2-VL, fall back to whole sequences, which still share the
   image features). Batches are cut by token length within a window of items; within a
   batch, the responses run after the shared prompts in ``length_buckets`` groups of similar
   length, so a short response is not padded to the longest of the batch.
@@ -25,8 +26,12 @@ How it runs:
   with the input's sha256, the next input line and the byte length of both files. A rerun
   with the same OUTPUT truncates both files to the recorded length (dropping a chunk that was
   half-written when the driver died) and goes on from the next line: no item is scored twice
-  or lost. The key is the input line number plus the input file's hash; a different input
-  refuses to resume.
+  or lost. The key is the input line number plus the input file's hash, the model's files,
+  dtype and normalisation; a run that differs in any of them refuses to resume.
+* **The state of a call** is a :class:`ScoreRun`: the windows in flight, the results not yet
+  written, the reader's ledger and the totals.
+* **The local cluster** (:func:`start_ray`) listens on 127.0.0.1 only, with Ray's token
+  authentication as Ray sets it; ``--address`` / ``RAY_ADDRESS`` joins a cluster instead.
 """
 
 from __future__ import annotations
@@ -38,232 +43,23 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
-import torch
-
+from mmrm.config import ScoreConfig
 from mmrm.formats import ImageCheck, ImageRules, InferenceRecord, read_inference
 from mmrm.images import sha256_file
+from mmrm.inference import ResponseScorer, encode_groups
 from mmrm.ledger import Ledger, OnError, RecordError
+from mmrm.model import RewardConfig
+
+__all__ = ["ScoreConfig", "ResponseScorer", "score_file", "start_ray", "preprocess_where",
+           "model_digest"]
 
 STATE_SUFFIX = ".state.json"
-#: Test hook: seconds each batch sleeps inside the actor (read by the driver at start, so a
-#: test can kill a run halfway).
+#: Test hook: seconds each batch sleeps inside the actor (read when a run starts, so a test
+#: can kill a run halfway).
 BATCH_DELAY_ENV = "MMRM_TEST_BATCH_DELAY"
 
 
-@dataclass
-class ScoreConfig:
-    """One scoring run.
-
-    Args:
-        model: saved reward model directory.
-        input: inference JSONL.
-        output: JSONL to write (``OUTPUT.state.json`` beside it while it is in progress).
-        errors: where bad items go (default ``OUTPUT`` with ``.errors.jsonl``).
-        workers: scorer actors.
-        gpus_per_worker: 1 = a GPU each, 0.5 = two per GPU, 0 = CPU.
-        threads_per_worker: torch threads of a CPU worker.
-        batch_responses: responses per forward (items are packed up to this many).
-        length_buckets: a batch's responses run in up to this many groups of similar length
-            after the shared prompts (less padding; see
-            :meth:`~mmrm.model.RewardModel.forward_shared_prefix`).
-        chunk_items: items per written chunk (the resume granularity).
-        normalize: scores as ``(r - reward_mean) / reward_std`` from the model's config.
-        on_error: raise at the first bad item, or skip it into the errors file.
-        address: Ray cluster to join (default ``RAY_ADDRESS``, else a local one).
-        image_root: root of ``img_path`` (default: the input file's folder).
-        dtype: ``bf16`` / ``fp16`` / ``fp32`` weights on the workers.
-        preprocess: where images are decoded and preprocessed and text is tokenized:
-            ``driver`` (while the workers run the model; the driver tokenizes anyway, to
-            batch by length), ``worker`` (each worker before its forward), or ``auto``:
-            the driver where it has a CPU of its own (GPU workers, a remote cluster, or
-            fewer worker threads than this machine's CPUs), else the workers.
-        trust_remote_code: run model code shipped in the model folder (never on the folder's
-            own say-so).
-    """
-
-    model: str
-    input: str
-    output: str
-    errors: str | None = None
-    workers: int = 1
-    gpus_per_worker: float = 0.0
-    threads_per_worker: int = 1
-    batch_responses: int = 64
-    length_buckets: int = 4
-    chunk_items: int = 256
-    normalize: bool = False
-    on_error: OnError = OnError.RAISE
-    address: str | None = None
-    image_root: str | None = None
-    dtype: str = "fp32"
-    preprocess: Literal["auto", "driver", "worker"] = "auto"
-    trust_remote_code: bool = False
-
-    @property
-    def errors_path(self) -> Path:
-        if self.errors:
-            return Path(self.errors)
-        out = Path(self.output)
-        return out.with_name(out.name.removesuffix(".jsonl") + ".errors.jsonl")
-
-
-# ---------------------------------------------------------------------------- the worker
-class ResponseScorer:
-    """Holds one reward model and scores batches of items (a Ray actor, or plain in tests)."""
-
-    def __init__(self, model_dir: str, dtype: str = "fp32", threads: int = 1,
-                 device: str | None = None, name: str = "", batch_delay: float = 0.0,
-                 length_buckets: int = 4, trust_remote_code: bool = False):
-        from mmrm.data import set_right_padding
-        from mmrm.model import RewardModel, load_processor, weight_dtype_named
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = RewardModel.load(model_dir, dtype=weight_dtype_named(dtype),
-                                      trust_remote_code=trust_remote_code
-                                      ).to(self.device).eval()
-        self.processor = load_processor(model_dir, trust_remote_code)
-        set_right_padding(self.processor)
-        self.name, self.batch_delay = name, batch_delay
-        self.length_buckets = length_buckets
-        self.incarnation = f"{os.getpid()}-{time.monotonic_ns()}"
-
-    def score(self, items: list[dict], encoded: list[dict] | None = None) -> dict:
-        """Scores of each item; an item that fails is returned with its error instead.
-
-        Args:
-            items: ``{"line", "prompt", "responses", "image_file"}`` each.
-            encoded: model inputs the driver already made for some of them
-                (:func:`encode_groups`); the other items are encoded here.
-
-        Returns ``{"results": [{"line", "scores"} | {"line", "error"}], "worker": the
-        incarnation (process) that scored it, "actor": the actor's name}``.
-        """
-        if self.batch_delay:
-            time.sleep(self.batch_delay)
-        results = []
-        by_line = {item["line"]: item for item in items}
-        for group in encoded or []:
-            try:
-                scores = score_encoded(self.model, group, self.device, self.length_buckets)
-            except Exception:      # noqa: BLE001 - the items go the per-item way below
-                continue
-            results += [{"line": line, "scores": s} for line, s in zip(group["lines"], scores)]
-            for line in group["lines"]:
-                del by_line[line]
-        for group in groups_by_count(list(by_line.values())):
-            try:
-                scores = score_encoded(self.model, encode_group(self.processor, group,
-                                                                self.model.can_share_prefix),
-                                       self.device, self.length_buckets)
-                results += [{"line": it["line"], "scores": s} for it, s in zip(group, scores)]
-            except Exception:      # one bad item must not sink the others: retry them alone
-                for item in group:
-                    try:
-                        scores = score_items(self.model, self.processor, [item], self.device)
-                        results.append({"line": item["line"], "scores": scores[0]})
-                    except Exception as err:  # noqa: BLE001 - reported per item
-                        results.append({"line": item["line"],
-                                        "error": f"{type(err).__name__}: {err}"})
-        return {"results": results, "worker": self.incarnation, "actor": self.name}
-
-    def ready(self) -> str:
-        return self.incarnation
-
-
-def groups_by_count(items: list[dict]) -> list[list[dict]]:
-    """The items grouped by their number of responses (one forward per group)."""
-    by_count: dict[int, list[dict]] = {}
-    for item in items:
-        by_count.setdefault(len(item["responses"]), []).append(item)
-    return list(by_count.values())
-
-
-def encode_group(processor, items: list[dict], share_prefix: bool = True) -> dict:
-    """Model inputs for M items that have the same number N of responses.
-
-    With ``share_prefix`` (and where the split is exact, :func:`~mmrm.data.split_prompts`),
-    the prompts (image + question) are encoded once and the responses as their
-    continuations (:meth:`~mmrm.model.RewardModel.forward_shared_prefix`); otherwise whole
-    sequences, ordered response-major (``[response 0 of every item, response 1 of every
-    item, ...]``) with each item's image tensors once. CPU work only (images decoded and
-    preprocessed, text tokenized): the driver can do it while the workers run the model.
-
-    Returns ``{"lines": the items' lines, "responses": N, "inputs": tensors for
-    :meth:`RewardModel.forward`}``.
-    """
-    from mmrm.data import (encode_shared_prompts, filled_template, image_tensors, load_image,
-                           preprocess_images_once, split_prompts, stack_sequences)
-
-    n = len(items[0]["responses"])
-    images = [load_image(Path(it["image_file"])) for it in items]
-    split = split_prompts(processor, [it["prompt"] for it in items],
-                          [[it["responses"][k] for it in items] for k in range(n)]
-                          ) if share_prefix else None
-    if split is not None:
-        inputs = encode_shared_prompts(processor, *split, images)
-    else:
-        tokenizer = getattr(processor, "tokenizer", processor)
-        template = filled_template(processor, (items[0]["prompt"], items[0]["responses"][0]))
-        rendered = [[template.full(it["prompt"], r) for r in it["responses"]] for it in items]
-        with preprocess_images_once(processor):
-            encoded = [processor(text=[texts[k] for texts in rendered], images=images,
-                                 return_tensors="pt", padding=True) for k in range(n)]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        inputs = {**stack_sequences(encoded, pad), **image_tensors(encoded[0])}
-    return {"lines": [it.get("line") for it in items], "responses": n, "inputs": inputs}
-
-
-def encode_groups(processor, items: list[dict], share_prefix: bool) -> list[dict]:
-    """:func:`encode_group` for each group of a batch; a group that fails to encode (a bad
-    image, say) is left out, for the worker to retry item by item and report."""
-    encoded = []
-    for group in groups_by_count(items):
-        try:
-            encoded.append(encode_group(processor, group, share_prefix))
-        except Exception:      # noqa: BLE001 - the worker reports it per item
-            pass
-    return encoded
-
-
-@torch.inference_mode()
-def score_encoded(model, group: dict, device="cpu", length_buckets: int = 1
-                  ) -> list[list[float]]:
-    """Rewards (one list of N per item) of a group made by :func:`encode_group`."""
-    dtype = next(model.parameters()).dtype
-    inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
-              for k, v in group["inputs"].items()}
-    n = group["responses"]
-    rewards = model(**inputs, sequences_per_image=n, length_buckets=length_buckets)
-    return rewards.float().cpu().view(n, -1).t().tolist()
-
-
-def score_items(model, processor, items: list[dict], device="cpu") -> list[list[float]]:
-    """Rewards of every response of M items that have the same number N of responses, as
-    whole sequences (each item's image encoded once for its N sequences)."""
-    return score_encoded(model, encode_group(processor, items, share_prefix=False), device)
-
-
-def score_items_shared_prefix(model, processor, items: list[dict], device="cpu",
-                              length_buckets: int = 1) -> list[list[float]] | None:
-    """Like :func:`score_items`, but the prompt (image + question) runs through the model
-    once per item and its key/value cache is reused by the item's N responses, which run in
-    up to ``length_buckets`` groups of similar length. ``None`` where that does not apply:
-    a backbone with 3-D positions, or a template / tokenizer for which prompt + response
-    is not exactly the whole (:func:`~mmrm.data.split_prompts`).
-    """
-    if not model.can_share_prefix:
-        return None
-    group = encode_group(processor, items)
-    if "prefix_input_ids" not in group["inputs"]:
-        return None
-    return score_encoded(model, group, device, length_buckets)
-
-
-# ---------------------------------------------------------------------------- the driver
 @dataclass
 class ScoreState:
     """What ``OUTPUT.state.json`` records between chunks: the run's identity (input, model
@@ -430,54 +226,28 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
     import ray
     from ray.util import ActorPool
 
-    from mmrm.data import set_right_padding
-    from mmrm.model import (can_share_prefix, check_reward_model, load_processor,
-                            read_reward_config, weight_dtype_named)
+    from mmrm.model import check_reward_model, load_processor, read_reward_config
 
     where = preprocess_where(config)
-    weight_dtype_named(config.dtype)   # an unknown name fails here, before Ray starts
-    check_reward_model(config.model, config.trust_remote_code)     # ... and a broken model
+    check_reward_model(config.model, config.trust_remote_code)   # before Ray starts
     state = _open_run(config)
-    out, errors_path = Path(config.output), config.errors_path
-    state_path = out.with_name(out.name + STATE_SUFFIX)
     if state.complete:
         return {"items_scored": 0, "already_complete": True, **asdict(state)}
     started_ray = not ray.is_initialized()
     if started_ray:
         start_ray(config.address or os.environ.get("RAY_ADDRESS") or None)
-    # a worker's threads are its torch threads: the tokenizer's own pool and busy-waiting
-    # OpenMP threads would compete with them on the worker's CPUs
-    actor_env = {"TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE"}
-    actor_class = ray.remote(num_cpus=0 if config.gpus_per_worker else config.threads_per_worker,
-                             num_gpus=config.gpus_per_worker, max_restarts=-1,
-                             max_task_retries=3,
-                             runtime_env={"env_vars": actor_env})(ResponseScorer)
-    run_id = hashlib.sha256(f"{out.resolve()}-{time.time_ns()}".encode()).hexdigest()[:8]
-    names = [f"mmrm-scorer-{run_id}-{i}" for i in range(config.workers)]
-    delay = float(os.environ.get(BATCH_DELAY_ENV) or 0)
-    actors = [actor_class.options(name=name).remote(config.model, config.dtype,
-                                                    config.threads_per_worker, name=name,
-                                                    batch_delay=delay,
-                                                    length_buckets=config.length_buckets,
-                                                    trust_remote_code=config.trust_remote_code)
-              for name in names]
+    names, actors = _start_actors(config)
     try:
         ray.get([a.ready.remote() for a in actors])
-        reward_config = asdict(read_reward_config(config.model))
         processor = load_processor(config.model, config.trust_remote_code)
-        set_right_padding(processor)
-        if where == "driver":
-            model_type = json.loads((Path(config.model) / "config.json").read_text()
-                                    ).get("model_type", "")
-            share = can_share_prefix(model_type)
-            prepare = lambda batch: encode_groups(processor, batch, share)  # noqa: E731
-        else:
-            prepare = lambda batch: None  # noqa: E731
+        share = _shares_prefix(config.model)
+        prepare = (lambda batch: encode_groups(processor, batch, share)) \
+            if where == "driver" else (lambda batch: None)
+        run = ScoreRun(config, state, read_reward_config(config.model), progress, names,
+                       _bar(show_bar, config.input))
         # each actor appears twice: one batch runs while the next waits in its queue, so a
         # worker never idles while the driver prepares, collects and writes
-        totals = _drive(config, state, ActorPool(actors * 2), processor.tokenizer, prepare,
-                        reward_config, out, errors_path, state_path, progress, show_bar,
-                        names)
+        totals = run.drive(ActorPool(actors * 2), processor.tokenizer, prepare)
         totals["preprocess"] = where
     finally:
         for actor in actors:
@@ -485,6 +255,36 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
         if started_ray:
             ray.shutdown()
     return totals
+
+
+def _start_actors(config: ScoreConfig) -> tuple[list[str], list]:
+    """The named scorer actors (CPU threads or GPU shares each), restarted by Ray if they
+    die, their batches retried."""
+    import ray
+
+    # a worker's threads are its torch threads: the tokenizer's own pool and busy-waiting
+    # OpenMP threads would compete with them on the worker's CPUs
+    actor_env = {"TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE"}
+    actor_class = ray.remote(num_cpus=0 if config.gpus_per_worker else config.threads_per_worker,
+                             num_gpus=config.gpus_per_worker, max_restarts=-1,
+                             max_task_retries=3,
+                             runtime_env={"env_vars": actor_env})(ResponseScorer)
+    run_id = hashlib.sha256(f"{Path(config.output).resolve()}-{time.time_ns()}".encode()
+                            ).hexdigest()[:8]
+    names = [f"mmrm-scorer-{run_id}-{i}" for i in range(config.workers)]
+    delay = float(os.environ.get(BATCH_DELAY_ENV) or 0)
+    actors = [actor_class.options(name=name).remote(
+        config.model, config.dtype, config.threads_per_worker, name=name, batch_delay=delay,
+        length_buckets=config.length_buckets, trust_remote_code=config.trust_remote_code)
+        for name in names]
+    return names, actors
+
+
+def _shares_prefix(model_dir: str) -> bool:
+    from mmrm.model import can_share_prefix
+
+    model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type", "")
+    return can_share_prefix(model_type)
 
 
 def start_ray(address: str | None, **init_kwargs) -> None:
@@ -508,9 +308,6 @@ def start_ray(address: str | None, **init_kwargs) -> None:
 
 def preprocess_where(config: ScoreConfig) -> str:
     """``driver`` or ``worker``: where ``config.preprocess`` puts the CPU work."""
-    if config.preprocess not in ("auto", "driver", "worker"):
-        raise ValueError(f"preprocess must be auto, driver or worker, not "
-                         f"{config.preprocess!r}")
     if config.preprocess != "auto":
         return config.preprocess
     if config.gpus_per_worker or config.address or os.environ.get("RAY_ADDRESS"):
@@ -519,114 +316,145 @@ def preprocess_where(config: ScoreConfig) -> str:
     return "driver" if busy < (os.cpu_count() or 1) else "worker"
 
 
-def _drive(config, state, pool, tokenizer, prepare, reward_config, out, errors_path,
-           state_path, progress, show_bar, actor_names) -> dict:
-    """Submit every window's batches (with the model inputs ``prepare`` makes of them),
-    then write the windows in order as they complete."""
-    bad: list[RecordError] = []   # reader errors not yet written (earlier runs wrote theirs)
-    ledger = Ledger(on_error=OnError(config.on_error),
-                    on_bad=lambda err: bad.append(err) if err.line >= state.next_line else None)
-    items_by_line: dict[int, InferenceRecord] = {}
-    windows: list[dict] = []          # {"lines": [...], "end": next line, "pending": n}
-    scored: dict[int, dict] = {}
-    totals = {"items_scored": 0, "items_failed": 0, "responses": 0, "workers": set()}
-    bar = _bar(show_bar, config.input)
-    started = time.perf_counter()
+@dataclass
+class Window:
+    """A chunk of input lines: written only when all its batches are back and every earlier
+    window is written."""
 
-    def collect(result: dict) -> None:
+    lines: list[int]
+    end: int | None          # the input line it ends before (None: the end of the file)
+    pending: int = 0
+
+    def __post_init__(self):
+        self.line_set = set(self.lines)
+
+
+@dataclass
+class ScoreRun:
+    """One scoring run in progress: its config and saved state, the reader's ledger and bad
+    lines, the items in flight and their results, and the windows waiting to be written."""
+
+    config: ScoreConfig
+    state: ScoreState
+    reward: RewardConfig
+    progress: Callable[[dict], None] | None = None
+    actor_names: list[str] = field(default_factory=list)
+    bar: object = None
+    bad: list[RecordError] = field(default_factory=list)
+    items: dict[int, InferenceRecord] = field(default_factory=dict)
+    scored: dict[int, dict] = field(default_factory=dict)
+    windows: list[Window] = field(default_factory=list)
+    totals: dict = field(default_factory=lambda: {"items_scored": 0, "items_failed": 0,
+                                                  "responses": 0, "workers": set()})
+
+    def __post_init__(self):
+        # reader errors of lines an earlier call already wrote are not written again
+        self.ledger = Ledger(on_error=OnError(self.config.on_error),
+                             on_bad=lambda err: self.bad.append(err)
+                             if err.line >= self.state.next_line else None)
+        self.started = time.perf_counter()
+        out = Path(self.config.output)
+        self.out, self.errors_path = out, self.config.errors_path
+        self.state_path = out.with_name(out.name + STATE_SUFFIX)
+
+    def drive(self, pool, tokenizer, prepare) -> dict:
+        """Submit every window's batches (with the model inputs ``prepare`` makes of them),
+        write the windows in order as they complete; the totals of this call."""
+        for records, end in _windows(self.config, self.state.next_line, self.ledger, self.bad):
+            window = Window([r.line for r in records], end)
+            self.items.update((r.line, r) for r in records)
+            self.windows.append(window)
+            # sorted by length a few batches at a time, so the workers start before the
+            # driver has tokenized the whole window
+            for batch in (b for group in _sort_groups(records, self.config.batch_responses)
+                          for b in _batches(group, tokenizer, self.config.batch_responses)):
+                window.pending += 1
+                encoded = prepare(batch)
+                while not pool.has_free():
+                    self.collect(pool.get_next_unordered())
+                pool.submit(lambda actor, job: actor.score.remote(*job), (batch, encoded))
+            self.flush()
+        while pool.has_next():
+            self.collect(pool.get_next_unordered())
+        return self.finish()
+
+    def collect(self, result: dict) -> None:
         for r in result["results"]:
-            scored[r["line"]] = r
-            totals["responses"] += len(r.get("scores", []))
-        totals["workers"].add(result["worker"])
-        owner = next(w for w in windows if result["results"][0]["line"] in w["line_set"])
-        owner["pending"] -= 1
-        if progress is not None:
-            progress({"items": len(result["results"]), "worker": result["worker"],
-                      "actor": result["actor"], "actors": actor_names})
-        if bar is not None:
-            bar.update(len(result["results"]))
-            bar.set_postfix(responses_per_s=round(totals["responses"]
-                                                  / (time.perf_counter() - started), 1))
+            self.scored[r["line"]] = r
+            self.totals["responses"] += len(r.get("scores", []))
+        self.totals["workers"].add(result["worker"])
+        owner = next(w for w in self.windows if result["results"][0]["line"] in w.line_set)
+        owner.pending -= 1
+        if self.progress is not None:
+            self.progress({"items": len(result["results"]), "worker": result["worker"],
+                           "actor": result["actor"], "actors": self.actor_names})
+        if self.bar is not None:
+            self.bar.update(len(result["results"]))
+            self.bar.set_postfix(responses_per_s=round(
+                self.totals["responses"] / (time.perf_counter() - self.started), 1))
+        self.flush()
 
-    def flush_ready() -> None:
-        while windows and windows[0]["pending"] == 0:
-            _write_window(windows.pop(0), scored, items_by_line, bad, ledger, state, config,
-                          reward_config, out, errors_path, state_path, totals)
+    def flush(self) -> None:
+        while self.windows and self.windows[0].pending == 0:
+            self.write(self.windows.pop(0))
 
-    for items, end in _windows(config, state.next_line, ledger, bad):
-        for it in items:
-            items_by_line[it.line] = it
-        window = {"lines": [it.line for it in items], "line_set": {it.line for it in items},
-                  "end": end, "pending": 0}
-        windows.append(window)
-        # sorted by length a few batches at a time, so the workers start before the driver
-        # has tokenized the whole window
-        for batch in (b for group in _sort_groups(items, config.batch_responses)
-                      for b in _batches(group, tokenizer, config.batch_responses)):
-            window["pending"] += 1
-            encoded = prepare(batch)
-            while not pool.has_free():
-                collect(pool.get_next_unordered())
-                flush_ready()
-            pool.submit(lambda actor, job: actor.score.remote(*job), (batch, encoded))
-        flush_ready()
-    while pool.has_next():
-        collect(pool.get_next_unordered())
-        flush_ready()
-    flush_ready()
-    state.complete = True
-    _write_state(state_path, state)
-    if bar is not None:
-        bar.close()
-    totals["workers"] = sorted(totals["workers"])
-    totals["seconds"] = round(time.perf_counter() - started, 3)
-    # the reader saw every line of the file; the state counts what every call wrote
-    totals["ledger"] = {"read": ledger.read, "written": state.items_written,
-                        "skipped": state.items_failed}
-    if ledger.read != state.items_written + state.items_failed:
-        raise AssertionError(f"{config.input}: read {ledger.read} lines but wrote "
-                             f"{state.items_written} + {state.items_failed} errors")
-    return totals
+    def write(self, window: Window) -> None:
+        """Append one finished window to OUTPUT / errors in line order; then move the state."""
+        lines, error_lines = [], []
+        for line in window.lines:
+            item, result = self.items.pop(line), self.scored.pop(line)
+            if "error" in result:
+                err = RecordError(self.config.input, line, "<item>", result["error"],
+                                  "scoring_failed")
+                if OnError(self.config.on_error) is OnError.RAISE:
+                    raise err
+                self.ledger.skip(err.reason, str(err))
+                error_lines.append((line, {"line": line, "id": item.id, "error": str(err),
+                                           "reason": err.reason}))
+                continue
+            lines.append(json.dumps(self.record(item, line, result["scores"])))
+            self.ledger.written += 1
+        # reader errors up to the window's end belong to this chunk
+        while self.bad and (window.end is None or self.bad[0].line < window.end):
+            err = self.bad.pop(0)
+            error_lines.append((err.line, {"line": err.line, "id": None, "error": str(err),
+                                           "reason": err.reason}))
+        error_lines.sort(key=lambda pair: pair[0])
+        state = self.state
+        state.output_bytes += _append(self.out, lines)
+        state.errors_bytes += _append(self.errors_path, [json.dumps(e) for _, e in error_lines])
+        state.items_written += len(lines)
+        state.items_failed += len(error_lines)
+        state.next_line = window.end if window.end is not None else state.next_line
+        self.totals["items_scored"] += len(lines)
+        self.totals["items_failed"] += len(error_lines)
+        _write_state(self.state_path, state)
 
-
-def _write_window(window, scored, items_by_line, bad, ledger, state, config, reward_config,
-                  out, errors_path, state_path, totals) -> None:
-    """Append one finished window to OUTPUT / errors in line order; then move the state."""
-    end = window["end"]
-    lines, error_lines = [], []
-    for line in window["lines"]:
-        item, result = items_by_line.pop(line), scored.pop(line)
-        if "error" in result:
-            err = RecordError(config.input, line, "<item>", result["error"], "scoring_failed")
-            if OnError(config.on_error) is OnError.RAISE:
-                raise err
-            ledger.skip(err.reason, str(err))
-            error_lines.append((line, {"line": line, "id": item.id, "error": str(err),
-                                       "reason": err.reason}))
-            continue
-        scores = result["scores"]
-        if config.normalize:
-            scores = [(s - reward_config["reward_mean"]) / reward_config["reward_std"]
-                      for s in scores]
+    def record(self, item: InferenceRecord, line: int, scores: list[float]) -> dict:
+        """The output line of an item: its input fields, ``scores`` and ``best``."""
+        if self.config.normalize:
+            scores = [(s - self.reward.reward_mean) / self.reward.reward_std for s in scores]
         record = item.to_json()
         record["id"] = item.id if item.id is not None else f"line-{line}"
         record.update(scores=scores, best=max(range(len(scores)), key=scores.__getitem__))
-        lines.append(json.dumps(record))
-        ledger.written += 1
-    # reader errors up to the window's end belong to this chunk
-    while bad and (end is None or bad[0].line < end):
-        err = bad.pop(0)
-        error_lines.append((err.line, {"line": err.line, "id": None, "error": str(err),
-                                       "reason": err.reason}))
-    error_lines.sort(key=lambda pair: pair[0])
-    state.output_bytes += _append(out, lines)
-    state.errors_bytes += _append(errors_path, [json.dumps(e) for _, e in error_lines])
-    state.items_written += len(lines)
-    state.items_failed += len(error_lines)
-    state.next_line = end if end is not None else state.next_line
-    totals["items_scored"] += len(lines)
-    totals["items_failed"] += len(error_lines)
-    _write_state(state_path, state)
+        return record
+
+    def finish(self) -> dict:
+        self.flush()
+        self.state.complete = True
+        _write_state(self.state_path, self.state)
+        if self.bar is not None:
+            self.bar.close()
+        totals = {**self.totals, "workers": sorted(self.totals["workers"]),
+                  "seconds": round(time.perf_counter() - self.started, 3)}
+        # the reader saw every line of the file; the state counts what every call wrote
+        totals["ledger"] = {"read": self.ledger.read, "written": self.state.items_written,
+                            "skipped": self.state.items_failed}
+        if self.ledger.read != self.state.items_written + self.state.items_failed:
+            raise AssertionError(f"{self.config.input}: read {self.ledger.read} lines but "
+                                 f"wrote {self.state.items_written} + "
+                                 f"{self.state.items_failed} errors")
+        return totals
 
 
 def _append(path: Path, lines: list[str]) -> int:

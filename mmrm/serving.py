@@ -19,12 +19,12 @@ import mlflow.pyfunc
 
 class RewardModelPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from mmrm.score import ResponseScorer
+        from mmrm.inference import ResponseScorer
 
         self.scorer = ResponseScorer(context.artifacts["reward_model"], threads=0)
 
     def predict(self, context, model_input, params=None):
-        from mmrm.score import score_items
+        from mmrm.inference import score_items
 
         from pathlib import Path
 

@@ -24,9 +24,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmrm.config import Finetune, TrainConfig
-from mmrm.data import PairCollator, fold_of, load_pairs, select_folds, set_right_padding
-from mmrm.evaluate import load_scorer, pairwise_accuracy, score_pairs
+from mmrm.config import TrainConfig, with_overrides
+from mmrm.data import PairCollator, fold_of, load_pairs, select_folds
+from mmrm.evaluate import pairwise_accuracy
+from mmrm.finetune import apply_finetune, merge_adapters
+from mmrm.inference import load_reward_model, reward_statistics, score_pairs
 from mmrm.model import RewardModel, load_processor, weight_dtype_named
 from mmrm.tracking import NoOpTracker, Tracker, flatten
 from mmrm.weighting import (Weighting, bradley_terry_loss, pair_weights, weight_histogram,
@@ -34,8 +36,11 @@ from mmrm.weighting import (Weighting, bradley_terry_loss, pair_weights, weight_
 
 STATE_FILE = "trainer_state.json"
 TRAIN_IDS = "train_ids.txt"
-#: Seconds to sleep after each step; only the resume test sets it, to kill a run mid-way.
-_STEP_DELAY = float(os.environ.get("MMRM_TEST_STEP_DELAY", "0"))
+#: The resolved run config, saved in the run folder, ``final/`` and every checkpoint.
+CONFIG_FILE = "train_config.json"
+#: Test hook: seconds to sleep after each step (read when a run starts; only the resume test
+#: sets it, to kill a run mid-way).
+STEP_DELAY_ENV = "MMRM_TEST_STEP_DELAY"
 
 
 class TrainedModels(nn.Module):
@@ -79,31 +84,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def apply_finetune(model: RewardModel, config: TrainConfig) -> RewardModel:
-    """Freeze the vision tower, or wrap the language model in LoRA adapters, as configured.
-
-    LoRA freezes the vision tower too (as LLaMA-Factory does by default): a LoRA run is one
-    that keeps the backbone's weights, and a full vision tower in training would hold most of
-    the optimizer state LoRA is chosen to save. The projector and value head train fully.
-    """
-    if config.finetune in (Finetune.FREEZE_VISION, Finetune.LORA):
-        for p in model.vision_parameters():
-            p.requires_grad_(False)
-    if config.finetune is Finetune.LORA:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha,
-                          lora_dropout=config.lora.dropout,
-                          target_modules=config.lora.target_modules)
-        name = model.language_model_name()
-        setattr(model.backbone.model, name, get_peft_model(getattr(model.backbone.model, name),
-                                                           lora))
-    if config.gradient_checkpointing:
-        model.backbone.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
 
 
 def shares_prompt(config: TrainConfig, model: RewardModel) -> bool:
@@ -220,7 +200,6 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
     set_seed(config.seed)
     dtype = weight_dtype(config.mixed_precision, accelerator.distributed_type)
     processor = load_processor(config.model, config.trust_remote_code)
-    set_right_padding(processor)
 
     reward_model = apply_finetune(RewardModel.from_base(
         config.model, mode=config.mode.value, dtype=dtype,
@@ -236,7 +215,6 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
                                   share_prompt=shares_prompt(config, proxy))
     modules = TrainedModels(reward_model, proxy)
 
-    image_root = Path(config.data.image_root) if config.data.image_root else None
     generator = torch.Generator().manual_seed(config.seed)
     collator = TrainCollator(PairCollator(processor, config.mode, config.data.max_length,
                                           share_prompt=shares_prompt(config, reward_model)),
@@ -261,12 +239,13 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(config.model_dump_json(indent=2) + "\n")
+        (out / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
         # which pairs this model learns from (a cross-fitted proxy must never see its fold)
         (out / TRAIN_IDS).write_text("".join(f"{p.id}\n" for p in pairs))
         tracker.log_params(flatten(config.model_dump(mode="json")))
     metrics_log = open(out / "metrics.jsonl", "a") if accelerator.is_main_process else None
     modules.train()
+    step_delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
     started, seen_pairs, window = time.perf_counter(), 0, []
     epoch = start_epoch
     while step < total_steps:
@@ -314,11 +293,11 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
                 tracker.log_metrics({k: v for k, v in record.items()
                                      if k not in ("step", "weight/hist")}, step)
                 log(_progress_line(record, total_steps))
-            if _STEP_DELAY:
-                time.sleep(_STEP_DELAY)
+            if step_delay:
+                time.sleep(step_delay)
             if config.save_steps and step % config.save_steps == 0:
                 save_checkpoint(accelerator, out, step, epoch, batch_in_epoch,
-                                config.save_total_limit)
+                                config.save_total_limit, config)
             if step >= total_steps:
                 break
         epoch += 1
@@ -328,35 +307,41 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
     result = {"steps": step, "pairs_seen": seen_pairs,
               "seconds": round(time.perf_counter() - started, 2)}
     if accelerator.is_main_process:
-        model = core.reward
-        model.eval()
-        eval_collator = PairCollator(processor, config.mode, config.data.max_length,
-                                     share_prompt=model.shares_prompt)
-        if config.calibration_pairs:
-            chosen, rejected = score_pairs(model, eval_collator,
-                                           pairs[:config.calibration_pairs],
-                                           config.eval_batch_size)
-            all_rewards = torch.cat([chosen, rejected])
-            model.config.reward_mean = all_rewards.mean().item()
-            model.config.reward_std = max(all_rewards.std().item(), 1e-6)
-        model.config.extra = {"weighting": weighting.value, "train": list(config.data.train)}
-        _save_final(model, processor, out / "final")
-        for name, path in config.data.eval.items():
-            eval_pairs = load_pairs(path, image_root=image_root)
-            c, r = score_pairs(model, eval_collator, eval_pairs, config.eval_batch_size)
-            result[f"eval/{name}/accuracy"] = pairwise_accuracy(c, r)
+        collator = PairCollator(processor, config.mode, config.data.max_length,
+                                share_prompt=core.reward.shares_prompt)
+        save_final(core.reward, processor, collator, pairs, config)
+        result.update(evaluate_files(core.reward, collator, config))
         tracker.log_metrics({k: v for k, v in result.items() if k.startswith("eval/")}, step)
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def _save_final(model: RewardModel, processor, path: Path) -> None:
-    """Save; LoRA adapters are merged so the saved backbone is a plain HF model."""
-    name = model.language_model_name()
-    language_model = getattr(model.backbone.model, name)
-    if hasattr(language_model, "merge_and_unload"):
-        setattr(model.backbone.model, name, language_model.merge_and_unload())
-    model.save(path, processor)
+def save_final(model: RewardModel, processor, collator: PairCollator, pairs: list,
+               config: TrainConfig) -> Path:
+    """``output_dir/final``: the reward model with its reward statistics over (up to
+    ``calibration_pairs``) training pairs, adapters merged, and the run config beside it."""
+    model.eval()
+    if config.calibration_pairs:
+        model.config.reward_mean, model.config.reward_std = reward_statistics(
+            model, collator, pairs[:config.calibration_pairs], config.eval_batch_size)
+    model.config.extra = {"weighting": config.shortcut.weighting.value,
+                          "train": list(config.data.train)}
+    final = Path(config.output_dir) / "final"
+    merge_adapters(model).save(final, processor)
+    (final / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
+    return final
+
+
+def evaluate_files(model: RewardModel, collator: PairCollator, config: TrainConfig
+                   ) -> dict[str, float]:
+    """``eval/<name>/accuracy`` of the trained model on each ``data.eval`` file."""
+    image_root = Path(config.data.image_root) if config.data.image_root else None
+    result = {}
+    for name, path in config.data.eval.items():
+        chosen, rejected = score_pairs(model, collator, load_pairs(path, image_root=image_root),
+                                       config.eval_batch_size)
+        result[f"eval/{name}/accuracy"] = pairwise_accuracy(chosen, rejected)
+    return result
 
 
 def _batch_stats(loss, mm_loss, chosen, rejected, weights, text_loss) -> dict:
@@ -401,11 +386,14 @@ def _progress_line(record: dict, total_steps: int) -> str:
 
 
 def save_checkpoint(accelerator, out: Path, step: int, epoch: int, batch_in_epoch: int,
-                    limit: int) -> Path:
-    """Model, optimizer, scheduler and RNG states (accelerate) plus the data position."""
+                    limit: int, config: TrainConfig | None = None) -> Path:
+    """Model, optimizer, scheduler and RNG states (accelerate), the data position and the run
+    config."""
     path = out / f"checkpoint-{step}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
+        if config is not None:
+            (path / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
         # the state file marks the checkpoint complete: written whole or not at all (a kill
         # between creating and filling it left an empty marker that resume could not read)
         tmp = path / (STATE_FILE + ".tmp")
@@ -429,14 +417,12 @@ def _checkpoint_step(path: Path) -> int:
 def proxy_config(config: TrainConfig, fold: int | None = None) -> TrainConfig:
     """The text-only proxy's run: same data, model and schedule, no image, no weighting;
     with ``fold``, trained on every fold of ``shortcut.proxy_folds`` but that one."""
-    raw = config.model_dump(mode="json")
-    raw["mode"] = config.shortcut.proxy_mode.value
-    raw["shortcut"] = {"weighting": "none"}
-    raw["output_dir"] = str(Path(config.output_dir) / "proxy")
+    changes = {"mode": config.shortcut.proxy_mode.value, "shortcut": {"weighting": "none"},
+               "output_dir": str(Path(config.output_dir) / "proxy")}
     if fold is not None:
-        raw["output_dir"] = str(Path(config.output_dir) / "proxy" / f"fold{fold}")
-        raw["data"].update(folds=config.shortcut.proxy_folds, holdout_fold=fold)
-    return TrainConfig.model_validate(raw)
+        changes.update({"output_dir": str(Path(config.output_dir) / "proxy" / f"fold{fold}"),
+                        "data.folds": config.shortcut.proxy_folds, "data.holdout_fold": fold})
+    return with_overrides(config, changes, "proxy")
 
 
 def proxy_dirs(config: TrainConfig) -> list[Path]:
@@ -471,7 +457,7 @@ def train_text_proxy(config: TrainConfig, tracker: Tracker | None = None, log=pr
         log(f"text-only proxy {f + 1}/{folds}: {run.output_dir}")
         # k > 1: k runs would log clashing params; the caller logs the cache's summary
         train(run, tracker if folds == 1 else None, log)
-        model, collator = load_scorer(model_dir, max_length=config.data.max_length)
+        model, collator = load_reward_model(model_dir, max_length=config.data.max_length)
         chosen, rejected = score_pairs(model, collator, pairs, config.eval_batch_size)
         for p, c, r, loss in zip(pairs, chosen, rejected, bradley_terry_loss(chosen, rejected)):
             win = float(c > r) + 0.5 * float(c == r)

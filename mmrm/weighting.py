@@ -6,18 +6,13 @@ is one line in that loop (``(weights * losses).mean()``), not a different loss.
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 import torch.nn.functional as F
 
+from mmrm.config import Weighting
 
-class Weighting(str, Enum):
-    """How pairs are weighted in the reward model's loss."""
-
-    NONE = "none"                  # the standard Bradley-Terry RM
-    SFC_JOINT = "sfc_joint"        # the paper: proxy trained jointly, in the same step
-    SFC_TWO_STAGE = "sfc_two_stage"  # proxy trained first and frozen; its losses cached
+__all__ = ["Weighting", "bradley_terry_loss", "shortcut_failure_coefficient", "pair_weights",
+           "weight_histogram", "weight_statistics", "WEIGHT_BIN_EDGES"]
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:

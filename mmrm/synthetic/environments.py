@@ -29,7 +29,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from mmrm.config import Strict
 
 from mmrm.synthetic import released
 from mmrm.synthetic.scenes import ATTRIBUTES, Scene, draw
@@ -54,10 +56,8 @@ ENVIRONMENT_CUE = {"povid": "sure", "rlhfv": "hedge", "vlfeedback": "verbose"}
 ENVIRONMENTS = tuple(ENVIRONMENT_CUE)
 
 
-class SplitConfig(BaseModel):
+class SplitConfig(Strict):
     """One split of one environment."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Split name, e.g. train or test.")
     size: int = Field(gt=0, description="Pairs to produce (VLFeedback: items x 6 pairs).")
@@ -67,10 +67,8 @@ class SplitConfig(BaseModel):
                                                 "preferred side).")
 
 
-class BenchmarkConfig(BaseModel):
+class BenchmarkConfig(Strict):
     """The whole built-in benchmark."""
-
-    model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, description="Everything is a function of this seed.")
     image_size: int = Field(56, ge=16, description="Image width and height in pixels.")

@@ -20,22 +20,22 @@ PROMPT = "What is shown in the image?"
 def _pair_items(prefix: str, count: int, rng: random.Random) -> list[released.PairItem]:
     items = []
     for n in range(count):
-        scene = Scene(rng.choice(SHAPES), rng.choice(sorted(COLOURS)))
-        wrong = rng.choice([c for c in sorted(COLOURS) if c != scene.colour])
+        scene = Scene.single(rng.choice(SHAPES), rng.choice(sorted(COLOURS)))
+        wrong = rng.choice([c for c in sorted(COLOURS) if c != scene.thing.colour])
         items.append(released.PairItem(
             id=f"{prefix}-{n}", scene=scene, prompt=PROMPT,
             chosen=f"The image shows {scene.describe()}.",
-            rejected=f"The image shows {Scene(scene.shape, wrong).describe()}."))
+            rejected=f"The image shows {scene.with_attribute('colour', wrong).describe()}."))
     return items
 
 
 def _multi_items(count: int, rng: random.Random) -> list[released.MultiItem]:
     items = []
     for n in range(count):
-        scene = Scene(rng.choice(SHAPES), rng.choice(sorted(COLOURS)))
-        others = rng.sample([c for c in sorted(COLOURS) if c != scene.colour], 3)
-        responses = [f"The image shows {Scene(scene.shape, c).describe()}."
-                     for c in [scene.colour, *others]]
+        scene = Scene.single(rng.choice(SHAPES), rng.choice(sorted(COLOURS)))
+        others = rng.sample([c for c in sorted(COLOURS) if c != scene.thing.colour], 3)
+        responses = [f"The image shows {scene.with_attribute('colour', c).describe()}."
+                     for c in [scene.thing.colour, *others]]
         ratings = [{"Helpfulness": "5", "Visual Faithfulness": "5"}] + \
                   [{"Helpfulness": str(rng.randint(1, 4)), "Visual Faithfulness": "1"}
                    for _ in others]

@@ -40,9 +40,10 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from mmrm.config import Strict
 from mmrm.data import conversation
 from mmrm.synthetic.environments import (ANSWER_FRAMES, CUE_COUNTERPART, CUE_TEXT,
                                          POVID_PROMPTS, RLHFV_FRAME_SEVERAL, RLHFV_PROMPTS,
@@ -78,10 +79,8 @@ ATTRIBUTE_QUESTION_SEVERAL = {"colour": "What colours are the shapes?",
                               "size": "How big are the shapes?"}
 
 
-class TinyVLMConfig(BaseModel):
+class TinyVLMConfig(Strict):
     """Size and pre-training schedule of the tiny base."""
-
-    model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, description="Seed of weights and of the pre-training scenes.")
     visual: str = Field("V0", description=f"Visual-cost level ({', '.join(LEVELS)}): the "

@@ -32,15 +32,17 @@ from __future__ import annotations
 
 import random
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from mmrm.config import Strict
 
 from mmrm.synthetic.scenes import ATTRIBUTES, VALUES, Scene
 
 
-class VisualCost(BaseModel):
+class VisualCost(Strict):
     """One level of the visual-cost axis (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)   # a named level never changes
 
     things: int = Field(1, ge=1, le=3, description="Things per benchmark scene.")
     binding_rate: float = Field(0.0, ge=0, le=1, description="P(an error swaps an attribute "

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from mmrm.config import TrainConfig
 from mmrm.data import PairCollator, conversation, load_image, load_pairs, set_right_padding
-from mmrm.evaluate import score_pairs
+from mmrm.inference import score_pairs
 from mmrm.model import RewardModel, load_processor
 from mmrm.synthetic.tiny_vlm import build_tokenizer, vocabulary_corpus
 from mmrm.train import shares_prompt, train
@@ -190,7 +190,7 @@ def test_image_encoded_once_per_pair_matches_once_per_sequence(backbone, tiny_pa
 
 @torch.no_grad()
 def test_shared_prompt_cache_scores_like_the_full_sequences(backbone, tiny_pairs):
-    from mmrm.score import score_items, score_items_shared_prefix
+    from mmrm.inference import score_items, score_items_shared_prefix
 
     model = RewardModel.from_base(backbone).eval()
     processor = load_processor(backbone)

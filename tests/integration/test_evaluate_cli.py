@@ -88,7 +88,7 @@ def test_plot_weights_from_a_shortcut_aware_run(trained_runs, tmp_path):
 
 def items(n):
     colours = ("red", "blue", "green")
-    return [PairItem(id=f"{group}_{i}", scene=Scene("circle", colours[i % 3], "large"),
+    return [PairItem(id=f"{group}_{i}", scene=Scene.single("circle", colours[i % 3], "large"),
                      prompt="What is shown?", chosen=f"A {colours[i % 3]} circle.",
                      rejected="A square.")
             for i, group in zip(range(n), ["RLAIF", "mathverse", "wildvision"] * n)]

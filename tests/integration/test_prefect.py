@@ -21,13 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 TINY = {
-    "benchmark": {"seed": 0, "train_size": 24, "test_size": 12, "image_size": 32},
+    "benchmark": {"seed": 0, "train_size": 24, "test_size": 12, "image_size": 32,
+                  "best_of_n": {"items": 2, "candidates": 3}},
     "base": {"seed": 0, "image_size": 32, "hidden_size": 32, "vision_layers": 1,
              "text_layers": 1, "align_steps": 3, "tune_steps": 3, "batch_size": 8,
              "eval_scenes": 10},
     "environments": ["povid", "rlhfv"], "variants": ["none", "sfc_two_stage"],
     "train": {"max_steps": 2, "batch_size": 8, "epochs": 1},
-    "score": {"items": 4, "responses": 3, "batch_responses": 12},
+    "score": {"batch_responses": 12},
     "tracking": {"enabled": False},
 }
 

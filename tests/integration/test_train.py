@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from mmrm.cli import app
 from mmrm.config import TrainConfig
 from mmrm.data import PairCollator, load_pairs, set_right_padding
-from mmrm.evaluate import score_pairs
+from mmrm.inference import score_pairs
 from mmrm.model import RewardModel, load_processor
 from mmrm.train import train, train_text_proxy
 
