@@ -49,7 +49,8 @@ run: $(STAMP)
 	@echo
 	@cat runs/pipeline/matrix/matrix.md
 	@echo
-	@echo "matrix:   runs/pipeline/matrix/{matrix.md,matrix.json,metrics.json,matrix.png}"
+	@echo "matrix:   runs/pipeline/matrix/{matrix.md,matrix.json,shortcut.json,champion.json}"
+	@echo "metrics:  metrics/{pipeline.json,best_of_n.json,matrix.png} (dvc metrics show / diff)"
 	@echo "scores:   runs/pipeline/scores/scores.jsonl (best-of-N sample, champion RM)"
 	@echo "MLflow:   make mlflow-ui, then http://127.0.0.1:5000 (experiment mmrm)"
 	@echo "Prefect:  make prefect-up, then make prefect-run (prefect deployment run 'mmrm-pipeline/builtin')"

@@ -31,12 +31,12 @@ def benchmark_task(params: PipelineParams) -> dict:
     return stages.make_benchmark(params)
 
 
-@task(name="convert")
+@task(name="convert", task_run_name="convert[{env}]")
 def convert_task(params: PipelineParams, env: str) -> dict:
     return stages.convert_environment(params, env)
 
 
-@task(name="convert-real")
+@task(name="convert-real", task_run_name="convert-real[{name}]")
 def convert_real_task(params: PipelineParams, name: str) -> dict:
     return stages.convert_real(params, name)
 
@@ -48,12 +48,12 @@ def base_task(params: PipelineParams) -> dict:
     return stages.pretrain_base(params)
 
 
-@task(name="proxy")
+@task(name="proxy", task_run_name="proxy[{env}]")
 def proxy_task(params: PipelineParams, env: str) -> dict:
     return stages.train_proxy(params, env)
 
 
-@task(name="train")
+@task(name="train", task_run_name="train[{env}/{variant}]")
 def train_task(params: PipelineParams, env: str, variant: str) -> dict:
     return stages.train_variant(params, env, variant)
 
@@ -70,7 +70,7 @@ def evaluate_task(params: PipelineParams) -> dict:
         description="Pairwise accuracy: rows trained on, columns tested on (id = own "
                     "environment, ood = mean of the others).")
     create_markdown_artifact(key="matrix-summary", markdown=matrix.to_markdown())
-    return result["metrics"]
+    return {"metrics": result["metrics"], "champion": result["champion"]}
 
 
 # Ray starts processes and talks over sockets: worth a retry before failing the run.
@@ -94,10 +94,16 @@ def pipeline_flow(params_file: str = "params.yaml",
         params_file: pipeline params YAML, relative to the serving process's directory.
         overrides: dotted keys over it, e.g. ``{"train.lr": 0.002, "variants": ["none"]}``.
     """
+    from prefect.states import Failed
+
     from mmrm.lineage import PARENT_ENV, pipeline_run
 
-    params = resolve_params(params_file, overrides)
     logger = get_run_logger()
+    try:
+        params = resolve_params(params_file, overrides)
+    except ValueError as err:           # the run's state says what is wrong, not only its log
+        logger.error(str(err))
+        return Failed(message=f"invalid parameters: {err}")
     if params.tracking.enabled:          # every stage's MLflow run goes under one parent
         os.environ[PARENT_ENV] = pipeline_run(params)
     try:
@@ -111,13 +117,16 @@ def pipeline_flow(params_file: str = "params.yaml",
             proxy_task(params, env)   # weights sfc_two_stage; statistics for none
             for variant in params.variants:
                 train_task(params, env, variant.value)
-        metrics = evaluate_task(params)
+        evaluated = evaluate_task(params)
         scored = score_task(params)
     finally:
         os.environ.pop(PARENT_ENV, None)
-    logger.info("champion %s: mean ID %.3f, mean OOD %.3f", metrics["champion"],
-                metrics["iid_mean"], metrics["ood_mean"])
-    return {"metrics": metrics, "scores": scored}
+    champion = evaluated["champion"]
+    logger.info("champion %s: ID %.3f, OOD %.3f", champion["champion"], champion["id"],
+                champion["ood"])
+    for variant, values in evaluated["metrics"].items():
+        logger.info("%s: %s", variant, ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
+    return {"metrics": evaluated["metrics"], "champion": champion, "scores": scored}
 
 
 @flow(name="mmrm-score", log_prints=True)

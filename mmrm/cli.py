@@ -21,6 +21,48 @@ from mmrm.ledger import Ledger, OnError, RecordError
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Shortcut-aware multimodal reward models: data, training, evaluation.")
 
+
+def _named_metavar_only(self, ctx):
+    """An argument with a metavar shows just that (typer would add ``<list[str]>``)."""
+    return None if self.metavar else self.display_type(ctx)
+
+
+typer.core.TyperArgument.display_type_rich = _named_metavar_only
+
+
+def _version(value: bool) -> None:
+    if value:
+        from mmrm import __version__
+
+        typer.echo(f"mmrm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")]
+        = False) -> None:
+    """Shortcut-aware multimodal reward models: data, training, evaluation."""
+
+
+class Dtype(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+#: The pipeline's stages (mmrm.pipeline.STAGES; a test keeps the two lists equal).
+StageName = Enum("StageName", {n: n for n in ("benchmark", "convert", "convert-real", "split",
+                                              "base", "proxy", "train", "evaluate", "score")},
+                 type=str)
+Variant = Enum("Variant", {n: n for n in ("none", "sfc_joint", "sfc_two_stage")}, type=str)
+
+
+class Preprocess(str, Enum):
+    auto = "auto"
+    driver = "driver"
+    worker = "worker"
+
 SourceFormat = Enum("SourceFormat", {name: name for name in FORMATS}, type=str)
 _FORMAT_LINES = "\n".join(f"  {name:<14} {fmt.description}" for name, fmt in FORMATS.items())
 
@@ -169,14 +211,16 @@ def base_pretrain(
 def train(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML TrainConfig.")],
     overrides: Annotated[Optional[list[str]], typer.Argument(metavar="[KEY=VALUE]...")] = None,
-    no_resume: Annotated[bool, typer.Option(help="Ignore checkpoints in output_dir.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume/--no-resume", help="Continue from the newest checkpoint in output_dir, or "
+                                     "ignore checkpoints.")] = True,
 ) -> None:
     from mmrm.config import load_config
     from mmrm.train import train as run_train
 
     cfg = _load_or_exit(load_config, config, overrides or [])
     with _user_errors():
-        result = run_train(cfg, log=typer.echo, resume=not no_resume)
+        result = run_train(cfg, log=typer.echo, resume=resume)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -214,10 +258,10 @@ def score(
     chunk_items: Annotated[int, typer.Option(help="Items per written chunk.")] = 256,
     normalize: Annotated[bool, typer.Option(
         help="Scores as (r - mean) / std of the model's training rewards.")] = False,
-    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 on the workers.")] = "fp32",
-    preprocess: Annotated[str, typer.Option(
+    dtype: Annotated[Dtype, typer.Option(help="Weights on the workers.")] = Dtype.fp32,
+    preprocess: Annotated[Preprocess, typer.Option(
         help="Where images and text are encoded: driver (while the workers run the model), "
-             "worker, or auto (the driver where it has a CPU of its own).")] = "auto",
+             "worker, or auto (the driver where it has a CPU of its own).")] = Preprocess.auto,
     address: Annotated[Optional[str], typer.Option(
         help="Ray cluster address (default RAY_ADDRESS, else a local Ray).")] = None,
     errors: Annotated[Optional[Path], typer.Option(
@@ -236,8 +280,9 @@ def score(
             gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker,
             batch_responses=batch_responses, length_buckets=length_buckets,
             chunk_items=chunk_items, normalize=normalize, on_error=on_error.value,
-            address=address, image_root=str(image_root) if image_root else None, dtype=dtype,
-            preprocess=preprocess, trust_remote_code=trust_remote_code), "mmrm score")
+            address=address, image_root=str(image_root) if image_root else None,
+            dtype=dtype.value, preprocess=preprocess.value,
+            trust_remote_code=trust_remote_code), "mmrm score")
         totals = score_file(config, show_bar=True)
     if totals.get("already_complete"):
         typer.echo(f"{output} is already complete ({totals['items_written']} items)")
@@ -252,10 +297,11 @@ def score(
                   "flow call): benchmark, convert --env E, convert-real --name N, base, proxy "
                   "--env E, train --env E --variant V, evaluate, score.")
 def stage(
-    name: Annotated[str, typer.Argument(metavar="STAGE")],
-    env: Annotated[Optional[str], typer.Option(help="Environment (convert, proxy, train).")] =
-        None,
-    variant: Annotated[Optional[str], typer.Option(help="Weighting (train).")] = None,
+    name: Annotated[StageName, typer.Argument(metavar="STAGE", help="One of: " + ", ".join(
+        s.value for s in StageName) + ".")],
+    env: Annotated[Optional[str], typer.Option(
+        help="Environment (convert, proxy, train): one of the params' environments.")] = None,
+    variant: Annotated[Optional[Variant], typer.Option(help="Weighting (train).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--name", help="Real data set "
                                                    "(convert-real).")] = None,
     params: Annotated[Path, typer.Option(help="Pipeline params YAML.")] = Path("params.yaml"),
@@ -263,16 +309,20 @@ def stage(
 ) -> None:
     from mmrm.pipeline import STAGES, load_params
 
-    if name not in STAGES:
-        typer.echo(f"error: unknown stage {name!r}; stages: {', '.join(STAGES)}", err=True)
-        raise typer.Exit(code=2)
+    name = name.value
     loaded = _load_or_exit(load_params, params, overrides or [])
-    args = {"convert": [env], "proxy": [env], "train": [env, variant],
-            "convert-real": [dataset]}.get(name, [])
+    args = {"convert": [env], "proxy": [env], "train": [env, variant and variant.value],
+            "convert-real": [dataset], "split": [dataset]}.get(name, [])
     if any(a is None for a in args):
-        typer.echo(f"error: stage {name} needs --env (and train --variant, convert-real --name)",
+        typer.echo(f"error: stage {name} needs --env (and train --variant, convert-real and "
+                   f"split --name)", err=True)
+        raise typer.Exit(code=2)
+    known = [*loaded.builtin, *loaded.real_datasets]
+    if env is not None and env not in known:
+        typer.echo(f"error: --env {env}: not one of the params' sources ({', '.join(known)})",
                    err=True)
         raise typer.Exit(code=2)
+    typer.echo(f"stage {name} {' '.join(str(a) for a in args)}".rstrip())
     result = STAGES[name](loaded, *args)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "matrix"}, indent=2,
                           default=str))

@@ -392,12 +392,14 @@ def best_of_n_quality(errors: Sequence[Sequence[int]], scores: Sequence[Sequence
             "oracle_mean_errors": mean(best_errors)}
 
 
-def best_of_n_file(model, processor, path: str | Path, items_per_batch: int = 16) -> dict:
+def best_of_n_file(model, processor, path: str | Path, items_per_batch: int = 16,
+                   image_root: str | Path | None = None) -> dict:
     """:func:`best_of_n_quality` of a saved RM on an inference file whose items carry each
     response's number of mistakes in ``errors`` (the built-in benchmark's best-of-N sets)."""
-    from mmrm.formats import InferenceRecord, read_records
+    from mmrm.formats import ImageRules, InferenceRecord, read_records
 
-    records = list(read_records(path, InferenceRecord))
+    records = list(read_records(path, InferenceRecord, images=ImageRules(
+        root=Path(image_root) if image_root else None)))
     missing = [r.line for r in records if not isinstance(r.extra.get("errors"), list)
                or len(r.extra["errors"]) != len(r.responses)]
     if missing:

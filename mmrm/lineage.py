@@ -21,6 +21,13 @@ from mmrm.tracking import MLflowTracker, NoOpTracker, _short, flatten
 
 PARENT_ENV = "MMRM_PARENT_RUN_ID"
 CHAMPION = "champion"
+CANDIDATE = "candidate"
+#: What the registry page says about the registered model.
+DESCRIPTION = ("Multimodal reward models trained by mmrm (standard Bradley-Terry and "
+               "shortcut-aware). Each version is a pyfunc over a saved reward model folder "
+               "(HF backbone + value head): predict(prompt, img_path, response) -> reward. "
+               "@champion is the best mean OOD accuracy on one evaluation; newer models that "
+               "do not beat it are @candidate.")
 
 
 def tracking_uri() -> str:
@@ -36,14 +43,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+#: MLflow 3's UI opens an experiment without this tag in its GenAI view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(mlflow, name: str) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        if not experiment.tags.get("mlflow.experimentKind"):
+            for key, value in EXPERIMENT_KIND.items():
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     location = None
     if tracking_uri().startswith("sqlite:"):
         location = Path("mlartifacts").resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
 
 
 def pipeline_run(params, experiment_id: str | None = None) -> str:
@@ -107,18 +121,75 @@ def register_reward_model(model_dir: str | Path, registered_name: str,
         registered_model_name=registered_name)
     client = mlflow.MlflowClient()
     version = info.registered_model_version
-    for key, value in {**tags, "model_dir": str(model_dir)}.items():
+    for key, value in {**tags, "model_dir": str(Path(model_dir).resolve())}.items():
         client.set_model_version_tag(registered_name, str(version), f"mmrm.{key}", str(value))
+    client.update_registered_model(registered_name, description=DESCRIPTION)
+    summary = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in tags.items())
+    client.update_model_version(registered_name, str(version),
+                                description=f"Trained by run {mlflow.active_run().info.run_id}"
+                                            f" from {Path(model_dir).resolve()}: {summary}")
 
 
-def set_champion(registered_name: str, model_dir: str) -> None:
-    """Point the ``champion`` alias at the newest version registered from ``model_dir``."""
+def active_run_id() -> str | None:
+    """The id of the MLflow run in progress, if any (the stage that decides, say)."""
     import mlflow
 
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
+
+
+def evaluation_key(tests: dict[str, str | Path]) -> str:
+    """What an OOD score was measured on: the test sets' names, content (md5) and sizes. Two
+    scores compare only under the same key."""
+    from mmrm.tracking import file_md5
+
+    parts = [f"{name}:{file_md5(path)}:{sum(1 for _ in open(path))}"
+             for name, path in sorted(tests.items())]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def promote(registered_name: str, model_dir: str | Path, ood: float, key: str,
+            evaluate_run: str | None = None) -> dict[str, Any]:
+    """The champion policy: the newest version registered from ``model_dir`` becomes
+    ``@champion`` only if there is none, or it beats the current champion's mean OOD on the
+    same evaluation (:func:`evaluation_key`); otherwise it becomes ``@candidate``. The scores,
+    the key and the deciding run are recorded on the version; returns the decision."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     client = mlflow.MlflowClient()
+    version = _newest_version(client, registered_name, model_dir)
+    for tag, value in {"mmrm.eval_key": key, "mmrm.ood_mean": f"{ood:.6f}",
+                       "mmrm.evaluate_run": evaluate_run or ""}.items():
+        client.set_model_version_tag(registered_name, version.version, tag, value)
+    try:
+        current = client.get_model_version_by_alias(registered_name, CHAMPION)
+    except MlflowException:
+        current = None
+    decision = {"version": int(version.version), "ood_mean": ood, "eval_key": key,
+                "champion_version": int(current.version) if current else None,
+                "champion_ood_mean": float(current.tags.get("mmrm.ood_mean", "nan"))
+                if current else None}
+    if current is None:
+        outcome, why = CHAMPION, "no champion before"
+    elif current.version == version.version:
+        outcome, why = CHAMPION, "already the champion"
+    elif current.tags.get("mmrm.eval_key") != key:
+        outcome, why = CANDIDATE, "the champion was evaluated on other test sets"
+    elif ood > decision["champion_ood_mean"]:
+        outcome, why = CHAMPION, "a higher mean OOD on the same evaluation"
+    else:
+        outcome, why = CANDIDATE, "no higher mean OOD than the champion on the same evaluation"
+    client.set_registered_model_alias(registered_name, outcome, version.version)
+    client.set_model_version_tag(registered_name, version.version, "mmrm.decision",
+                                 f"{outcome}: {why}")
+    return {**decision, "alias": outcome, "why": why}
+
+
+def _newest_version(client, registered_name: str, model_dir: str | Path):
     versions = [v for v in client.search_model_versions(f"name='{registered_name}'")
-                if v.tags.get("mmrm.model_dir") == str(model_dir)]
+                if v.tags.get("mmrm.model_dir") == str(Path(model_dir).resolve())]
     if not versions:
         raise ValueError(f"no version of {registered_name} was registered from {model_dir}")
-    newest = max(versions, key=lambda v: int(v.version))
-    client.set_registered_model_alias(registered_name, CHAMPION, newest.version)
+    return max(versions, key=lambda v: int(v.version))

@@ -14,19 +14,28 @@ and trained models are registered there. Run configs start from the shipped
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mmrm.config import Strict, Weighting, load_config, with_overrides
-from mmrm.lineage import register_reward_model, set_champion, stage_run
+from mmrm.lineage import (active_run_id, evaluation_key, promote, register_reward_model,
+                          stage_run)
 from mmrm.synthetic.environments import ENVIRONMENTS
 
-#: The shipped run config of each variant (``mmrm/configs/tiny/<variant>.yaml``).
-CONFIG_NAMES = "tiny/{variant}"
+
+
+def say(line: str) -> None:
+    """A progress line of a stage: stdout, which ``dvc repro`` shows as it runs and the
+    Prefect flow (``log_prints``) turns into task logs."""
+    print(line, flush=True)
 
 
 class BestOfNParams(Strict):
@@ -67,22 +76,60 @@ class TrainParams(Strict):
                                  description="Extra dotted key=value for every training run.")
 
 
+class SplitParams(Strict):
+    """How a released data set is cut into train / test (/ validation)."""
+
+    test: float = Field(0.2, ge=0, lt=1, description="Share of groups in the test split.")
+    val: float = Field(0.0, ge=0, lt=1, description="Share of groups in a validation split.")
+    key: str = Field("image", pattern="^(image|prompt|both)$",
+                     description="What pairs of one group share (they never straddle two "
+                                 "splits): the image, the prompt, or either (both).")
+    seed: int = Field(0, description="Salt of the stable hash that assigns groups.")
+    max_train_pairs: int | None = Field(None, gt=0, description="Keep at most this many "
+                                        "training pairs (the first by hash): quick runs.")
+
+
 class RealDataset(Strict):
+    """A released data set as a data source: converted by the real converters, then split."""
+
     format: str = Field(description="A `mmrm convert` format: povid, rlhfv, vlfeedback, ...")
     src: str = Field(description="The released file, e.g. data/raw/povid/POVID_....json")
     image_root: str | None = None
+    split: SplitParams = Field(default_factory=SplitParams)
+    test_only: bool = Field(False, description="An evaluation set (VL-RewardBench, ...): all "
+                            "of it is the test split.")
 
 
 class ScoreParams(Strict):
     workers: int = Field(1, gt=0)
     batch_responses: int = Field(64, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0, description="1 = a GPU per scorer, 0 = CPU.")
+    dtype: str = Field("fp32", pattern="^(fp32|bf16|fp16)$")
+
+
+class ModelParams(Strict):
+    """The model profile: the built-in tiny base on the CPU (default) or a real VLM folder with
+    a GPU run config and launcher; the same stages run either."""
+
+    base: str | None = Field(None, description="A local VLM folder to train from (default: "
+                             "the tiny base the base stage builds at paths.base).")
+    config: str = Field("tiny/{variant}", description="Run config of each variant: a shipped "
+                        "name or a path, {variant} filled in (e.g. "
+                        "configs/gpu/internvl_8b_{variant}.yaml).")
+    processes: int = Field(1, ge=1, description="Training processes (GPUs); above 1 each run "
+                           "goes through accelerate launch.")
+    accelerate_config: str | None = Field(None, description="accelerate config for "
+                                          "multi-process runs (configs/accelerate/zero2.yaml).")
 
 
 class Paths(Strict):
     benchmark: str = "data/benchmark"
     base: str = "data/base/tiny"
-    converted: str = "data/converted"
+    envs: str = Field("data/envs", description="Every environment's pairs: "
+                      "<envs>/<name>/{train,test,...}.jsonl with images/ beside them.")
     runs: str = "runs/pipeline"
+    metrics: str = Field("metrics", description="The small, numbers-only metrics and plots "
+                         "that are committed to git (dvc metrics/plots diff across commits).")
 
 
 class TrackingParams(Strict):
@@ -97,17 +144,57 @@ class PipelineParams(Strict):
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     base: dict[str, Any] = Field(default_factory=dict,
                                  description="TinyVLMConfig fields (seed, steps, sizes).")
-    environments: list[str] = Field(list(ENVIRONMENTS))
+    builtin: list[str] = Field(list(ENVIRONMENTS), description="Synthetic environments the "
+                               "benchmark stage makes (data sources).")
+    real_datasets: dict[str, RealDataset] = Field(default_factory=dict, description="Released "
+                                                  "data sets (data sources).")
+    environments: list[str] = Field(list(ENVIRONMENTS), description="The sources trained on "
+                                    "and tested on (the matrix).")
+    extra_tests: list[str] = Field(default_factory=list, description="Sources only tested on: "
+                                   "extra matrix columns (external benchmarks).")
     variants: list[Weighting] = Field([Weighting.NONE, Weighting.SFC_TWO_STAGE])
+    model: ModelParams = Field(default_factory=ModelParams)
     train: TrainParams = Field(default_factory=TrainParams)
-    real_datasets: dict[str, RealDataset] = Field(default_factory=dict)
     score: ScoreParams = Field(default_factory=ScoreParams)
     paths: Paths = Field(default_factory=Paths)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
 
+    @model_validator(mode="after")
+    def _sources(self) -> PipelineParams:
+        unknown = sorted(set(self.builtin) - set(ENVIRONMENTS))
+        if unknown:
+            raise ValueError(f"builtin: unknown synthetic environments {unknown}; known: "
+                             f"{list(ENVIRONMENTS)}")
+        clash = sorted(set(self.builtin) & set(self.real_datasets))
+        if clash:
+            raise ValueError(f"real_datasets: {clash} are also builtin names")
+        sources = set(self.builtin) | set(self.real_datasets)
+        for key in ("environments", "extra_tests"):
+            missing = sorted(set(getattr(self, key)) - sources)
+            if missing:
+                raise ValueError(f"{key}: {missing} are neither builtin environments nor "
+                                 f"real_datasets")
+        test_only = [e for e in self.environments if e in self.real_datasets
+                     and self.real_datasets[e].test_only]
+        if test_only:
+            raise ValueError(f"environments: {test_only} are test_only (use extra_tests)")
+        return self
+
     # -------------------------------------------------------------- where things lie
     def pairs(self, env: str, split: str) -> Path:
-        return Path(self.paths.benchmark) / "pairs" / env / f"{split}.jsonl"
+        """A source's split: ``<envs>/<env>/<split>.jsonl`` (images beside it)."""
+        return Path(self.paths.envs) / env / f"{split}.jsonl"
+
+    def is_builtin(self, env: str) -> bool:
+        return env in self.builtin
+
+    @property
+    def base_model(self) -> str:
+        return self.model.base or self.paths.base
+
+    @property
+    def test_columns(self) -> list[str]:
+        return [*self.environments, *self.extra_tests]
 
     @property
     def best_of_n(self) -> Path:
@@ -124,6 +211,10 @@ class PipelineParams(Strict):
     def matrix_dir(self) -> Path:
         return Path(self.paths.runs) / "matrix"
 
+    @property
+    def metrics_dir(self) -> Path:
+        return Path(self.paths.metrics)
+
 
 def load_params(path: str | Path = "params.yaml",
                 overrides: list[str] | dict[str, Any] | None = None) -> PipelineParams:
@@ -134,13 +225,14 @@ def load_params(path: str | Path = "params.yaml",
 
 # ---------------------------------------------------------------------------- stages
 def make_benchmark(params: PipelineParams) -> dict:
-    """Write the three environments in their released formats under ``benchmark/raw``."""
+    """Write the builtin environments in their released formats under ``benchmark/raw``, and
+    their best-of-N items."""
     from mmrm.synthetic.environments import BenchmarkConfig, SplitConfig, write_benchmark
     from mmrm.tracking import flatten
 
     b = params.benchmark
     config = BenchmarkConfig(seed=b.seed, image_size=b.image_size, visual=b.visual,
-                             environments=params.environments,
+                             environments=params.builtin,
                              splits=[SplitConfig(name="train", size=b.train_size,
                                                  cue_rate=b.cue_rate),
                                      SplitConfig(name="test", size=b.test_size,
@@ -161,7 +253,7 @@ def write_best_of_n_sets(params: PipelineParams) -> None:
     from mmrm.synthetic.visual import visual_level
 
     b = params.benchmark
-    items = [item for env in params.environments
+    items = [item for env in params.builtin
              for item in best_of_n_items(env, b.best_of_n.items, b.best_of_n.candidates,
                                          random.Random(f"{b.seed}/{env}/best-of-n"),
                                          visual_level(b.visual))]
@@ -169,7 +261,8 @@ def write_best_of_n_sets(params: PipelineParams) -> None:
 
 
 def convert_environment(params: PipelineParams, env: str) -> dict:
-    """Convert one environment's raw splits with the real converters to ``pairs/<env>/``."""
+    """Convert one builtin environment's raw splits with the real converters to
+    ``<envs>/<env>/``."""
     from mmrm.convert import convert
 
     raw = Path(params.paths.benchmark) / "raw"
@@ -187,27 +280,55 @@ def convert_environment(params: PipelineParams, env: str) -> dict:
 
 
 def convert_real(params: PipelineParams, name: str) -> dict:
-    """Convert a real data set the user put under ``data/raw/`` (``real_datasets`` in params)."""
+    """Convert a released data set (``real_datasets`` in params; under ``data/raw/``, tracked
+    by DVC) with its real converter to ``<envs>/<name>/pairs.jsonl`` + ``images/``."""
     from mmrm.convert import convert
 
     spec = params.real_datasets[name]
-    out = Path(params.paths.converted) / name / "pairs.jsonl"
+    out = params.pairs(name, "pairs")
     with stage_run(params, f"convert/{name}") as tracker:
+        tracker.log_dataset(spec.src, f"{name}/raw", "source") if Path(spec.src).is_file() \
+            else None
         manifest = convert(spec.format, spec.src, out,
                            image_root=spec.image_root and Path(spec.image_root))
+        records = manifest["records"]
         tracker.log_metrics({"pairs": manifest["output"]["pairs"],
-                             "skipped": manifest["records"]["skipped"]})
+                             "skipped": records["skipped"]})
+        say(f"{name}: read {records['read']} records, wrote {manifest['output']['pairs']} "
+            f"pairs, skipped {records['skipped']} -> {out}")
     return {"pairs": manifest["output"]["pairs"]}
 
 
+def split_real(params: PipelineParams, name: str) -> dict:
+    """Cut a converted data set into train / test / val by a stable hash of a grouping key,
+    so that pairs sharing an image or a prompt never straddle two splits; the split manifest
+    records the sizes and the leakage check (no image digest or prompt in two splits)."""
+    from mmrm.splits import split_pairs
+
+    spec = params.real_datasets[name]
+    with stage_run(params, f"split/{name}") as tracker:
+        manifest = split_pairs(params.pairs(name, "pairs"), spec.split, spec.test_only)
+        tracker.log_metrics({f"pairs/{k}": v for k, v in manifest["pairs"].items()})
+        say(f"{name}: " + ", ".join(f"{k} {v}" for k, v in manifest["pairs"].items())
+            + f" pairs; shared across splits: {manifest['leakage']}")
+    return manifest
+
+
 def pretrain_base(params: PipelineParams) -> dict:
-    """Build and pre-train the tiny base VLM."""
+    """Build and pre-train the tiny base VLM (the default model profile); with a real base
+    (``model.base``) there is nothing to build, and the stage says which folder is used."""
     from mmrm.synthetic.tiny_vlm import TinyVLMConfig, pretrain
 
+    if params.model.base:
+        folder = Path(params.paths.base)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(folder / "external_base.json", {"base": params.model.base})
+        say(f"base: {params.model.base} (a real VLM: nothing to build)")
+        return {"base": params.model.base}
     config = TinyVLMConfig.model_validate({"visual": params.benchmark.visual, **params.base})
     with stage_run(params, "base") as tracker:
         tracker.log_params({f"base.{k}": v for k, v in config.model_dump().items()})
-        report = pretrain(Path(params.paths.base), config, log=lambda line: None)
+        report = pretrain(Path(params.paths.base), config, log=say)
         tracker.log_metrics({"grounding/overall": report["grounding"]["overall"]})
     return report["grounding"]
 
@@ -217,12 +338,12 @@ def train_config(params: PipelineParams, env: str, variant: Weighting | str):
     with the pipeline's data, base, output folder and training params."""
     variant = Weighting(variant)
     t = params.train
-    config = load_config(CONFIG_NAMES.format(variant=variant.value), t.overrides)
-    changes = {"model": params.paths.base, "seed": t.seed, "epochs": t.epochs,
+    config = load_config(params.model.config.format(variant=variant.value), t.overrides)
+    changes = {"model": params.base_model, "seed": t.seed, "epochs": t.epochs,
                "max_steps": t.max_steps, "per_device_batch_size": t.batch_size,
                "finetune": t.finetune, "output_dir": str(params.model_dir(env, variant)),
                "optim.lr": t.lr, "data.train": [str(params.pairs(env, "train"))],
-               "data.eval": {e: str(params.pairs(e, "test")) for e in params.environments}}
+               "data.eval": {e: str(params.pairs(e, "test")) for e in params.test_columns}}
     if variant is not Weighting.SFC_JOINT:     # none: for the proxy statistics only
         changes["shortcut.proxy_losses"] = str(params.proxy_dir(env) / "proxy_losses.json")
     return with_overrides(config, changes, f"params: train {env}/{variant.value}")
@@ -236,7 +357,7 @@ def train_proxy(params: PipelineParams, env: str) -> dict:
                             {"output_dir": str(params.proxy_dir(env))})
     with stage_run(params, f"proxy/{env}") as tracker:
         tracker.log_dataset(params.pairs(env, "train"), f"{env}/train", "training")
-        cache = train_text_proxy(config, tracker, log=lambda line: None)
+        cache = train_text_proxy(config, tracker, log=say)
         tracker.log_metrics({"proxy/train_accuracy": cache["accuracy"]})
         tracker.set_tags({"mmrm.environment": env,
                           "mmrm.model_dir": str(proxy_dirs(config)[0])})
@@ -252,23 +373,49 @@ def train_variant(params: PipelineParams, env: str, variant: Weighting | str) ->
     from mmrm.train import train
 
     variant = Weighting(variant)
+    if params.model.processes > 1 and "LOCAL_RANK" not in os.environ:
+        return launch_distributed(params, "train", env, variant.value)
+    if int(os.environ.get("RANK", "0")) != 0:      # one process of several: rank 0 logs
+        params = with_overrides(params, {"tracking.enabled": False})
     config = train_config(params, env, variant)
     with stage_run(params, f"train/{env}/{variant.value}") as tracker:
         tracker.set_tags({"mmrm.environment": env, "mmrm.variant": variant.value,
                           "mmrm.model_dir": str(Path(config.output_dir) / "final")})
         tracker.log_dataset(params.pairs(env, "train"), f"{env}/train", "training")
-        for e in params.environments:
+        for e in params.test_columns:
             tracker.log_dataset(params.pairs(e, "test"), f"{e}/test", "evaluation")
         tracker.log_artifact(_write_json(Path(config.output_dir) / "resolved_config.json",
                                          config.model_dump(mode="json")))
-        result = train(config, tracker, log=lambda line: None, resume=False)
-        summary = id_ood(result, env, params.environments)
+        result = train(config, tracker, log=say, resume=False)
+        summary = id_ood(result, env, params.test_columns)
         tracker.log_metrics(summary)
         if params.tracking.enabled:
             register_reward_model(Path(config.output_dir) / "final",
                                   params.tracking.registered_model,
                                   {"environment": env, "variant": variant.value, **summary})
     return {**result, **summary}
+
+
+def launch_command(params: PipelineParams, stage: str, env: str, variant: str,
+                   params_file: Path) -> list[str]:
+    """``accelerate launch`` of one stage over ``model.processes`` processes."""
+    command = [sys.executable, "-m", "accelerate.commands.launch",
+               "--num_processes", str(params.model.processes)]
+    if params.model.accelerate_config:
+        command += ["--config_file", params.model.accelerate_config]
+    return command + ["-m", "mmrm", "stage", stage, "--env", env, "--variant", variant,
+                      "--params", str(params_file)]
+
+
+def launch_distributed(params: PipelineParams, stage: str, env: str, variant: str) -> dict:
+    """Run a training stage on ``model.processes`` GPUs through accelerate (the same stage
+    function runs in every process; rank 0 tracks and saves); its result from the saved run."""
+    params_file = _write_yaml(Path(params.paths.runs) / "launch" / f"{env}-{variant}.yaml",
+                              params.model_dump(mode="json"))
+    command = launch_command(params, stage, env, variant, params_file)
+    say("launching: " + " ".join(command))
+    subprocess.run(command, check=True)
+    return json.loads((params.model_dir(env, variant) / "result.json").read_text())
 
 
 def id_ood(result: dict, env: str, environments: list[str]) -> dict[str, float]:
@@ -282,37 +429,64 @@ def id_ood(result: dict, env: str, environments: list[str]) -> dict[str, float]:
 def evaluate(params: PipelineParams) -> dict:
     """The cross-distribution matrix of every trained model; per model its own environment's
     anti-cue accuracy and best-of-N quality on every environment's items; per variant the
-    means (``metrics.json``, a DVC metric); and the champion: the best mean OOD."""
+    means (``metrics/pipeline.json``, numbers only, a DVC metric kept in git); and the
+    champion policy (:func:`mmrm.lineage.promote`) for the best mean OOD model."""
     from mmrm.evaluate import cross_distribution
 
     models = {f"{env}/{v.value}": params.model_dir(env, v) / "final"
               for env in params.environments for v in params.variants}
-    tests = {env: params.pairs(env, "test") for env in params.environments}
+    tests = {env: params.pairs(env, "test") for env in params.test_columns}
     with stage_run(params, "evaluate") as tracker:
+        say(f"evaluating {len(models)} models on {len(tests)} test sets")
         matrix = cross_distribution(models, tests)
         paths = matrix.write(params.matrix_dir)
-        shortcut = {row: shortcut_measures(params, row.split("/")[0], model_dir)
-                    for row, model_dir in models.items()}
-        per_variant = {}
-        for v in params.variants:
-            rows = [f"{env}/{v.value}" for env in params.environments]
-            summaries = [matrix.row_summary(r) for r in rows]
-            per_variant[v.value] = {
-                "iid_mean": statistics.mean(r["id"] for r in summaries),
-                "ood_mean": statistics.mean(r["ood"] for r in summaries),
-                **{key: statistics.mean(shortcut[r][key] for r in rows)
-                   for key in shortcut[rows[0]]}}
-            tracker.log_metrics({f"{v.value}/{k}": x for k, x in per_variant[v.value].items()})
+        shortcut = {}
+        for row, model_dir in models.items():
+            shortcut[row] = shortcut_measures(params, row.split("/")[0], model_dir)
+            say(f"{row}: " + ", ".join(f"{k} {v:.3f}" for k, v in shortcut[row].items()))
+        metrics = variant_metrics(params, matrix, shortcut)
+        for variant, values in metrics.items():
+            tracker.log_metrics({f"{variant}/{k}": x for k, x in values.items()})
         champion = max(models, key=lambda row: matrix.row_summary(row)["ood"])
-        metrics = {"variants": per_variant, **matrix.summary(), "champion": champion,
-                   "champion_dir": str(models[champion])}
-        _write_json(params.matrix_dir / "metrics.json", metrics)
+        chosen = {"champion": champion, "champion_dir": str(models[champion]),
+                  **matrix.row_summary(champion)}
+        if params.tracking.enabled:
+            chosen["decision"] = promote(params.tracking.registered_model, models[champion],
+                                         matrix.row_summary(champion)["ood"],
+                                         evaluation_key(tests), active_run_id())
+            tracker.set_tags({"mmrm.champion_decision": chosen["decision"]["why"]})
+            say(f"registry: {champion} -> @{chosen['decision']['alias']} "
+                f"({chosen['decision']['why']})")
+        _write_json(params.metrics_dir / "pipeline.json", metrics)
+        shutil.copyfile(paths["png"], _parent(params.metrics_dir / "matrix.png"))
         _write_json(params.matrix_dir / "shortcut.json", shortcut)
+        # the registry's decision (version numbers) is not an output DVC tracks: it goes to
+        # MLflow and beside the runs
+        decision = chosen.pop("decision", None)
+        _write_json(params.matrix_dir / "champion.json", chosen)
+        if decision is not None:
+            _write_json(Path(params.paths.runs) / "registry" / "decision.json", decision)
         for path in [*paths.values(), params.matrix_dir / "shortcut.json"]:
             tracker.log_artifact(path, "matrix")
-        if params.tracking.enabled:
-            set_champion(params.tracking.registered_model, str(models[champion]))
-    return {"matrix": matrix, "metrics": metrics}
+    return {"matrix": matrix, "metrics": metrics, "champion": chosen, "decision": decision}
+
+
+def variant_metrics(params: PipelineParams, matrix, shortcut: dict) -> dict[str, dict]:
+    """Per variant, the means over environments of ID, OOD, anti-cue and best-of-N; and
+    ``all`` over every model: numbers only, so ``dvc metrics diff`` compares them."""
+    metrics = {}
+    for v in params.variants:
+        rows = [f"{env}/{v.value}" for env in params.environments]
+        summaries = [matrix.row_summary(r) for r in rows]
+        keys = sorted({key for r in rows for key in shortcut[r]})
+        metrics[v.value] = {"id": statistics.mean(r["id"] for r in summaries),
+                            "ood": statistics.mean(r["ood"] for r in summaries),
+                            **{key: statistics.mean(shortcut[r][key] for r in rows
+                                                    if key in shortcut[r]) for key in keys}}
+    total = matrix.summary()
+    metrics["all"] = {"id": total["iid_mean"], "ood": total["ood_mean"]}
+    return {name: {k: round(x, 6) for k, x in values.items()}
+            for name, values in metrics.items()}
 
 
 def shortcut_measures(params: PipelineParams, env: str, model_dir: Path) -> dict[str, float]:
@@ -323,12 +497,36 @@ def shortcut_measures(params: PipelineParams, env: str, model_dir: Path) -> dict
     from mmrm.inference import load_reward_model, score_pairs
 
     model, collator = load_reward_model(model_dir)
-    measures = {"anticue": pairwise_accuracy(*score_pairs(
-        model, collator, load_pairs(params.pairs(env, "anticue"))))}
-    report = best_of_n_file(model, collator.processor, params.best_of_n)
-    for key in ("fully_correct", "mean_errors", "random_fully_correct", "oracle_fully_correct"):
-        measures[f"best_of_n/{key}"] = report[key]
+    measures = {}
+    if params.is_builtin(env):        # a released data set has no anti-cue split
+        measures["anticue"] = pairwise_accuracy(*score_pairs(
+            model, collator, load_pairs(params.pairs(env, "anticue"))))
+    items, root = best_of_n_source(params)
+    report = best_of_n_file(model, collator.processor, items, image_root=root)
+    measures.update(bon_correct=report["fully_correct"], bon_errors=report["mean_errors"],
+                    bon_random=report["random_fully_correct"],
+                    bon_oracle=report["oracle_fully_correct"])
     return measures
+
+
+def best_of_n_source(params: PipelineParams) -> tuple[Path, Path]:
+    """The best-of-N items of known quality and their image root: the synthetic items when
+    there are builtin environments; else every environment's test pairs as two answers of
+    known order (the chosen one right), written under ``runs``."""
+    if params.builtin:
+        return params.best_of_n, params.best_of_n.parent
+    path = Path(params.paths.runs) / "best_of_n" / "items.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for env in params.environments:
+            for line in params.pairs(env, "test").read_text().splitlines():
+                pair = json.loads(line)
+                image = (params.pairs(env, "test").parent / pair["img_path"]).resolve()
+                f.write(json.dumps({"id": f"{env}/{pair['id']}", "prompt": pair["prompt"],
+                                    "img_path": str(image),
+                                    "responses": [pair["chosen"], pair["rejected"]],
+                                    "errors": [0, 1]}) + "\n")
+    return path, Path(params.paths.envs).resolve()
 
 
 def score_sample(params: PipelineParams) -> dict:
@@ -337,16 +535,20 @@ def score_sample(params: PipelineParams) -> dict:
     from mmrm.evaluate import best_of_n_quality
     from mmrm.score import ScoreConfig, score_file
 
-    metrics = json.loads((params.matrix_dir / "metrics.json").read_text())
+    champion = json.loads((params.matrix_dir / "champion.json").read_text())
     out = Path(params.paths.runs) / "scores"
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("scores.*"):
         stale.unlink()             # a rerun of this stage scores afresh
     with stage_run(params, "score") as tracker:
-        totals = score_file(ScoreConfig(model=metrics["champion_dir"],
-                                        input=str(params.best_of_n),
+        say(f"scoring the best-of-N items with {champion['champion']} on Ray")
+        items, root = best_of_n_source(params)
+        totals = score_file(ScoreConfig(model=champion["champion_dir"], input=str(items),
+                                        image_root=str(root),
                                         output=str(out / "scores.jsonl"),
                                         workers=params.score.workers,
+                                        gpus_per_worker=params.score.gpus_per_worker,
+                                        dtype=params.score.dtype,
                                         batch_responses=params.score.batch_responses))
         scored = [json.loads(line) for line in open(out / "scores.jsonl")]
         quality = best_of_n_quality([s["errors"] for s in scored], [s["scores"] for s in scored])
@@ -354,8 +556,26 @@ def score_sample(params: PipelineParams) -> dict:
         tracker.log_metrics({"score/items": totals["items_scored"],
                              "score/responses_per_second": rate,
                              **{f"best_of_n/{k}": v for k, v in quality.items()}})
-    _write_json(out / "best_of_n.json", {"model": metrics["champion"], **quality})
+    _write_json(out / "best_of_n.json", {"model": champion["champion"], **quality})
+    _write_json(params.metrics_dir / "best_of_n.json",
+                {k: round(v, 6) for k, v in quality.items()})
+    say(f"best-of-{len(scored[0]['scores'])} with the champion: fully correct picks "
+        f"{quality['fully_correct']:.3f} (random {quality['random_fully_correct']:.3f}, "
+        f"oracle {quality['oracle_fully_correct']:.3f})")
     return {"items": totals["items_scored"], "output": str(out / "scores.jsonl"), **quality}
+
+
+def _parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_yaml(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 def _write_json(path: Path, data: dict) -> Path:
@@ -365,5 +585,6 @@ def _write_json(path: Path, data: dict) -> Path:
 
 
 STAGES = {"benchmark": make_benchmark, "convert": convert_environment,
-          "convert-real": convert_real, "base": pretrain_base, "proxy": train_proxy,
-          "train": train_variant, "evaluate": evaluate, "score": score_sample}
+          "convert-real": convert_real, "split": split_real, "base": pretrain_base,
+          "proxy": train_proxy, "train": train_variant, "evaluate": evaluate,
+          "score": score_sample}

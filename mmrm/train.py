@@ -243,7 +243,10 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
         # which pairs this model learns from (a cross-fitted proxy must never see its fold)
         (out / TRAIN_IDS).write_text("".join(f"{p.id}\n" for p in pairs))
         tracker.log_params(flatten(config.model_dump(mode="json")))
-    metrics_log = open(out / "metrics.jsonl", "a") if accelerator.is_main_process else None
+    # a resumed run continues its log; a fresh one starts it (a rerun into the same folder
+    # must not append to the last run's lines)
+    metrics_log = open(out / "metrics.jsonl", "a" if checkpoint is not None else "w") \
+        if accelerator.is_main_process else None
     modules.train()
     step_delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
     started, seen_pairs, window = time.perf_counter(), 0, []
@@ -285,14 +288,16 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
                 continue
             step += 1
             if step % config.log_steps == 0 or step == total_steps:
-                record = _reduce_window(window, step, scheduler, started, seen_pairs)
+                record = _reduce_window(window, step, scheduler)
                 window = []
-                if metrics_log is not None:
+                if metrics_log is not None:      # a tracked output: no wall-clock figures
                     metrics_log.write(json.dumps(record) + "\n")
                     metrics_log.flush()
-                tracker.log_metrics({k: v for k, v in record.items()
-                                     if k not in ("step", "weight/hist")}, step)
-                log(_progress_line(record, total_steps))
+                rate = seen_pairs / max(1e-9, time.perf_counter() - started)
+                tracker.log_metrics({**{k: v for k, v in record.items()
+                                        if k not in ("step", "weight/hist")},
+                                     "pairs_per_second": rate}, step)
+                log(_progress_line(record, total_steps) + f" ({rate:.1f} pairs/s)")
             if step_delay:
                 time.sleep(step_delay)
             if config.save_steps and step % config.save_steps == 0:
@@ -304,16 +309,20 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
 
     if metrics_log is not None:
         metrics_log.close()
-    result = {"steps": step, "pairs_seen": seen_pairs,
-              "seconds": round(time.perf_counter() - started, 2)}
+    seconds = round(time.perf_counter() - started, 2)
+    result = {"steps": step, "pairs_seen": seen_pairs}
     if accelerator.is_main_process:
         collator = PairCollator(processor, config.mode, config.data.max_length,
                                 share_prompt=core.reward.shares_prompt)
         save_final(core.reward, processor, collator, pairs, config)
         result.update(evaluate_files(core.reward, collator, config))
-        tracker.log_metrics({k: v for k, v in result.items() if k.startswith("eval/")}, step)
+        tracker.log_metrics({**{k: v for k, v in result.items() if k.startswith("eval/")},
+                             "train_seconds": seconds}, step)
+        # result.json is an output DVC tracks: the same inputs give the same bytes, so the
+        # wall-clock time goes to the tracker and the log only
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+        log(f"trained {step} steps in {seconds} s; {json.dumps(result)}")
+    return {**result, "seconds": seconds}
 
 
 def save_final(model: RewardModel, processor, collator: PairCollator, pairs: list,
@@ -355,11 +364,10 @@ def _batch_stats(loss, mm_loss, chosen, rejected, weights, text_loss) -> dict:
     return stats
 
 
-def _reduce_window(window: list[dict], step: int, scheduler, started: float, seen: int) -> dict:
+def _reduce_window(window: list[dict], step: int, scheduler) -> dict:
     total = sum(w["n"] for w in window)
     keys = {k for w in window for k in w if k not in ("n", "weight/hist")}
-    record = {"step": step, "lr": scheduler.get_last_lr()[0],
-              "pairs_per_second": seen / max(1e-9, time.perf_counter() - started)}
+    record = {"step": step, "lr": scheduler.get_last_lr()[0]}
     for key in sorted(keys):
         values = [(w[key], w["n"]) for w in window if key in w]
         record[key] = sum(v * n for v, n in values) / sum(n for _, n in values)

@@ -79,8 +79,44 @@ def start_prefect(state: Path, project: Path, port: int | None = None,
                         state / "prefect-serve.log", env, project)
         info["pids"]["prefect-serve"] = worker.pid
         _save(state, info["pids"])
+        # return only once the deployments can be run (no "Deployment not found" race)
+        wait_deployments(info["api"], DEPLOYMENTS, 180, worker, state / "prefect-serve.log")
     (state / "prefect.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+#: What flows/serve.py serves.
+DEPLOYMENTS = ("mmrm-pipeline/builtin", "mmrm-score/file")
+
+
+def wait_deployments(api: str, names: tuple[str, ...], timeout: float,
+                     proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flows/serve.py exited with {proc.returncode} before serving: "
+                               f"{log.read_text()[-2000:]}")
+        request = urllib.request.Request(api + "/deployments/filter", method="POST",
+                                         data=b"{}", headers={"Content-Type":
+                                                              "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                found = json.loads(response.read())
+            flows = _flow_names(api)
+            served = {f"{flows.get(d['flow_id'], '?')}/{d['name']}" for d in found}
+            if set(names) <= served:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"deployments {names} were not served within {timeout:.0f} s")
+
+
+def _flow_names(api: str) -> dict[str, str]:
+    request = urllib.request.Request(api + "/flows/filter", method="POST", data=b"{}",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return {f["id"]: f["name"] for f in json.loads(response.read())}
 
 
 def start_mlflow(state: Path, project: Path, port: int = 5000) -> dict:
@@ -95,15 +131,17 @@ def start_mlflow(state: Path, project: Path, port: int = 5000) -> dict:
 
 
 def stop(state: Path, names: list[str] | None = None, grace: float = 15.0) -> list[str]:
-    """Stop the recorded processes by their own process group: SIGTERM, then SIGKILL (a
-    Prefect worker may ignore the first SIGTERM)."""
+    """Stop the recorded processes by their own process group, the last started first (the
+    serve process before the server it talks to): SIGINT (a clean shutdown), SIGTERM, then
+    SIGKILL (a Prefect worker may ignore the first SIGTERM)."""
     pids = _load(state)
     stopped = []
-    for name in names or list(pids):
+    for name in names or list(reversed(pids)):
         pid = pids.pop(name, None)
         if pid is None:
             continue
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, grace),
+                          (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(pid, sig)
             except ProcessLookupError:

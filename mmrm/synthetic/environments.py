@@ -252,6 +252,7 @@ def write_benchmark(folder: Path, config: BenchmarkConfig | None = None) -> list
                          "src": str(w.raw.src.relative_to(folder)),
                          "image_root": str(w.raw.image_root.relative_to(folder))
                          if w.raw.image_root else None} for w in written]}
+    folder.mkdir(parents=True, exist_ok=True)       # also with no environment at all
     (folder / "benchmark.json").write_text(json.dumps(index, indent=2) + "\n")
     return written
 

@@ -63,3 +63,20 @@ def test_sample_converts_every_released_format_through_the_console_script(tmp_pa
     # VLFeedback: 4 completions, the right one rated 5/5, others 1-4 / 1 -> 3 pairs at least
     vlf = json.loads((tmp_path / "converted" / "vlfeedback" / "pairs.manifest.json").read_text())
     assert vlf["pairs"]["read"] == 4 * 6
+
+
+def test_cli_names_its_choices_and_version():
+    from mmrm.cli import StageName
+    from mmrm.pipeline import STAGES
+
+    assert [s.value for s in StageName] == list(STAGES)
+    assert runner.invoke(app, ["--version"]).output.startswith("mmrm ")
+    stage = runner.invoke(app, ["stage", "--help"], env={"COLUMNS": "200"}).output
+    assert "<none|sfc_joint|sfc_two_stage>" in stage and "benchmark, convert" in stage
+    score = runner.invoke(app, ["score", "--help"], env={"COLUMNS": "200"}).output
+    assert "<fp32|bf16|fp16>" in score and "<auto|driver|worker>" in score
+    train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "--resume / --no-resume" in train and "no-no-resume" not in train
+    assert "<list[str]>" not in train
+    bad = runner.invoke(app, ["stage", "nonsense"])
+    assert bad.exit_code == 2 and "nonsense" in bad.output

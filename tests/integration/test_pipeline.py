@@ -24,6 +24,7 @@ TINY = {
     "base": {"seed": 0, "image_size": 32, "hidden_size": 32, "vision_layers": 1,
              "text_layers": 1, "align_steps": 3, "tune_steps": 3, "batch_size": 8,
              "eval_scenes": 10},
+    "builtin": ["povid", "rlhfv"],
     "environments": ["povid", "rlhfv"],
     "variants": ["none", "sfc_two_stage"],
     "train": {"seed": 0, "epochs": 1, "max_steps": 2, "lr": 1.0e-3, "batch_size": 8,
@@ -35,6 +36,15 @@ TINY = {
 def test_shipped_params_and_dvc_stages_validate():
     params = load_params(ROOT / "params.yaml")
     assert params.variants and set(params.environments) == {"povid", "rlhfv", "vlfeedback"}
+    sys.path.insert(0, str(ROOT))
+    from flows.serve import PARAMETER_SETS
+    for name, (file, _) in PARAMETER_SETS.items():     # every deployment's parameter set
+        assert load_params(ROOT / file).environments, name
+    real = load_params(ROOT / "params.real.yaml")
+    assert not real.builtin and set(real.real_datasets) == set(real.environments)
+    from mmrm.config import load_config
+    for variant in real.variants:                       # its GPU run configs exist
+        load_config(ROOT / real.model.config.format(variant=variant.value))
     PipelineParams.model_validate(TINY)
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     from mmrm.pipeline import STAGES
@@ -81,26 +91,64 @@ def test_repro_runs_everything_then_nothing_then_only_what_a_param_touches(proje
         "benchmark", "convert@povid", "convert@rlhfv", "base", "proxy@povid", "proxy@rlhfv",
         "train@povid-none", "train@povid-sfc_two_stage", "train@rlhfv-none",
         "train@rlhfv-sfc_two_stage", "evaluate", "score"}
-    metrics = json.loads((folder / "runs/pipeline/matrix/metrics.json").read_text())
-    assert set(metrics["variants"]) == {"none", "sfc_two_stage"}
-    assert (folder / "runs/pipeline/matrix/matrix.png").stat().st_size > 1000
-    assert {"anticue", "best_of_n/fully_correct", "best_of_n/random_fully_correct"} <= set(
-        metrics["variants"]["none"])
+    # the stages talk: DVC shows each stage's progress as it runs
+    assert "step 2/2 loss" in first and "evaluating 4 models" in first and "anticue" in first
+    metrics = json.loads((folder / "metrics/pipeline.json").read_text())
+    assert set(metrics) == {"none", "sfc_two_stage", "all"}
+    assert {"id", "ood", "anticue", "bon_correct", "bon_random"} <= set(metrics["none"])
+    assert all(isinstance(v, float) for values in metrics.values() for v in values.values())
+    assert (folder / "metrics/matrix.png").stat().st_size > 1000
     scores = [json.loads(line) for line in open(folder / "runs/pipeline/scores/scores.jsonl")]
     assert len(scores) == 4 and all(len(s["scores"]) == len(s["errors"]) == 3 for s in scores)
     best_of_n = json.loads((folder / "runs/pipeline/scores/best_of_n.json").read_text())
     assert best_of_n["items"] == 4 and best_of_n["oracle_fully_correct"] == 1.0
+    # tracked outputs carry no wall-clock figures
+    for name in ("result.json", "metrics.jsonl"):
+        text = (folder / "runs/pipeline/models/povid/none" / name).read_text()
+        assert "seconds" not in text and "pairs_per_second" not in text
+    assert "seconds" not in (folder / "data/base/tiny/pretrain_report.json").read_text()
 
     second = run([sys.executable, "-m", "dvc", "repro"], folder, timeout=600)
     assert ran_stages(second) == set() and "Data and pipelines are up to date" in second
 
-    params = yaml.safe_load((folder / "params.yaml").read_text())
-    params["train"]["lr"] = 2.0e-3
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
-    third = run([sys.executable, "-m", "dvc", "repro"], folder, timeout=1500)
-    assert ran_stages(third) == {
+
+def test_a_prefect_run_of_the_same_params_leaves_dvc_nothing_to_do(project, tmp_path):
+    folder, _ = project
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               DO_NOT_TRACK="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=f"{ROOT}:{env.get('PYTHONPATH', '')}")
+    done = subprocess.run([sys.executable, "-c", "from flows.pipeline import pipeline_flow; "
+                           "pipeline_flow('params.yaml')"], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    status = run([sys.executable, "-m", "dvc", "status"], folder)
+    assert "Data and pipelines are up to date" in status, status
+
+
+def test_the_experiment_loop_compares_metrics_and_params_across_commits(project):
+    folder, _ = project
+    git = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    run(["git", "add", "-A"], folder)
+    subprocess.run(["git", "commit", "-qm", "baseline"], cwd=folder, env=git, check=True)
+    exp = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.lr=0.002"], folder,
+              timeout=1500)
+    assert ran_stages(exp) == {
         "proxy@povid", "proxy@rlhfv", "train@povid-none", "train@povid-sfc_two_stage",
         "train@rlhfv-none", "train@rlhfv-sfc_two_stage", "evaluate", "score"}
+    params = run([sys.executable, "-m", "dvc", "params", "diff", "--json"], folder)
+    assert json.loads(params)["params.yaml"]["train.lr"]["new"] == 0.002
+    metrics = json.loads(run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"],
+                             folder))
+    changed = metrics["metrics/pipeline.json"]       # only what moved is listed
+    assert changed and all(key.split(".")[0] in {"none", "sfc_two_stage", "all"}
+                           and "new" in value and "old" in value
+                           for key, value in changed.items())
+    shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], folder)
+    assert "0.002" in shown
+    run([sys.executable, "-m", "dvc", "plots", "diff", "HEAD", "-o", "plots-out"], folder)
+    assert (folder / "plots-out" / "index.html").exists()
 
 
 def test_mlflow_holds_the_lineage_of_the_pipeline(project):
@@ -111,6 +159,7 @@ def test_mlflow_holds_the_lineage_of_the_pipeline(project):
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
     mlflow.set_registry_uri(f"sqlite:///{folder / 'mlflow.db'}")
     experiment = mlflow.get_experiment_by_name("mmrm")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
     parents = {r.info.run_id: r for r in runs if r.data.tags.get("mmrm.role") == "pipeline"}
     stages = [r for r in runs if r.data.tags.get("mmrm.role") == "stage"]
@@ -137,12 +186,12 @@ def test_mlflow_holds_the_lineage_of_the_pipeline(project):
         digests = {d.dataset.name: d.dataset.digest for d in r.inputs.dataset_inputs}
         env = r.data.tags["mmrm.environment"]
         assert digests[f"{env}/train"] == file_md5(
-            folder / "data/benchmark/pairs" / env / "train.jsonl")
+            folder / "data/envs" / env / "train.jsonl")
         assert r.data.tags["mlflow.source.git.commit"]
 
     champion = mlflow.pyfunc.load_model("models:/mmrm-reward-model@champion")
-    pair = json.loads(open(folder / "data/benchmark/pairs/povid/test.jsonl").readline())
-    image = str(folder / "data/benchmark/pairs/povid" / pair["img_path"])
+    pair = json.loads(open(folder / "data/envs/povid/test.jsonl").readline())
+    image = str(folder / "data/envs/povid" / pair["img_path"])
     rows = pd.DataFrame(
         [{"prompt": pair["prompt"], "img_path": image, "response": pair["chosen"]},
          {"prompt": pair["prompt"], "img_path": image, "response": pair["rejected"]}])
@@ -151,6 +200,13 @@ def test_mlflow_holds_the_lineage_of_the_pipeline(project):
     # the image rules hold behind the registry too: a path outside the root is refused
     with pytest.raises(Exception, match="is outside the data root"):
         champion.predict(rows, params={"image_root": str(folder / "data" / "benchmark" / "raw")})
-    metrics = json.loads((folder / "runs/pipeline/matrix/metrics.json").read_text())
     version = mlflow.MlflowClient().get_model_version_by_alias("mmrm-reward-model", "champion")
-    assert version.tags["mmrm.model_dir"] == metrics["champion_dir"]
+    assert version.tags["mmrm.model_dir"].startswith(str((folder / "runs/pipeline/models")
+                                                         .resolve()))
+    assert version.tags["mmrm.decision"].startswith("champion")
+    assert version.tags["mmrm.evaluate_run"] and version.description
+    model = mlflow.MlflowClient().get_registered_model("mmrm-reward-model")
+    assert "reward model" in model.description
+    info = mlflow.models.get_model_info("models:/mmrm-reward-model@champion")
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["prompt", "img_path",
+                                                                     "response"]

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -26,7 +25,8 @@ TINY = {
     "base": {"seed": 0, "image_size": 32, "hidden_size": 32, "vision_layers": 1,
              "text_layers": 1, "align_steps": 3, "tune_steps": 3, "batch_size": 8,
              "eval_scenes": 10},
-    "environments": ["povid", "rlhfv"], "variants": ["none", "sfc_two_stage"],
+    "builtin": ["povid", "rlhfv"], "environments": ["povid", "rlhfv"],
+    "variants": ["none", "sfc_two_stage"],
     "train": {"max_steps": 2, "batch_size": 8, "epochs": 1},
     "score": {"batch_responses": 12},
     "tracking": {"enabled": False},
@@ -66,16 +66,10 @@ def test_deployment_run_completes_on_a_local_server(tmp_path):
         env = {**os.environ, "PREFECT_API_URL": info["api"], "PREFECT_HOME": info["home"],
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
         prefect = str(Path(sys.executable).parent / "prefect")
-        # the serve process registers the deployments shortly after it starts
-        for _ in range(120):
-            listed = subprocess.run([prefect, "deployment", "ls"], env=env,
-                                    capture_output=True, text=True)
-            if "mmrm-pipeline/builtin" in listed.stdout and "mmrm-score/file" in listed.stdout:
-                break
-            time.sleep(1)
-        else:
-            pytest.fail("deployments never appeared:\n" + listed.stdout +
-                        (state / "prefect-serve.log").read_text()[-3000:])
+        # start_prefect (make prefect-up) returns only once the deployments are served
+        listed = subprocess.run([prefect, "deployment", "ls"], env=env, capture_output=True,
+                                text=True)
+        assert "mmrm-pipeline/builtin" in listed.stdout and "mmrm-score/file" in listed.stdout
         run = subprocess.run([prefect, "deployment", "run", "mmrm-pipeline/builtin", "--watch",
                               "--watch-timeout", "1200"], env=env, capture_output=True,
                              text=True, timeout=1500)
@@ -91,10 +85,26 @@ def test_deployment_run_completes_on_a_local_server(tmp_path):
         assert table and table[0]["type"] == "table"
         assert {row["trained on"] for row in json.loads(table[0]["data"])} == {
             "povid/none", "povid/sfc_two_stage", "rlhfv/none", "rlhfv/sfc_two_stage"}
-        metrics = json.loads((project / "runs/pipeline/matrix/metrics.json").read_text())
-        assert metrics["champion"] in {row["trained on"] for row in json.loads(table[0]["data"])}
+        champion = json.loads((project / "runs/pipeline/matrix/champion.json").read_text())
+        assert champion["champion"] in {row["trained on"]
+                                        for row in json.loads(table[0]["data"])}
+        names = {r["name"] for r in api(info, "/task_runs/filter", {"limit": 50})}
+        assert {"train[povid/none]", "train[rlhfv/sfc_two_stage]", "proxy[povid]"} <= names
+        # a bad override fails the run with the validation message in its state
+        bad = subprocess.run([prefect, "deployment", "run", "mmrm-pipeline/builtin",
+                              "--param", 'overrides={"train.lr": -1}', "--watch",
+                              "--watch-timeout", "300"], env=env, capture_output=True,
+                             text=True, timeout=400)
+        assert bad.returncode != 0
+        failed = [r for r in api(info, "/flow_runs/filter", {"limit": 10})
+                  if r["state"]["type"] == "FAILED"]
+        assert failed and "train.lr" in failed[0]["state"]["message"], failed
         assert (project / "runs/pipeline/scores/scores.jsonl").exists()
     finally:
+        before = {name: len((state / f"{name}.log").read_text())
+                  for name in ("prefect-serve", "prefect-server")}
         stopped = stop(state)
-    assert set(stopped) == set(pids)
+    assert stopped == ["prefect-serve", "prefect-server"]      # dependency order
     assert not any(_alive(pid) for pid in pids.values())
+    for name, size in before.items():      # shutting down wrote no traceback
+        assert "Traceback" not in (state / f"{name}.log").read_text()[size:], name
