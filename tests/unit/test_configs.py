@@ -77,3 +77,18 @@ def test_overrides_use_dotted_keys(tmp_path):
         (3e-4, 7, Weighting.SFC_JOINT)
     with pytest.raises(ValueError, match="not key=value"):
         load_config(CONFIGS / "tiny" / "none.yaml", ["seed"])
+
+
+def test_a_multi_gpu_profile_launches_each_training_through_accelerate(tmp_path):
+    from mmrm.pipeline import PipelineParams, launch_command
+
+    params = PipelineParams.model_validate({"model": {
+        "base": "models/x", "config": "configs/gpu/internvl_8b_{variant}.yaml", "processes": 8,
+        "accelerate_config": "configs/accelerate/zero3.yaml"}})
+    command = launch_command(params, "train", "povid", "sfc_joint", tmp_path / "p.yaml")
+    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    assert command[command.index("--num_processes") + 1] == "8"
+    assert command[command.index("--config_file") + 1] == "configs/accelerate/zero3.yaml"
+    assert command[-8:] == ["stage", "train", "--env", "povid", "--variant", "sfc_joint",
+                            "--params", str(tmp_path / "p.yaml")]
+    assert params.base_model == "models/x"
