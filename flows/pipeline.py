@@ -9,6 +9,7 @@ artifact. ``flows/serve.py`` serves them as deployments:
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,11 @@ def convert_real_task(params: PipelineParams, name: str) -> dict:
     return stages.convert_real(params, name)
 
 
+@task(name="split", task_run_name="split[{name}]")
+def split_task(params: PipelineParams, name: str) -> dict:
+    return stages.split_real(params, name)
+
+
 @task(name="base")
 def base_task(params: PipelineParams) -> dict:
     if (Path(params.paths.base) / "config.json").exists():     # built once, like DVC's cache
@@ -55,7 +61,9 @@ def proxy_task(params: PipelineParams, env: str) -> dict:
 
 @task(name="train", task_run_name="train[{env}/{variant}]")
 def train_task(params: PipelineParams, env: str, variant: str) -> dict:
-    return stages.train_variant(params, env, variant)
+    started = time.time()
+    result = stages.train_variant(params, env, variant)
+    return {**result, "started": started, "finished": time.time()}
 
 
 @task(name="evaluate")
@@ -86,13 +94,18 @@ def resolve_params(params_file: str, overrides: dict[str, Any] | None) -> Pipeli
 
 
 @flow(name="mmrm-pipeline", log_prints=True)
-def pipeline_flow(params_file: str = "params.yaml",
-                  overrides: dict[str, Any] | None = None) -> dict:
+def pipeline_flow(params_file: str = "params.yaml", overrides: dict[str, Any] | None = None,
+                  ray: bool = False, ray_address: str | None = None,
+                  ray_cpus: int | None = None) -> dict:
     """The whole chain: benchmark -> convert -> base -> proxy -> train -> evaluate -> score.
 
     Args:
         params_file: pipeline params YAML, relative to the serving process's directory.
         overrides: dotted keys over it, e.g. ``{"train.lr": 0.002, "variants": ["none"]}``.
+        ray: run the stages as tasks on a Ray cluster (prefect-ray), independent ones at the
+            same time (the proxies, the train matrix); sequential by default.
+        ray_address: the cluster to join (default: a local one on 127.0.0.1).
+        ray_cpus: CPUs of the local cluster (default: all).
     """
     from prefect.states import Failed
 
@@ -107,26 +120,76 @@ def pipeline_flow(params_file: str = "params.yaml",
     if params.tracking.enabled:          # every stage's MLflow run goes under one parent
         os.environ[PARENT_ENV] = pipeline_run(params)
     try:
-        benchmark_task(params)
-        for env in params.environments:
-            convert_task(params, env)
-        for name in params.real_datasets:
-            convert_real_task(params, name)
-        base_task(params)
-        for env in params.environments:
-            proxy_task(params, env)   # weights sfc_two_stage; statistics for none
-            for variant in params.variants:
-                train_task(params, env, variant.value)
-        evaluated = evaluate_task(params)
-        scored = score_task(params)
+        if ray or ray_address:
+            done = _on_ray(params, ray_address, ray_cpus)
+        else:
+            done = _in_order(params)
     finally:
         os.environ.pop(PARENT_ENV, None)
-    champion = evaluated["champion"]
+    champion = done["evaluated"]["champion"]
     logger.info("champion %s: ID %.3f, OOD %.3f", champion["champion"], champion["id"],
                 champion["ood"])
-    for variant, values in evaluated["metrics"].items():
+    for variant, values in done["evaluated"]["metrics"].items():
         logger.info("%s: %s", variant, ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
-    return {"metrics": evaluated["metrics"], "champion": champion, "scores": scored}
+    return {"metrics": done["evaluated"]["metrics"], "champion": champion,
+            "scores": done["scored"], "trained": done["trained"]}
+
+
+def _in_order(params: PipelineParams) -> dict:
+    """The stages one after the other, in this process."""
+    benchmark_task(params)
+    for env in params.builtin:
+        convert_task(params, env)
+    for name in params.real_datasets:
+        convert_real_task(params, name)
+        split_task(params, name)
+    base_task(params)
+    trained = []
+    for env in params.environments:
+        proxy_task(params, env)       # weights sfc_two_stage; statistics for none
+        trained += [train_task(params, env, v.value) for v in params.variants]
+    return {"trained": trained, "evaluated": evaluate_task(params),
+            "scored": score_task(params)}
+
+
+def _on_ray(params: PipelineParams, address: str | None, cpus: int | None) -> dict:
+    """The stages as Ray tasks: what does not depend on each other runs at the same time."""
+    import ray
+    from prefect_ray.task_runners import RayTaskRunner
+
+    from mmrm.score import start_ray
+
+    started = not ray.is_initialized() and address is None
+    if started:                 # a local cluster listens on loopback only, as mmrm score's
+        start_ray(None, **({"num_cpus": cpus} if cpus else {}))
+    try:
+        return _submit_all.with_options(task_runner=RayTaskRunner(address=address))(params)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@flow(name="mmrm-pipeline-on-ray", log_prints=True)
+def _submit_all(params: PipelineParams) -> dict:
+    from prefect_ray.context import remote_options
+
+    bench = benchmark_task.submit(params)
+    data = [convert_task.submit(params, env, wait_for=[bench]) for env in params.builtin]
+    for name in params.real_datasets:
+        data.append(split_task.submit(params, name,
+                                      wait_for=[convert_real_task.submit(params, name)]))
+    base = base_task.submit(params, wait_for=[bench])
+    trains = []
+    for env in params.environments:
+        proxy = proxy_task.submit(params, env, wait_for=[*data, base])
+        # a training task asks Ray for the GPUs its profile trains on (none on the CPU)
+        gpus = params.model.processes if params.model.base else 0
+        with remote_options(num_cpus=1, num_gpus=gpus):
+            trains += [train_task.submit(params, env, v.value, wait_for=[proxy])
+                       for v in params.variants]
+    evaluated = evaluate_task.submit(params, wait_for=trains)
+    return {"trained": [t.result() for t in trains], "evaluated": evaluated.result(),
+            "scored": score_task.submit(params, wait_for=[evaluated]).result()}
 
 
 @flow(name="mmrm-score", log_prints=True)
