@@ -57,7 +57,8 @@ def test_wheel_runs_the_default_from_another_folder(tmp_path):
     run([mmrm, "base", "pretrain", "data/base/tiny", "--config", "base.yaml"], work, env)
     out = run([mmrm, "train", "tiny/none", "max_steps=2", "per_device_batch_size=4",
                "data.eval={}", "--no-resume"], work, env, timeout=900)
-    assert json.loads(out[out.index("{"):])["steps"] == 2
+    # the CLI prints its progress lines, then the result as one indented JSON document
+    assert json.loads(out[out.index("\n{\n") + 1:])["steps"] == 2
     model = work / "runs" / "tiny" / "povid" / "none" / "final"
     assert (model / "train_config.json").exists()
     pairs = [json.loads(line) for line in
