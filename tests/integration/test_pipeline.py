@@ -12,25 +12,13 @@ import pytest
 import yaml
 
 from mmrm.pipeline import PipelineParams, load_params
+from tiny_pipeline import tiny_params
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Small enough for CI: two environments, two variants, a few steps; same code paths.
-TINY = {
-    "benchmark": {"seed": 0, "train_size": 24, "test_size": 12, "image_size": 32,
-                  "best_of_n": {"items": 2, "candidates": 3}},
-    "base": {"seed": 0, "image_size": 32, "hidden_size": 32, "vision_layers": 1,
-             "text_layers": 1, "align_steps": 3, "tune_steps": 3, "batch_size": 8,
-             "eval_scenes": 10},
-    "builtin": ["povid", "rlhfv"],
-    "environments": ["povid", "rlhfv"],
-    "variants": ["none", "sfc_two_stage"],
-    "train": {"seed": 0, "epochs": 1, "max_steps": 2, "lr": 1.0e-3, "batch_size": 8,
-              "overrides": []},
-    "score": {"workers": 1, "batch_responses": 12},
-}
+TINY = tiny_params()
 
 
 def test_shipped_params_and_dvc_stages_validate():

@@ -13,24 +13,14 @@ import yaml
 
 from flows.pipeline import resolve_params
 from mmrm.pipeline import PipelineParams
+from tiny_pipeline import tiny_params
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-TINY = {
-    "benchmark": {"seed": 0, "train_size": 24, "test_size": 12, "image_size": 32,
-                  "best_of_n": {"items": 2, "candidates": 3}},
-    "base": {"seed": 0, "image_size": 32, "hidden_size": 32, "vision_layers": 1,
-             "text_layers": 1, "align_steps": 3, "tune_steps": 3, "batch_size": 8,
-             "eval_scenes": 10},
-    "builtin": ["povid", "rlhfv"], "environments": ["povid", "rlhfv"],
-    "variants": ["none", "sfc_two_stage"],
-    "train": {"max_steps": 2, "batch_size": 8, "epochs": 1},
-    "score": {"batch_responses": 12},
-    "tracking": {"enabled": False},
-}
+TINY = tiny_params(tracking=False)
 
 
 def test_flow_parameters_are_validated(tmp_path):
