@@ -23,7 +23,8 @@ and each shortcut-aware variant's paired difference from ``none`` (same replicat
 95% percentile-bootstrap CI over replicates; ``phase.png`` shows the OOD gain per cell.
 Results are cached per run under ``--work``; a rerun only runs what is missing, and
 ``--variants none proxy headroom`` runs the SFC-free part alone (the default benchmark is
-chosen from it before any shortcut-aware run). ``--mlflow`` logs every cell.
+chosen from it before any shortcut-aware run), ``--report-only`` reports what is cached of a
+partly run grid. ``--mlflow`` logs every cell.
 
     python benchmarks/shortcut_sweep.py --work runs/sweep --jobs 2
 """
@@ -80,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resamples", type=int, default=10000)
     parser.add_argument("--mlflow", action="store_true", help="Log every cell to MLflow.")
     parser.add_argument("--keep-models", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="Train nothing: report "
+                        "the runs of the grid that are cached (a partly run grid).")
     parser.add_argument("overrides", nargs="*", help="dotted key=value for every run")
     args = parser.parse_args(argv)
     args.cache = args.cache or args.work
@@ -489,10 +492,17 @@ def main(argv=None) -> dict:
     work = args.work
     started = time.perf_counter()
     base_keys = list(product(args.levels, args.base_seeds))
+    data_keys = list(product(args.levels, args.data_seeds))
+    if args.report_only:
+        tasks = specs(args, {k: str(base_dir(args.cache, *k)) for k in base_keys},
+                      {k: str(data_dir(args.cache, *k)) for k in data_keys})
+        results = {run_key(t): json.loads((Path(t["out"]) / "result.json").read_text())
+                   for t in tasks if (Path(t["out"]) / "result.json").exists()}
+        print(f"{len(results)} of {len(tasks)} runs of the grid are cached", flush=True)
+        return report(args, results, started)
     bases = dict(zip(base_keys, run_all(make_base, args.jobs, [
         (args.cache, level, seed, args.base_steps) for level, seed in base_keys])))
     print(f"bases ready ({time.perf_counter() - started:.0f} s)", flush=True)
-    data_keys = list(product(args.levels, args.data_seeds))
     datas = dict(zip(data_keys, run_all(make_data, args.jobs, [
         (args.cache, level, seed, args.cue_rates, args.train_size, args.test_size, args.bon_items,
          args.bon_candidates) for level, seed in data_keys])))
@@ -503,15 +513,33 @@ def main(argv=None) -> dict:
     results = {}
     for batch in (proxies, rest):
         for spec, result in zip(batch, run_all(execute, args.jobs, [(t,) for t in batch])):
-            results[(spec["level"], spec["base_seed"], spec["data_seed"], spec["rate"],
-                     spec["env"], spec["variant"])] = result
+            results[run_key(spec)] = result
     print(f"runs done ({time.perf_counter() - started:.0f} s, {len(tasks)} runs)", flush=True)
+    return report(args, results, started)
+
+
+def run_key(spec: dict) -> tuple:
+    return (spec["level"], spec["base_seed"], spec["data_seed"], spec["rate"], spec["env"],
+            spec["variant"])
+
+
+def run_seconds(results: dict) -> dict:
+    """Seconds each kind of run took (one thread each), summed over the cached runs."""
+    totals = {}
+    for key, result in results.items():
+        totals[key[-1]] = totals.get(key[-1], 0.0) + result.get("seconds", 0.0)
+    return {k: round(v, 1) for k, v in totals.items()}
+
+
+def report(args, results: dict, started: float) -> dict:
+    work = args.work
     rows = replicate_rows(args, results)
     cells = summarise(rows, args)
-    report = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "recipe": RECIPE, "cells": cells, "rows": rows,
-              "seconds": round(time.perf_counter() - started, 1)}
-    (work / "sweep.json").write_text(json.dumps(report, indent=1) + "\n")
+    out = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+           "recipe": RECIPE, "cells": cells, "rows": rows, "runs": len(results),
+           "run_seconds": run_seconds(results),
+           "seconds": round(time.perf_counter() - started, 1)}
+    (work / "sweep.json").write_text(json.dumps(out, indent=1) + "\n")
     text = table(cells)
     (work / "sweep.md").write_text(text)
     print(text)
@@ -520,7 +548,7 @@ def main(argv=None) -> dict:
         print(f"phase diagram: {png}")
     if args.mlflow:
         log_mlflow(cells, args)
-    return report
+    return out
 
 
 if __name__ == "__main__":
