@@ -27,7 +27,7 @@ def task(**kwargs):
     return prefect_task(cache_policy=NO_CACHE, **kwargs)
 
 
-@task(name="benchmark")
+@task(name="benchmark", task_run_name="benchmark")
 def benchmark_task(params: PipelineParams) -> dict:
     return stages.make_benchmark(params)
 
@@ -47,7 +47,7 @@ def split_task(params: PipelineParams, name: str) -> dict:
     return stages.split_real(params, name)
 
 
-@task(name="base")
+@task(name="base", task_run_name="base")
 def base_task(params: PipelineParams) -> dict:
     if (Path(params.paths.base) / "config.json").exists():     # built once, like DVC's cache
         return {"cached": params.paths.base}
@@ -66,7 +66,7 @@ def train_task(params: PipelineParams, env: str, variant: str) -> dict:
     return {**result, "started": started, "finished": time.time()}
 
 
-@task(name="evaluate")
+@task(name="evaluate", task_run_name="evaluate")
 def evaluate_task(params: PipelineParams) -> dict:
     result = stages.evaluate(params)
     matrix = result["matrix"]
@@ -82,7 +82,7 @@ def evaluate_task(params: PipelineParams) -> dict:
 
 
 # Ray starts processes and talks over sockets: worth a retry before failing the run.
-@task(name="score", retries=2, retry_delay_seconds=10)
+@task(name="score", task_run_name="score", retries=2, retry_delay_seconds=10)
 def score_task(params: PipelineParams) -> dict:
     return stages.score_sample(params)
 

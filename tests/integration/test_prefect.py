@@ -79,7 +79,8 @@ def test_deployment_run_completes_on_a_local_server(tmp_path):
         assert champion["champion"] in {row["trained on"]
                                         for row in json.loads(table[0]["data"])}
         names = {r["name"] for r in api(info, "/task_runs/filter", {"limit": 50})}
-        assert {"train[povid/none]", "train[rlhfv/sfc_two_stage]", "proxy[povid]"} <= names
+        assert {"benchmark", "base", "train[povid/none]", "train[rlhfv/sfc_two_stage]",
+                "proxy[povid]", "evaluate", "score"} <= names
         # a bad override fails the run with the validation message in its state
         bad = subprocess.run([prefect, "deployment", "run", "mmrm-pipeline/builtin",
                               "--param", 'overrides={"train.lr": -1}', "--watch",
