@@ -489,7 +489,6 @@ def run_all(fn, jobs: int, tasks: list[tuple]) -> list:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    work = args.work
     started = time.perf_counter()
     base_keys = list(product(args.levels, args.base_seeds))
     data_keys = list(product(args.levels, args.data_seeds))

@@ -31,7 +31,6 @@ from mmrm.lineage import (active_run_id, evaluation_key, promote, register_rewar
 from mmrm.synthetic.environments import ENVIRONMENTS
 
 
-
 def say(line: str) -> None:
     """A progress line of a stage: stdout, which ``dvc repro`` shows as it runs and the
     Prefect flow (``log_prints``) turns into task logs."""
@@ -287,8 +286,8 @@ def convert_real(params: PipelineParams, name: str) -> dict:
     spec = params.real_datasets[name]
     out = params.pairs(name, "pairs")
     with stage_run(params, f"convert/{name}") as tracker:
-        tracker.log_dataset(spec.src, f"{name}/raw", "source") if Path(spec.src).is_file() \
-            else None
+        if Path(spec.src).is_file():
+            tracker.log_dataset(spec.src, f"{name}/raw", "source")
         manifest = convert(spec.format, spec.src, out,
                            image_root=spec.image_root and Path(spec.image_root))
         records = manifest["records"]
@@ -442,8 +441,9 @@ def evaluate(params: PipelineParams) -> dict:
         matrix = cross_distribution(models, tests)
         paths = matrix.write(params.matrix_dir)
         shortcut = {}
+        best_of_n = best_of_n_source(params)      # written once, read by every model
         for row, model_dir in models.items():
-            shortcut[row] = shortcut_measures(params, row.split("/")[0], model_dir)
+            shortcut[row] = shortcut_measures(params, row.split("/")[0], model_dir, best_of_n)
             say(f"{row}: " + ", ".join(f"{k} {v:.3f}" for k, v in shortcut[row].items()))
         metrics = variant_metrics(params, matrix, shortcut)
         for variant, values in metrics.items():
@@ -490,9 +490,11 @@ def variant_metrics(params: PipelineParams, matrix, shortcut: dict) -> dict[str,
             for name, values in metrics.items()}
 
 
-def shortcut_measures(params: PipelineParams, env: str, model_dir: Path) -> dict[str, float]:
+def shortcut_measures(params: PipelineParams, env: str, model_dir: Path,
+                      best_of_n: tuple[Path, Path]) -> dict[str, float]:
     """One model's accuracy on its environment's anti-cue split (own cue on the rejected
-    side) and the quality of its best-of-N picks over every environment's items."""
+    side) and the quality of its best-of-N picks over every environment's items
+    (``best_of_n``: the items file and image root of :func:`best_of_n_source`)."""
     from mmrm.data import load_pairs
     from mmrm.evaluate import best_of_n_file, pairwise_accuracy
     from mmrm.inference import load_reward_model, score_pairs
@@ -502,7 +504,7 @@ def shortcut_measures(params: PipelineParams, env: str, model_dir: Path) -> dict
     if params.is_builtin(env):        # a released data set has no anti-cue split
         measures["anticue"] = pairwise_accuracy(*score_pairs(
             model, collator, load_pairs(params.pairs(env, "anticue"))))
-    items, root = best_of_n_source(params)
+    items, root = best_of_n
     report = best_of_n_file(model, collator.processor, items, image_root=root)
     measures.update(bon_correct=report["fully_correct"], bon_errors=report["mean_errors"],
                     bon_random=report["random_fully_correct"],
