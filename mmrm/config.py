@@ -148,6 +148,11 @@ class TrainConfig(Strict):
     dataloader_num_workers: int = Field(0, ge=0, description="Processes that build batches "
                                                              "(images, chat template) while "
                                                              "the model trains.")
+    encode_cache_mib: float = Field(512, ge=0, description="Encoded pairs kept in memory per "
+                                    "input view (and loader worker) after their first batch, "
+                                    "so that later epochs skip the chat template, tokenizer "
+                                    "and image preprocessing (mmrm.data.EncodingCache); 0 "
+                                    "turns it off.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

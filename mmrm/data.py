@@ -205,14 +205,31 @@ class PairCollator:
         mode: multimodal, text_only or blank_image.
         max_length: longest sequence kept; longer ones raise (truncation would cut the
             response that is being scored, or the image tokens).
+        share_prompt: each pair's prompt once, continued by chosen and rejected
+            (:meth:`RewardModel.forward_shared_prefix`), where the tokenization allows.
+        cache_mib: keep up to this many MiB of encoded pairs (:class:`EncodingCache`), so
+            that a later epoch pads and stacks instead of encoding again; 0 turns it off.
     """
 
     processor: object
     mode: InputMode = InputMode.MULTIMODAL
     max_length: int = 2048
     share_prompt: bool = False
+    cache_mib: float = 0.0
+
+    def __post_init__(self):
+        self.cache = EncodingCache(int(self.cache_mib * 2**20), self._pad_id()) \
+            if self.cache_mib > 0 else None
 
     def __call__(self, pairs: list[PairRecord]) -> dict:
+        batch = self.cache.get(pairs) if self.cache is not None else None
+        if batch is None:
+            batch = self._encode(pairs)
+            if self.cache is not None:
+                self.cache.put(pairs, batch)
+        return batch
+
+    def _encode(self, pairs: list[PairRecord]) -> dict:
         if self.share_prompt:
             batch = self._shared_prompt(pairs)
             if batch is not None:
@@ -269,6 +286,117 @@ class PairCollator:
     def _pad_id(self) -> int:
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+#: Per-sequence keys of a batch; the ``prefix_*`` ones are left-padded, the others right-padded.
+PADDED_KEYS = ("prefix_input_ids", "prefix_attention_mask", "input_ids", "attention_mask",
+               "mm_token_type_ids")
+
+
+class EncodingCache:
+    """Each pair's part of an encoded batch, kept after its first batch, so that a batch of
+    pairs seen before is padded and stacked rather than encoded again (chat template,
+    tokenizer, image loading and preprocessing): TRL and LLaMA-Factory tokenize a data set
+    once before training for the same reason. The result equals a fresh encoding of the same
+    pairs, tensor for tensor.
+
+    A pair is kept as its sequences without padding (one prompt row and two continuation rows
+    with ``share_prompt``, else a chosen and a rejected row) and its image tensors' rows. A
+    batch is rebuilt as the collator builds it: each half (the chosen rows, the rejected
+    rows) padded on the side the processor pads (as seen in the batches encoded so far; some
+    processors, e.g. InternVL's, pad on the left whatever the tokenizer says), then both
+    right-padded to one length. Up to ``limit_bytes`` of tensors are kept; later pairs are
+    encoded each time. Processors whose image tensors are not one row per image (Qwen2-VL's
+    flattened patches) turn the cache off at the first batch, and images of different shapes
+    (tiles) are encoded again rather than stacked.
+    """
+
+    def __init__(self, limit_bytes: int, pad_id: int):
+        self.limit_bytes, self.pad_id = limit_bytes, pad_id
+        self.entries: dict[tuple, dict[str, list[torch.Tensor]]] = {}
+        self.bytes = 0
+        self.usable = True
+        #: per attention mask, whether the processor pads its halves on the left (unknown
+        #: until a batch with rows of different lengths shows it)
+        self.left: dict[str, bool] = {}
+
+    @staticmethod
+    def key(pair: PairRecord) -> tuple:
+        return (pair.id, pair.prompt, pair.chosen, pair.rejected, str(pair.image_file))
+
+    def get(self, pairs: list[PairRecord]) -> dict | None:
+        """The batch of ``pairs`` from kept entries, or ``None`` if one is missing."""
+        entries = [self.entries.get(self.key(p)) for p in pairs]
+        if not self.usable or any(e is None for e in entries):
+            return None
+        batch = {}
+        for key in entries[0]:
+            if key in PADDED_KEYS:
+                fill = self.pad_id if key.endswith("input_ids") else 0
+                halves = [[e[key][j] for e in entries] for j in range(len(entries[0][key]))]
+                left = self.left.get(_mask_of(key))
+                if left is None and any(len({len(r) for r in half}) > 1 for half in halves):
+                    return None                 # padding side not seen yet
+                padded = [_pad_rows(half, fill, left=bool(left)) for half in halves]
+                length = max(t.shape[1] for t in padded)
+                batch[key] = torch.cat([torch.nn.functional.pad(t, (0, length - t.shape[1]),
+                                                                value=fill) for t in padded])
+            else:
+                parts = [e[key][0] for e in entries]
+                if any(t.shape[1:] != parts[0].shape[1:] for t in parts):
+                    return None
+                batch[key] = torch.cat(parts)
+        return {**batch, "ids": [p.id for p in pairs]}
+
+    def put(self, pairs: list[PairRecord], batch: dict) -> None:
+        """Keep each pair's part of ``batch`` (as long as the budget lasts)."""
+        n = len(pairs)
+        tensors = {k: v for k, v in batch.items() if k != "ids"}
+        if any(k not in PADDED_KEYS and (not isinstance(v, torch.Tensor) or v.shape[0] != n)
+               for k, v in tensors.items()):
+            self.usable = False             # not one row per image: nothing to split
+        if not self.usable:
+            return
+        for name in {_mask_of(k) for k in tensors if k in PADDED_KEYS}:
+            for half in tensors[name].split(n):
+                lengths = half.sum(dim=1)
+                if not bool(half[:, 0].all()):
+                    self._side(name, left=True)
+                elif len(set(lengths.tolist())) > 1:
+                    self._side(name, left=False)
+        if not self.usable:
+            return
+        for i, pair in enumerate(pairs):
+            if self.bytes >= self.limit_bytes or self.key(pair) in self.entries:
+                continue
+            entry = {}
+            for key, value in tensors.items():
+                if key in PADDED_KEYS:
+                    mask = tensors[_mask_of(key)].bool()
+                    entry[key] = [value[j * n + i][mask[j * n + i]].clone()
+                                  for j in range(value.shape[0] // n)]
+                else:
+                    entry[key] = [value[i:i + 1].clone()]
+            self.entries[self.key(pair)] = entry
+            self.bytes += sum(t.nbytes for rows in entry.values() for t in rows)
+
+    def _side(self, mask: str, *, left: bool) -> None:
+        if self.left.setdefault(mask, left) != left:
+            self.usable = False             # padded on both sides: do not guess
+
+
+def _mask_of(key: str) -> str:
+    return "prefix_attention_mask" if key.startswith("prefix_") else "attention_mask"
+
+
+def _pad_rows(rows: list[torch.Tensor], fill: int, *, left: bool) -> torch.Tensor:
+    out = rows[0].new_full((len(rows), max(len(r) for r in rows)), fill)
+    for i, row in enumerate(rows):
+        if left:
+            out[i, out.shape[1] - len(row):] = row
+        else:
+            out[i, :len(row)] = row
+    return out
 
 
 def split_prompts(processor, prompts: list[str], continuations: list[list[str]], *,

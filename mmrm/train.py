@@ -212,16 +212,20 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
             trust_remote_code=config.trust_remote_code,
             attn_implementation=config.attn_implementation), config)
         proxy_view = PairCollator(processor, config.shortcut.proxy_mode, config.data.max_length,
-                                  share_prompt=shares_prompt(config, proxy))
+                                  share_prompt=shares_prompt(config, proxy),
+                                  cache_mib=config.encode_cache_mib)
     modules = TrainedModels(reward_model, proxy)
 
     generator = torch.Generator().manual_seed(config.seed)
     collator = TrainCollator(PairCollator(processor, config.mode, config.data.max_length,
-                                          share_prompt=shares_prompt(config, reward_model)),
+                                          share_prompt=shares_prompt(config, reward_model),
+                                          cache_mib=config.encode_cache_mib),
                              proxy_view)
+    # persistent workers keep their encoding caches from one epoch to the next
     loader = DataLoader(pairs, batch_size=config.per_device_batch_size, shuffle=True,
                         generator=generator, collate_fn=collator, drop_last=False,
-                        num_workers=config.dataloader_num_workers)
+                        num_workers=config.dataloader_num_workers,
+                        persistent_workers=config.dataloader_num_workers > 0)
     steps_per_epoch = math.ceil(len(loader) / config.gradient_accumulation_steps)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
     optimizer, scheduler = build_optimizer(modules, config, total_steps)

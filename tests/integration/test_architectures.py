@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from mmrm.config import TrainConfig
-from mmrm.data import PairCollator, conversation, load_image, load_pairs, set_right_padding
+from mmrm.data import (PADDED_KEYS, PairCollator, conversation, load_image, load_pairs,
+                       set_right_padding)
 from mmrm.inference import score_pairs
 from mmrm.model import RewardModel, load_processor
 from mmrm.synthetic.tiny_vlm import build_tokenizer, vocabulary_corpus
@@ -241,3 +242,32 @@ def test_shared_prompt_training_batch_gives_the_rewards_and_gradients_of_whole_s
         assert shared_grads.keys() == whole_grads.keys()
         for name, grad in whole_grads.items():
             assert torch.allclose(shared_grads[name], grad, atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("mode,share", [("multimodal", True), ("multimodal", False),
+                                        ("text_only", False), ("blank_image", True)])
+def test_cached_encodings_rebuild_the_batches_a_fresh_encoding_gives(backbone, tiny_vlm_dir,
+                                                                      tiny_pairs, mode, share):
+    processor = load_processor(backbone)
+    set_right_padding(processor)
+    pairs = load_pairs(tiny_pairs[("rlhfv", "train")])[:8]
+    cached = PairCollator(processor, mode, share_prompt=share, cache_mib=64)
+    fresh = PairCollator(processor, mode, share_prompt=share)
+    for batch in (pairs[:4], pairs[4:]):          # the first epoch fills the cache
+        cached(batch)
+    # kept where the image tensors are one row per image (not Qwen2-VL's flattened patches,
+    # nor InternVL's tiles of the 224 px blank image): else every batch is encoded
+    one_row = all(value.shape[0] == 4 for key, value in fresh(pairs[:4]).items()
+                  if key not in (*PADDED_KEYS, "ids"))
+    assert cached.cache.usable == one_row
+    assert len(cached.cache.entries) == (8 if one_row else 0)
+    if backbone == tiny_vlm_dir or mode == "text_only":
+        assert one_row
+    for batch in ([pairs[5], pairs[0], pairs[7]], pairs[::-1], pairs[2:3]):   # reshuffled
+        if cached.cache.usable:
+            assert cached.cache.get(batch) is not None    # served from the cache
+        got, want = cached(batch), fresh(batch)
+        assert got.keys() == want.keys() and got["ids"] == want["ids"]
+        for key in want.keys() - {"ids"}:
+            assert got[key].dtype == want[key].dtype, key
+            assert torch.equal(got[key], want[key]), key

@@ -272,3 +272,25 @@ def test_loader_workers_give_the_same_run(tiny_vlm_dir, tiny_pairs, tmp_path):
     logs = [[r["loss"] for r in metrics(tmp_path / f"w{n}")] for n in (0, 1)]
     assert logs[0] == logs[1]
     assert results[0]["eval/povid/accuracy"] == results[1]["eval/povid/accuracy"]
+
+
+def test_encoding_cache_keeps_what_its_budget_allows_and_gives_the_same_run(
+        tiny_vlm_dir, tiny_pairs, tmp_path):
+    processor = load_processor(tiny_vlm_dir)
+    set_right_padding(processor)
+    pairs = load_pairs(tiny_pairs[("povid", "train")])[:6]
+    one = PairCollator(processor, share_prompt=True, cache_mib=64)
+    one(pairs[:1])
+    pair_bytes = one.cache.bytes
+    small = PairCollator(processor, share_prompt=True, cache_mib=2.5 * pair_bytes / 2**20)
+    small(pairs)
+    assert len(small.cache.entries) == 3          # stops once over budget
+    assert small.cache.get(pairs[:3]) is not None and small.cache.get(pairs[2:4]) is None
+    assert PairCollator(processor, cache_mib=0).cache is None
+    # 24 pairs in batches of 4 for 14 steps: three epochs, the later two from the cache
+    runs = {mib: config(tiny_vlm_dir, tiny_pairs, tmp_path / f"c{mib}", max_steps=14,
+                        encode_cache_mib=mib) for mib in (0, 64)}
+    results = {mib: train(c, resume=False) for mib, c in runs.items()}
+    logs = {mib: [r["loss"] for r in metrics(tmp_path / f"c{mib}")] for mib in runs}
+    assert len(logs[0]) == 14 and logs[0] == logs[64]
+    assert results[0]["eval/povid/accuracy"] == results[64]["eval/povid/accuracy"]
