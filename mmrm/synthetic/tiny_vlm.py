@@ -36,7 +36,9 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
 import time
+from queue import Queue
 from pathlib import Path
 
 import torch
@@ -360,8 +362,12 @@ def alignment_loss(model, pixel_values, targets) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------- training
 
-def pretrain(folder: Path, config: TinyVLMConfig | None = None, log=print) -> dict:
-    """Build, pre-train and save the tiny base to ``folder``; returns the report it writes."""
+def pretrain(folder: Path, config: TinyVLMConfig | None = None, log=print,
+             prefetch: bool = True) -> dict:
+    """Build, pre-train and save the tiny base to ``folder``; returns the report it writes.
+
+    ``prefetch`` makes each step's batches in a background thread while the model trains
+    (:func:`prefetched`); the base is the same either way."""
     config = config or TinyVLMConfig()
     folder = Path(folder)
     tokenizer = build_tokenizer(vocabulary_corpus())
@@ -380,12 +386,13 @@ def pretrain(folder: Path, config: TinyVLMConfig | None = None, log=print) -> di
     report["align_loss"] = _run_stage(model, processor, tokenizer, config, rng,
                                       config.align_steps,
                                       lm_weight=0.0 if config.level.matched else 1.0,
-                                      align_weight=1.0, log=log, name="align")
+                                      align_weight=1.0, log=log, name="align",
+                                      prefetch=prefetch)
     for p in model.parameters():
         p.requires_grad_(True)
     report["tune_loss"] = _run_stage(model, processor, tokenizer, config, rng, config.tune_steps,
                                      lm_weight=1.0, align_weight=config.align_weight, log=log,
-                                     name="tune")
+                                     name="tune", prefetch=prefetch)
     log(f"pre-trained in {time.perf_counter() - start:.0f} s")   # not in the report: DVC
                                                                 # tracks it, byte for byte
     model.eval()
@@ -399,8 +406,51 @@ def pretrain(folder: Path, config: TinyVLMConfig | None = None, log=print) -> di
     return report
 
 
+def stage_batches(processor, config: TinyVLMConfig, rng: random.Random, steps: int, *,
+                  single: bool, itm: bool):
+    """A stage's batches, drawn from ``rng`` alone (never from the model), so that they can be
+    made ahead: per step the scenes, their question-answer batch and, with ``itm``, an
+    image-text matching batch. Stage 1 (``single``) shows single things only: an image token
+    has one alignment target there."""
+    for _ in range(steps):
+        scenes = [pretrain_scene(rng, config.level, single=single)
+                  for _ in range(config.batch_size)]
+        batch = make_batch(processor, scenes, [task(s, rng, config.level.matched)
+                                               for s in scenes], config.image_size)
+        matching = itm_batch(processor, rng, config.batch_size, config.image_size,
+                             config.itm_graded, config.level) if itm else None
+        yield scenes, batch, matching
+
+
+def prefetched(items, depth: int = 2):
+    """The items of an iterator, made up to ``depth`` ahead in a background thread (drawing
+    and tokenizing overlap the model's step; the order, and so every batch, stays the same).
+    The iterator is drained before this returns, so a next stage can go on with its rng."""
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                queue.put((item, None))
+        except BaseException as error:    # noqa: BLE001 - handed to the consumer
+            queue.put((None, error))
+        queue.put((done, None))
+
+    worker = threading.Thread(target=produce, daemon=True, name="pretrain-batches")
+    worker.start()
+    while True:
+        item, error = queue.get()
+        if error is not None:
+            raise error
+        if item is done:
+            break
+        yield item
+    worker.join()
+
+
 def _run_stage(model, processor, tokenizer, config, rng, steps, lm_weight, align_weight, log,
-               name) -> float:
+               name, prefetch=True) -> float:
     if steps == 0:
         return float("nan")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -414,20 +464,14 @@ def _run_stage(model, processor, tokenizer, config, rng, steps, lm_weight, align
                                                  * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
     running = None
-    for step in range(steps):
-        # stage 1 aligns single things only: an image token has one target there
-        scenes = [pretrain_scene(rng, config.level, single=not lm_weight)
-                  for _ in range(config.batch_size)]
-        batch = make_batch(processor, scenes, [task(s, rng, config.level.matched)
-                                               for s in scenes], config.image_size)
+    batches = stage_batches(processor, config, rng, steps, single=not lm_weight, itm=use_itm)
+    for step, (scenes, batch, matching) in enumerate(prefetched(batches) if prefetch
+                                                     else batches):
         loss = torch.zeros(())
         if lm_weight:
             loss = loss + lm_weight * model(**batch).loss
         if use_itm:
-            matching, match, words = itm_batch(processor, rng, config.batch_size,
-                                               config.image_size, config.itm_graded,
-                                               config.level)
-            loss = loss + config.itm_weight * itm_loss(model, probes, matching, match, words,
+            loss = loss + config.itm_weight * itm_loss(model, probes, *matching,
                                                        config.level.sentence_matching)
         singles = torch.tensor([len(s.things) == 1 for s in scenes])
         if align_weight and singles.any() and config.level.matched:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmrm.synthetic.tiny_vlm import TinyVLMConfig, grounding_accuracy, pretrain
+from mmrm.synthetic.tiny_vlm import TinyVLMConfig, grounding_accuracy, prefetched, pretrain
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +44,30 @@ def test_same_seed_same_weights(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == \
         (tmp_path / "b" / "tokenizer.json").read_bytes()
+
+
+@pytest.mark.parametrize("visual", ["V0", "V2"])
+def test_batches_made_ahead_give_the_same_base(tmp_path, visual):
+    config = TinyVLMConfig(visual=visual, **{**QUICK, "align_steps": 3, "tune_steps": 4})
+    for prefetch in (False, True):
+        pretrain(tmp_path / str(prefetch), config, log=lambda s: None, prefetch=prefetch)
+    ahead, inline = (load_file(str(tmp_path / str(p) / "model.safetensors"))
+                     for p in (True, False))
+    assert ahead.keys() == inline.keys()
+    assert all(torch.equal(ahead[k], inline[k]) for k in ahead)
+
+
+def test_a_failure_while_making_batches_ahead_reaches_the_training_loop():
+    def batches():
+        yield 1
+        yield 2
+        raise ValueError("scene 3: no such colour")
+
+    made = []
+    with pytest.raises(ValueError, match="scene 3"):
+        for item in prefetched(batches()):
+            made.append(item)
+    assert made == [1, 2]
 
 
 @pytest.mark.parametrize("graded", [False, True])
