@@ -32,6 +32,7 @@ def child(args) -> None:
     """One run; prints a JSON line with its loop seconds, losses and peak RSS."""
     from mmrm.config import TrainConfig
     from mmrm.train import train
+    from train_throughput import peak_rss_mib    # this folder's benchmark, beside this one
 
     out = Path(args.work) / f"cache{args.cache_mib}"
     config = TrainConfig.model_validate({
@@ -43,11 +44,9 @@ def child(args) -> None:
     result = train(config, resume=False, log=lambda line: None)
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
-    rss = next(int(line.split()[1]) / 1024 for line in
-               Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
     print(json.dumps({"loop_seconds": result["seconds"], "pairs": result["pairs_seen"],
                       "wall_seconds": time.perf_counter() - started, "losses": losses,
-                      "peak_rss_mib": rss}))
+                      "peak_rss_mib": peak_rss_mib()}))
 
 
 def main() -> None:

@@ -357,12 +357,13 @@ class EncodingCache:
             self.usable = False             # not one row per image: nothing to split
         if not self.usable:
             return
-        for name in {_mask_of(k) for k in tensors if k in PADDED_KEYS}:
-            for half in tensors[name].split(n):
-                lengths = half.sum(dim=1)
+        masks = {name: tensors[name].bool()
+                 for name in {_mask_of(k) for k in tensors if k in PADDED_KEYS}}
+        for name, mask in masks.items():
+            for half in mask.split(n):
                 if not bool(half[:, 0].all()):
                     self._side(name, left=True)
-                elif len(set(lengths.tolist())) > 1:
+                elif len(set(half.sum(dim=1).tolist())) > 1:
                     self._side(name, left=False)
         if not self.usable:
             return
@@ -372,7 +373,7 @@ class EncodingCache:
             entry = {}
             for key, value in tensors.items():
                 if key in PADDED_KEYS:
-                    mask = tensors[_mask_of(key)].bool()
+                    mask = masks[_mask_of(key)]
                     entry[key] = [value[j * n + i][mask[j * n + i]].clone()
                                   for j in range(value.shape[0] // n)]
                 else:
