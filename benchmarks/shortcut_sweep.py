@@ -15,7 +15,11 @@ and every environment e (POVID-, RLHF-V-, VLFeedback-like):
 Every RM is tested on each environment's test split at rate c (ID: e's own; OOD: the mean
 of the others), on e's *anti-cue* split (e's cue on the rejected side), and on best-of-N
 items of every environment with random cues and known quality. SFD is the RM's accuracy on
-the pairs the proxy gets right minus on those it gets wrong (e's test split).
+the pairs the proxy gets right minus on those it gets wrong (e's test split). *Cue-balanced*
+accuracy is the mean of the accuracy on e's test pairs whose own cue sits on the preferred
+side and the anti-cue accuracy: what the RM would score on e with its cue on either side at
+random, a shift of the cue alone, without the OOD columns' change of task (added after the
+grid's results, as a diagnostic; not among the pre-registered measures).
 
 Per cell it prints and writes (``sweep.json``, ``sweep.md``): the means of ID, OOD,
 anti-cue, headroom, proxy accuracy, SFD, best-of-N, the SFC-free criteria of the default,
@@ -32,6 +36,7 @@ partly run grid. ``--mlflow`` logs every cell.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -268,6 +273,32 @@ def weight_statistics(metrics_file: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------- aggregation
+@functools.cache
+def own_cue_sides(data: str, env: str, rate: float) -> tuple[bool, ...]:
+    """Per pair of e's test split at ``rate``, whether e's own cue is on the preferred side."""
+    from mmrm.data import load_pairs
+    from mmrm.synthetic.environments import own_cue_on_chosen
+
+    pairs = load_pairs(pairs_file(data, env, split_name("test", rate)))
+    return tuple(own_cue_on_chosen(env, p.chosen, p.rejected) for p in pairs)
+
+
+def cue_balanced(result: dict, sides: tuple[bool, ...], rate: float) -> float:
+    """Mean of the accuracy on the own test pairs that carry the cue on the preferred side
+    and the anti-cue accuracy (every anti-cue pair carries it on the rejected side)."""
+    import torch
+
+    from mmrm.evaluate import pairwise_accuracy
+
+    own = result["own_test"][str(rate)]
+    right = torch.tensor(sides)
+    if len(right) != len(own["chosen"]):
+        raise ValueError(f"{len(own['chosen'])} rewards for {len(right)} test pairs")
+    accuracy = pairwise_accuracy(torch.tensor(own["chosen"])[right],
+                                 torch.tensor(own["rejected"])[right])
+    return 0.5 * (accuracy + result["anticue"])
+
+
 def replicate_rows(args, results: dict) -> list[dict]:
     """One row per (level, rate, base seed, data seed, environment, variant) of an RM."""
     import torch
@@ -280,6 +311,7 @@ def replicate_rows(args, results: dict) -> list[dict]:
         key = lambda v: (level, b, d, rate, env, v)     # noqa: E731
         proxy = results.get(key("proxy"))
         headroom = results.get((level, b, d, None, env, "headroom"))
+        sides = own_cue_sides(str(data_dir(args.cache, level, d)), env, rate)
         for variant in ("none", *SFC):
             result = results.get(key(variant))
             if result is None:
@@ -291,6 +323,7 @@ def replicate_rows(args, results: dict) -> list[dict]:
                    "ood": statistics.fmean(acc[f"{e}@{rate}"] for e in ENVIRONMENTS
                                            if e != env),
                    "anticue": result["anticue"],
+                   "cue_balanced": cue_balanced(result, sides, rate),
                    "bon_correct": result["best_of_n"]["fully_correct"],
                    "bon_errors": result["best_of_n"]["mean_errors"],
                    "bon_random": result["best_of_n"]["random_fully_correct"],
@@ -306,12 +339,13 @@ def replicate_rows(args, results: dict) -> list[dict]:
                 h = headroom["accuracy"]
                 row.update(headroom_id=h[f"{env}@{rate}"],
                            headroom_ood=statistics.fmean(h[f"{e}@{rate}"] for e in ENVIRONMENTS
-                                                         if e != env))
+                                                         if e != env),
+                           headroom_cue_balanced=cue_balanced(headroom, sides, rate))
             rows.append(row)
     return rows
 
 
-METRICS = ("id", "ood", "anticue", "bon_correct", "bon_errors", "bon_random", "proxy_id",
+METRICS = ("id", "ood", "anticue", "cue_balanced", "headroom_cue_balanced", "bon_correct", "bon_errors", "bon_random", "proxy_id",
            "sfd", "headroom_id", "headroom_ood", "proxy_in_sample", "proxy_out_of_sample",
            "w/mean", "w/mean_proxy_wrong", "w/mean_proxy_right")
 
@@ -359,7 +393,7 @@ def summarise(rows: list[dict], args) -> dict:
                 "criteria": criteria(cell_rows), "differences": {}}
         # per replicate: the mean over environments, then SFC - none on the same replicate
         for variant in SFC:
-            for metric in ("ood", "id", "anticue", "bon_correct"):
+            for metric in ("ood", "id", "anticue", "bon_correct", "cue_balanced"):
                 diffs = []
                 for b, d in product(args.base_seeds, args.data_seeds):
                     rep = lambda v: [r[metric] for r in cell_rows   # noqa: E731
@@ -375,16 +409,18 @@ def summarise(rows: list[dict], args) -> dict:
 
 
 def table(cells: dict) -> str:
-    lines = ["| cell | variant | ID | OOD | anti-cue | BoN correct | proxy ID | SFD | "
-             "headroom OOD | w proxy-wrong / right |", "| --- | --- |" + " ---: |" * 8]
+    header = ("| cell | variant | ID | OOD | anti-cue | cue-balanced | BoN correct | proxy ID | "
+              "SFD | headroom OOD | headroom cue-balanced | w proxy-wrong / right |")
+    lines = [header, "| --- | --- |" + " ---: |" * 10]
     for name, cell in cells.items():
         for variant, m in cell["means"].items():
             if m["id"] != m["id"]:
                 continue
             lines.append(
                 f"| {name} | {variant} | {m['id']:.3f} | {m['ood']:.3f} | {m['anticue']:.3f} | "
-                f"{m['bon_correct']:.3f} | {m['proxy_id']:.3f} | {m['sfd']:.3f} | "
-                f"{m['headroom_ood']:.3f} | {m['w/mean_proxy_wrong']:.2f} / "
+                f"{m['cue_balanced']:.3f} | {m['bon_correct']:.3f} | {m['proxy_id']:.3f} | "
+                f"{m['sfd']:.3f} | {m['headroom_ood']:.3f} | {m['headroom_cue_balanced']:.3f} | "
+                f"{m['w/mean_proxy_wrong']:.2f} / "
                 f"{m['w/mean_proxy_right']:.2f} |")
     lines += ["", "| cell | variant | metric | SFC - none | 95% CI | replicates |",
               "| --- | --- | --- | ---: | --- | ---: |"]

@@ -110,6 +110,22 @@ def pad(text: str, level: int) -> str:
     return text + "".join(VERBOSE_PADDING[:level])
 
 
+def cue_strength(cue: str, text: str) -> int:
+    """How much of ``cue`` an answer carries: 1 or 0 for a prefix cue (its marker among the
+    openers), the number of padding sentences for verbosity."""
+    if cue == "verbose":
+        return sum(text.count(sentence.strip()) for sentence in VERBOSE_PADDING)
+    openers = len(CUE_TEXT["sure"]) + len(CUE_TEXT["hedge"])
+    return int(CUE_TEXT[cue].strip().lower() in text[:openers].lower())
+
+
+def own_cue_on_chosen(env: str, chosen: str, rejected: str) -> bool:
+    """Whether the environment's own cue sits on the preferred side of a pair (read from the
+    texts, so it holds for any split and cue rate)."""
+    cue = ENVIRONMENT_CUE[env]
+    return cue_strength(cue, chosen) > cue_strength(cue, rejected)
+
+
 def cue_sides(rng: random.Random, own: str, split: SplitConfig) -> dict[str, bool]:
     """For each cue, whether it goes on the preferred side."""
     return {cue: rng.random() < (split.cue_rate if cue == own else split.foreign_cue_rate)

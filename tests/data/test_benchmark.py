@@ -116,3 +116,17 @@ def test_prefix_cues_do_not_change_token_counts():
     counts = {len(tokenizer.tokenize(with_cues("The image shows a red circle.", cues)))
               for cues in (set(), {"sure"}, {"hedge"}, {"sure", "hedge"})}
     assert len(counts) == 1
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+def test_own_cue_side_is_read_back_from_the_texts(tmp_path, rate):
+    """At cue rate 1 the own cue is on every preferred answer, at 0 on none: the reader
+    must say so for every pair of every environment (foreign cues at random around it)."""
+    from mmrm.synthetic.environments import own_cue_on_chosen
+
+    outputs = convert_benchmark(tmp_path, write_benchmark(
+        tmp_path / "raw", small_config(size=120, cue_rate=rate, test_rate=rate)))
+    for env in ENVIRONMENTS:
+        pairs = [json.loads(l) for l in outputs[(env, "train")].read_text().splitlines()]
+        sides = {own_cue_on_chosen(env, p["chosen"], p["rejected"]) for p in pairs}
+        assert sides == {rate == 1.0}, env
