@@ -471,13 +471,19 @@ def phase_diagram(cells: dict, args, path: Path) -> Path | None:
 def log_mlflow(cells: dict, args) -> None:
     import mlflow
 
-    mlflow.set_experiment("mmrm-shortcut-sweep")
+    experiment = mlflow.set_experiment("mmrm-shortcut-sweep")
     for name, cell in cells.items():
-        with mlflow.start_run(run_name=name):
-            level, rate = name.split("@")
-            mlflow.log_params({"visual": level, "cue_rate": rate, "lr": args.lr,
-                               "epochs": args.epochs, "finetune": args.finetune,
-                               "train_size": args.train_size})
+        level, rate = name.split("@")
+        params = {"visual": level, "cue_rate": rate, "lr": args.lr, "epochs": args.epochs,
+                  "finetune": args.finetune, "train_size": args.train_size}
+        # a cell logged before with the same settings is updated, not logged twice
+        same = " and ".join([f"tags.mlflow.runName = '{name}'"]
+                            + [f"params.{k} = '{v}'" for k, v in params.items()])
+        earlier = mlflow.search_runs([experiment.experiment_id], filter_string=same,
+                                     output_format="list", max_results=1)
+        run_id = earlier[0].info.run_id if earlier else None
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else name):
+            mlflow.log_params(params)
             for variant, m in cell["means"].items():
                 mlflow.log_metrics({f"{variant}/{k.replace('/', '_')}": v
                                     for k, v in m.items() if v == v})
