@@ -152,7 +152,7 @@ class TrainConfig(Strict):
                                     "input view (and loader worker) after their first batch, "
                                     "so that later epochs skip the chat template, tokenizer "
                                     "and image preprocessing (mmrm.data.EncodingCache); 0 "
-                                    "turns it off.")
+                                    "turns it off. Unused where a run reads its pairs once.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

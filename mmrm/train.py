@@ -179,6 +179,16 @@ def training_inputs(config: TrainConfig) -> tuple[list, dict[str, float] | None]
     return pairs, proxy_losses
 
 
+def encode_cache_budget(config: TrainConfig, pairs: int) -> float:
+    """MiB of the encoding cache per input view: ``encode_cache_mib`` where the run reads its
+    pairs more than once (epochs, or ``max_steps`` past one epoch), else 0, since one pass
+    over the data would only fill it."""
+    batches = math.ceil(pairs / config.per_device_batch_size)
+    steps_per_epoch = max(1, math.ceil(batches / config.gradient_accumulation_steps))
+    steps = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
+    return config.encode_cache_mib if steps > steps_per_epoch else 0.0
+
+
 def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
           resume: bool = True) -> dict:
     """Train one reward model; returns the final metrics (also in ``output_dir``).
@@ -206,6 +216,7 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
         trust_remote_code=config.trust_remote_code,
         attn_implementation=config.attn_implementation), config)
     proxy, proxy_view = None, None
+    cache_mib = encode_cache_budget(config, len(pairs))
     if weighting is Weighting.SFC_JOINT:
         proxy = apply_finetune(RewardModel.from_base(
             config.model, mode=config.shortcut.proxy_mode.value, dtype=dtype,
@@ -213,13 +224,13 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
             attn_implementation=config.attn_implementation), config)
         proxy_view = PairCollator(processor, config.shortcut.proxy_mode, config.data.max_length,
                                   share_prompt=shares_prompt(config, proxy),
-                                  cache_mib=config.encode_cache_mib)
+                                  cache_mib=cache_mib)
     modules = TrainedModels(reward_model, proxy)
 
     generator = torch.Generator().manual_seed(config.seed)
     collator = TrainCollator(PairCollator(processor, config.mode, config.data.max_length,
                                           share_prompt=shares_prompt(config, reward_model),
-                                          cache_mib=config.encode_cache_mib),
+                                          cache_mib=cache_mib),
                              proxy_view)
     # persistent workers keep their encoding caches from one epoch to the next
     loader = DataLoader(pairs, batch_size=config.per_device_batch_size, shuffle=True,

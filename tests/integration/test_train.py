@@ -14,7 +14,7 @@ from mmrm.config import TrainConfig
 from mmrm.data import PairCollator, load_pairs, set_right_padding
 from mmrm.inference import score_pairs
 from mmrm.model import RewardModel, load_processor
-from mmrm.train import train, train_text_proxy
+from mmrm.train import encode_cache_budget, train, train_text_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -294,3 +294,19 @@ def test_encoding_cache_keeps_what_its_budget_allows_and_gives_the_same_run(
     logs = {mib: [r["loss"] for r in metrics(tmp_path / f"c{mib}")] for mib in runs}
     assert len(logs[0]) == 14 and logs[0] == logs[64]
     assert results[0]["eval/povid/accuracy"] == results[64]["eval/povid/accuracy"]
+
+
+def test_encoding_cache_is_kept_only_where_pairs_are_read_again():
+    def budget(pairs=24, **changes):
+        raw = {"model": "m", "output_dir": "o", "data": {"train": ["t.jsonl"]},
+               "per_device_batch_size": 4, "encode_cache_mib": 64, **changes}
+        return encode_cache_budget(TrainConfig.model_validate(raw), pairs)
+
+    # 24 pairs in batches of 4: 6 steps per epoch
+    assert budget(epochs=1) == 0 and budget(epochs=0.5) == 0
+    assert budget(epochs=2) == 64 and budget(epochs=1.2) == 64
+    assert budget(max_steps=6) == 0 and budget(max_steps=7) == 64
+    # 2 batches per step: 3 steps per epoch
+    assert budget(max_steps=3, gradient_accumulation_steps=2) == 0
+    assert budget(max_steps=4, gradient_accumulation_steps=2) == 64
+    assert budget(epochs=3, encode_cache_mib=0) == 0
