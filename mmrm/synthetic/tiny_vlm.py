@@ -38,7 +38,7 @@ import math
 import random
 import threading
 import time
-from queue import Queue
+from queue import Full, Queue
 from pathlib import Path
 
 import torch
@@ -425,28 +425,43 @@ def stage_batches(processor, config: TinyVLMConfig, rng: random.Random, steps: i
 def prefetched(items, depth: int = 2):
     """The items of an iterator, made up to ``depth`` ahead in a background thread (drawing
     and tokenizing overlap the model's step; the order, and so every batch, stays the same).
-    The iterator is drained before this returns, so a next stage can go on with its rng."""
+    The iterator is drained before this returns, so a next stage can go on with its rng; a
+    consumer that stops early (an error in its step) stops the thread too."""
     queue: Queue = Queue(maxsize=depth)
-    done = object()
+    done, stop = object(), threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(entry, timeout=0.05)
+                return True
+            except Full:
+                continue
+        return False
 
     def produce():
         try:
             for item in items:
-                queue.put((item, None))
+                if not put((item, None)):
+                    return
         except BaseException as error:    # noqa: BLE001 - handed to the consumer
-            queue.put((None, error))
-        queue.put((done, None))
+            put((None, error))
+            return
+        put((done, None))
 
     worker = threading.Thread(target=produce, daemon=True, name="pretrain-batches")
     worker.start()
-    while True:
-        item, error = queue.get()
-        if error is not None:
-            raise error
-        if item is done:
-            break
-        yield item
-    worker.join()
+    try:
+        while True:
+            item, error = queue.get()
+            if error is not None:
+                raise error
+            if item is done:
+                break
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _run_stage(model, processor, tokenizer, config, rng, steps, lm_weight, align_weight, log,

@@ -70,6 +70,18 @@ def test_a_failure_while_making_batches_ahead_reaches_the_training_loop():
     assert made == [1, 2]
 
 
+def test_a_training_loop_that_stops_early_stops_the_thread_making_batches():
+    import threading
+
+    def batches():
+        yield from range(1000)
+
+    made = prefetched(batches(), depth=2)
+    assert next(made) == 0
+    made.close()                   # what an error in the loop's step does to the generator
+    assert not [t for t in threading.enumerate() if t.name == "pretrain-batches"]
+
+
 @pytest.mark.parametrize("graded", [False, True])
 def test_matching_targets_count_the_attributes_the_caption_gets_right(tmp_path, graded):
     import random
