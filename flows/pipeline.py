@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -49,7 +48,7 @@ def split_task(params: PipelineParams, name: str) -> dict:
 
 @task(name="base", task_run_name="base")
 def base_task(params: PipelineParams) -> dict:
-    if (Path(params.paths.base) / "config.json").exists():     # built once, like DVC's cache
+    if stages.base_is_built(params):     # built once for these settings, like DVC's cache
         return {"cached": params.paths.base}
     return stages.pretrain_base(params)
 

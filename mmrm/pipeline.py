@@ -313,6 +313,23 @@ def split_real(params: PipelineParams, name: str) -> dict:
     return manifest
 
 
+def base_is_built(params: PipelineParams) -> bool:
+    """Whether ``paths.base`` already holds the tiny base these params ask for: saved, and
+    pre-trained with exactly these settings (``pretrain_report.json`` records them). A base
+    built for another visual level, seed or step count is not reused."""
+    from mmrm.synthetic.tiny_vlm import TinyVLMConfig
+
+    folder = Path(params.paths.base)
+    if params.model.base or not (folder / "config.json").exists():
+        return False
+    try:
+        recorded = json.loads((folder / "pretrain_report.json").read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return False
+    wanted = TinyVLMConfig.model_validate({"visual": params.benchmark.visual, **params.base})
+    return recorded == json.loads(json.dumps(wanted.model_dump()))
+
+
 def pretrain_base(params: PipelineParams) -> dict:
     """Build and pre-train the tiny base VLM (the default model profile); with a real base
     (``model.base``) there is nothing to build, and the stage says which folder is used."""

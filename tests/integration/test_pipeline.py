@@ -198,3 +198,26 @@ def test_mlflow_holds_the_lineage_of_the_pipeline(project):
     info = mlflow.models.get_model_info("models:/mmrm-reward-model@champion")
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["prompt", "img_path",
                                                                      "response"]
+
+
+def test_a_built_base_is_reused_only_for_the_settings_it_was_built_with(tmp_path):
+    """The flow's base task skips pre-training when the folder holds this very base; a base
+    of another seed or visual level in the same folder is rebuilt, not silently reused."""
+    from mmrm.pipeline import base_is_built, pretrain_base
+
+    def params(**changes):
+        raw = tiny_params(tracking=False)
+        raw["paths"] = {"base": str(tmp_path / "base")}
+        for key, value in changes.items():
+            section, leaf = key.split(".")
+            raw[section] = {**raw.get(section, {}), leaf: value}
+        return PipelineParams.model_validate(raw)
+
+    assert not base_is_built(params())                      # nothing there yet
+    pretrain_base(params())
+    assert base_is_built(params())
+    assert not base_is_built(params(**{"base.seed": 1}))
+    assert not base_is_built(params(**{"benchmark.visual": "V2"}))
+    assert not base_is_built(params(**{"model.base": str(tmp_path / "base")}))
+    (tmp_path / "base" / "pretrain_report.json").write_text("not json")
+    assert not base_is_built(params())
