@@ -8,6 +8,8 @@ and every environment e (POVID-, RLHF-V-, VLFeedback-like):
 * ``sfc_joint``: the paper's recipe, the text-only proxy trained in the same steps;
 * ``sfc_two_stage``: proxies cross-fitted on 2 folds first, each pair weighted by the loss of
   the proxy that never saw it;
+* ``group_balance`` (only when asked for; not in the pre-registered grid): the same proxies'
+  verdicts as fixed JTT-style weights (``shortcut.formula=group_balance``);
 * ``proxy``: those text-only proxies, tested on e's test split (shortcut strength);
 * ``headroom``: a standard RM trained on e's cue-neutral split (rate 0.5): what reading the
   image is worth under the same recipe.
@@ -53,8 +55,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ENVIRONMENTS = ("povid", "rlhfv", "vlfeedback")
-VARIANTS = ("none", "sfc_joint", "sfc_two_stage", "proxy", "headroom")
 SFC = ("sfc_joint", "sfc_two_stage")
+#: Shortcut-aware RMs the sweep can train: SFC's two, and ``group_balance`` (the two-stage
+#: proxy's verdicts as fixed JTT-style weights, ``shortcut.formula``: an exploration after the
+#: grid, run only when asked for).
+AWARE = (*SFC, "group_balance")
+GRID = ("none", *SFC, "proxy", "headroom")     # the pre-registered grid's variants
+VARIANTS = (*GRID, "group_balance")
 
 #: The recipe every run shares (``configs/tiny/none.yaml`` with these changed): the paper's
 #: frozen vision tower; the budget checked on cue-neutral runs (README, "The shortcut study").
@@ -72,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cue-rates", nargs="+", type=float, default=[0.85, 0.95])
     parser.add_argument("--base-seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--data-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(GRID), choices=VARIANTS)
     parser.add_argument("--train-size", type=int, default=2000)
     parser.add_argument("--test-size", type=int, default=200)
     parser.add_argument("--bon-items", type=int, default=30, help="Per environment.")
@@ -170,7 +177,7 @@ def run_config(spec: dict):
 
     template = "tiny/none"      # the shipped config (mmrm/configs/tiny/none.yaml)
     variant = spec["variant"]
-    weighting = variant if variant in SFC else "none"
+    weighting = variant if variant in SFC else "sfc_two_stage" if variant in AWARE else "none"
     raw = load_config(template).model_dump(mode="json")
     train_split = "neutral" if variant == "headroom" else split_name("train", spec["rate"])
     raw.update(model=spec["base"], output_dir=spec["out"], seed=spec["seed"], log_steps=5,
@@ -179,6 +186,8 @@ def run_config(spec: dict):
     raw["shortcut"] = {"weighting": weighting}
     if weighting == "sfc_two_stage":
         raw["shortcut"]["proxy_losses"] = str(Path(spec["proxy_out"]) / "proxy_losses.json")
+    if variant == "group_balance":
+        raw["shortcut"]["formula"] = "group_balance"
     raw = apply_overrides(raw, [f"{k}={v}" for k, v in spec["recipe"].items()]
                           + spec["overrides"])
     return TrainConfig.model_validate(raw)
@@ -312,7 +321,7 @@ def replicate_rows(args, results: dict) -> list[dict]:
         proxy = results.get(key("proxy"))
         headroom = results.get((level, b, d, None, env, "headroom"))
         sides = own_cue_sides(str(data_dir(args.cache, level, d)), env, rate)
-        for variant in ("none", *SFC):
+        for variant in ("none", *AWARE):
             result = results.get(key(variant))
             if result is None:
                 continue
@@ -389,10 +398,10 @@ def summarise(rows: list[dict], args) -> dict:
         if not cell_rows:
             continue
         cell = {"means": {v: {k: mean_of([r for r in cell_rows if r["variant"] == v], k)
-                              for k in METRICS} for v in ("none", *SFC)},
+                              for k in METRICS} for v in ("none", *AWARE)},
                 "criteria": criteria(cell_rows), "differences": {}}
         # per replicate: the mean over environments, then SFC - none on the same replicate
-        for variant in SFC:
+        for variant in AWARE:
             for metric in ("ood", "id", "anticue", "bon_correct", "cue_balanced"):
                 diffs = []
                 for b, d in product(args.base_seeds, args.data_seeds):
@@ -511,7 +520,7 @@ def specs(args, bases: dict, datas: dict) -> list[dict]:
                         "out": str(run_dir(args.work, level, b, d, None, env, "headroom"))})
         for rate in args.cue_rates:
             proxy_out = str(run_dir(args.work, level, b, d, rate, env, "proxy"))
-            for variant in ("proxy", "none", *SFC):
+            for variant in ("proxy", "none", *AWARE):
                 if variant in args.variants:
                     out.append({**common, "variant": variant, "rate": rate,
                                 "proxy_out": proxy_out,

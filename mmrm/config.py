@@ -101,6 +101,10 @@ class ShortcutConfig(Strict):
     proxy_mode: InputMode = Field(InputMode.TEXT_ONLY, description="Input of the proxy: "
                                   "text_only, or blank_image (the reference code's white "
                                   "tile through the frozen vision tower).")
+    formula: Literal["sfc", "group_balance"] = Field(
+        "sfc", description="sfc_two_stage: how the proxy's losses become weights: sfc (the "
+        "paper) or group_balance (JTT-style, mmrm.weighting.group_balance_weights: pairs the "
+        "proxy gets wrong and right carry half of the loss each, fixed for the run).")
     proxy_folds: int = Field(2, ge=1, description="sfc_two_stage: each pair's proxy loss "
                              "comes from a proxy trained on the other folds (cross-fitting), "
                              "so it is out of sample, as the paper's online loss is; 1: one "
@@ -158,6 +162,11 @@ class TrainConfig(Strict):
     def _consistent(self) -> TrainConfig:
         if self.shortcut.weighting is Weighting.SFC_TWO_STAGE and not self.shortcut.proxy_losses:
             raise ValueError("shortcut.proxy_losses is required with sfc_two_stage")
+        if self.shortcut.formula != "sfc" and self.shortcut.weighting is not \
+                Weighting.SFC_TWO_STAGE:
+            raise ValueError(f"shortcut.formula {self.shortcut.formula} needs weighting "
+                             f"sfc_two_stage (its proxy's cached losses), not "
+                             f"{self.shortcut.weighting.value}")
         if self.shortcut.weighting is not Weighting.NONE and self.mode is not InputMode.MULTIMODAL:
             raise ValueError("shortcut weighting applies to a multimodal model (mode: multimodal)")
         return self

@@ -31,8 +31,8 @@ from mmrm.finetune import apply_finetune, merge_adapters
 from mmrm.inference import load_reward_model, reward_statistics, score_pairs
 from mmrm.model import RewardModel, load_processor, weight_dtype_named
 from mmrm.tracking import NoOpTracker, Tracker, flatten
-from mmrm.weighting import (Weighting, bradley_terry_loss, pair_weights, weight_histogram,
-                            weight_statistics)
+from mmrm.weighting import (Weighting, bradley_terry_loss, group_balance_weights,
+                            pair_weights, weight_histogram, weight_statistics)
 
 STATE_FILE = "trainer_state.json"
 TRAIN_IDS = "train_ids.txt"
@@ -205,6 +205,8 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
     out = Path(config.output_dir)
     weighting = config.shortcut.weighting
     pairs, proxy_losses = training_inputs(config)     # bad input fails here, not mid-run
+    fixed_weights = group_balance_weights({p.id: proxy_losses[p.id] for p in pairs}) \
+        if config.shortcut.formula == "group_balance" else None
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
                               gradient_accumulation_steps=config.gradient_accumulation_steps)
     set_seed(config.seed)
@@ -285,8 +287,15 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
                 elif proxy_losses is not None:
                     text_loss = torch.tensor([proxy_losses[i] for i in batch["ids"]],
                                              device=mm_loss.device)
-                weights = pair_weights(weighting, mm_loss, text_loss, eps=config.shortcut.eps,
-                                       normalize=config.shortcut.normalize)
+                if fixed_weights is not None:
+                    weights = torch.tensor([fixed_weights[i] for i in batch["ids"]],
+                                           device=mm_loss.device)
+                    if config.shortcut.normalize:
+                        weights = weights / weights.mean()
+                else:
+                    weights = pair_weights(weighting, mm_loss, text_loss,
+                                           eps=config.shortcut.eps,
+                                           normalize=config.shortcut.normalize)
                 loss = (weights * mm_loss).mean()                          # reduce
                 if weighting is Weighting.SFC_JOINT:
                     loss = loss + text_loss.mean()      # the proxy learns plain BT, same step

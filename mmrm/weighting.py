@@ -6,13 +6,16 @@ is one line in that loop (``(weights * losses).mean()``), not a different loss.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from mmrm.config import Weighting
 
 __all__ = ["Weighting", "bradley_terry_loss", "shortcut_failure_coefficient", "pair_weights",
-           "weight_histogram", "weight_statistics", "WEIGHT_BIN_EDGES"]
+           "group_balance_weights", "weight_histogram", "weight_statistics",
+           "WEIGHT_BIN_EDGES"]
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -52,6 +55,20 @@ def pair_weights(scheme: Weighting | str, mm_loss: torch.Tensor,
     if normalize:
         weights = weights / weights.mean().clamp_min(1e-12)
     return weights
+
+
+def group_balance_weights(text_losses: dict[str, float]) -> dict[str, float]:
+    """Static JTT-style weights from the proxy's per-pair losses: the pairs the proxy gets
+    wrong (loss above ``log 2``) and those it gets right each carry half of the total weight,
+    and the mean weight is 1. Where the proxy is wrong on none or all pairs, every weight is 1.
+
+    Worked example: losses ``0.1, 0.2, 2.0, 0.05`` (wrong on 1 of 4) give ``2/3, 2/3, 2, 2/3``.
+    """
+    wrong = {k: v > math.log(2) for k, v in text_losses.items()}
+    share = sum(wrong.values()) / max(1, len(wrong))
+    if share in (0.0, 1.0):
+        return {k: 1.0 for k in wrong}
+    return {k: 0.5 / share if w else 0.5 / (1 - share) for k, w in wrong.items()}
 
 
 #: Fixed bin edges of the logged weight histograms (0 to 2 by 0.05; larger weights, possible

@@ -1,6 +1,7 @@
 """Training on a tiny random LLaVA for a few CPU steps: parameters move, files are right."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -202,6 +203,20 @@ def test_sfc_two_stage_and_joint_train(tiny_vlm_dir, tiny_pairs, tmp_path):
     train(two, resume=False)
     log = metrics(tmp_path / "two")
     assert 0 < log[-1]["weight/mean"] < 1 and "weight/p90" in log[-1]
+
+    # the same proxy's verdicts, group-balanced: fixed weights 0.5 / share per group
+    balanced = config(tiny_vlm_dir, tiny_pairs, tmp_path / "balanced", **{
+        "shortcut.weighting": "sfc_two_stage", "shortcut.formula": "group_balance",
+        "shortcut.proxy_losses": str(tmp_path / "two" / "proxy_losses.json")})
+    train(balanced, resume=False)
+    share = sum(v > math.log(2) for v in losses.values()) / len(losses)
+    assert 0 < share < 1     # the tiny proxy gets some pairs wrong: both groups are there
+    for record in metrics(tmp_path / "balanced"):
+        for group, weight in (("wrong", 0.5 / share), ("right", 0.5 / (1 - share))):
+            mean = record[f"weight/mean_proxy_{group}"]
+            assert mean != mean or mean == pytest.approx(weight, rel=1e-5), record
+    with pytest.raises(ValueError, match="formula group_balance needs weighting sfc_two_stage"):
+        config(tiny_vlm_dir, tiny_pairs, tmp_path / "x", **{"shortcut.formula": "group_balance"})
 
     joint = config(tiny_vlm_dir, tiny_pairs, tmp_path / "joint",
                    **{"shortcut.weighting": "sfc_joint"})

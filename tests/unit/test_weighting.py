@@ -7,7 +7,7 @@ import torch
 
 from mmrm.evaluate import pairwise_accuracy
 from mmrm.model import last_token_index
-from mmrm.weighting import (Weighting, bradley_terry_loss, pair_weights,
+from mmrm.weighting import (Weighting, bradley_terry_loss, group_balance_weights, pair_weights,
                             shortcut_failure_coefficient, weight_statistics)
 
 pytestmark = pytest.mark.unit
@@ -64,3 +64,15 @@ def test_pairwise_accuracy_counts_ties_half():
 def test_last_token_index_right_and_left_padding():
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     assert last_token_index(mask).tolist() == [2, 4, 4]
+
+
+def test_group_balance_weights_by_hand():
+    # the proxy is wrong (loss > log 2) on c only: c carries half the weight, a, b, d the rest
+    w = group_balance_weights({"a": 0.1, "b": 0.2, "c": 2.0, "d": 0.05})
+    assert w == pytest.approx({"a": 2 / 3, "b": 2 / 3, "c": 2.0, "d": 2 / 3})
+    assert sum(w.values()) / len(w) == pytest.approx(1.0)
+    assert w["c"] == pytest.approx(sum(w.values()) / 2)
+    # a proxy right (or wrong) everywhere leaves nothing to balance
+    assert group_balance_weights({"a": 0.1, "b": 0.6}) == {"a": 1.0, "b": 1.0}
+    assert group_balance_weights({"a": 0.8, "b": 3.0}) == {"a": 1.0, "b": 1.0}
+    assert group_balance_weights({}) == {}
