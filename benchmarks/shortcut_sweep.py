@@ -484,8 +484,10 @@ def log_mlflow(cells: dict, args) -> None:
     for name, cell in cells.items():
         level, rate = name.split("@")
         params = {"visual": level, "cue_rate": rate, "lr": args.lr, "epochs": args.epochs,
-                  "finetune": args.finetune, "train_size": args.train_size}
-        # a cell logged before with the same settings is updated, not logged twice
+                  "finetune": args.finetune, "train_size": args.train_size,
+                  "work": str(args.work), "overrides": " ".join(args.overrides) or "-"}
+        # a cell logged before from the same runs and settings is updated, not logged twice;
+        # another work folder or other overrides (an exploration) is a run of its own
         same = " and ".join([f"tags.mlflow.runName = '{name}'"]
                             + [f"params.{k} = '{v}'" for k, v in params.items()])
         earlier = mlflow.search_runs([experiment.experiment_id], filter_string=same,
