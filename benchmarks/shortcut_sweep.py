@@ -354,8 +354,8 @@ def replicate_rows(args, results: dict) -> list[dict]:
     return rows
 
 
-METRICS = ("id", "ood", "anticue", "cue_balanced", "headroom_cue_balanced", "bon_correct", "bon_errors", "bon_random", "proxy_id",
-           "sfd", "headroom_id", "headroom_ood", "proxy_in_sample", "proxy_out_of_sample",
+METRICS = ("id", "ood", "anticue", "cue_balanced", "headroom_cue_balanced", "bon_correct",
+           "bon_errors", "bon_random", "proxy_id", "sfd", "headroom_id", "headroom_ood", "proxy_in_sample", "proxy_out_of_sample",
            "w/mean", "w/mean_proxy_wrong", "w/mean_proxy_right")
 
 

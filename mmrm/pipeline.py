@@ -317,8 +317,6 @@ def base_is_built(params: PipelineParams) -> bool:
     """Whether ``paths.base`` already holds the tiny base these params ask for: saved, and
     pre-trained with exactly these settings (``pretrain_report.json`` records them). A base
     built for another visual level, seed or step count is not reused."""
-    from mmrm.synthetic.tiny_vlm import TinyVLMConfig
-
     folder = Path(params.paths.base)
     if params.model.base or not (folder / "config.json").exists():
         return False
@@ -326,14 +324,20 @@ def base_is_built(params: PipelineParams) -> bool:
         recorded = json.loads((folder / "pretrain_report.json").read_text()).get("config")
     except (OSError, ValueError, AttributeError):
         return False
-    wanted = TinyVLMConfig.model_validate({"visual": params.benchmark.visual, **params.base})
-    return recorded == json.loads(json.dumps(wanted.model_dump()))
+    return recorded == json.loads(json.dumps(base_config(params).model_dump()))
+
+
+def base_config(params: PipelineParams):
+    """The tiny base's :class:`~mmrm.synthetic.tiny_vlm.TinyVLMConfig` these params ask for."""
+    from mmrm.synthetic.tiny_vlm import TinyVLMConfig
+
+    return TinyVLMConfig.model_validate({"visual": params.benchmark.visual, **params.base})
 
 
 def pretrain_base(params: PipelineParams) -> dict:
     """Build and pre-train the tiny base VLM (the default model profile); with a real base
     (``model.base``) there is nothing to build, and the stage says which folder is used."""
-    from mmrm.synthetic.tiny_vlm import TinyVLMConfig, pretrain
+    from mmrm.synthetic.tiny_vlm import pretrain
 
     if params.model.base:
         folder = Path(params.paths.base)
@@ -341,7 +345,7 @@ def pretrain_base(params: PipelineParams) -> dict:
         _write_json(folder / "external_base.json", {"base": params.model.base})
         say(f"base: {params.model.base} (a real VLM: nothing to build)")
         return {"base": params.model.base}
-    config = TinyVLMConfig.model_validate({"visual": params.benchmark.visual, **params.base})
+    config = base_config(params)
     with stage_run(params, "base") as tracker:
         tracker.log_params({f"base.{k}": v for k, v in config.model_dump().items()})
         report = pretrain(Path(params.paths.base), config, log=say)

@@ -179,14 +179,19 @@ def training_inputs(config: TrainConfig) -> tuple[list, dict[str, float] | None]
     return pairs, proxy_losses
 
 
+def planned_steps(config: TrainConfig, pairs: int) -> tuple[int, int]:
+    """Optimizer steps per epoch over ``pairs`` training pairs, and in the whole run."""
+    batches = math.ceil(pairs / config.per_device_batch_size)
+    steps_per_epoch = math.ceil(batches / config.gradient_accumulation_steps)
+    return steps_per_epoch, config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
+
+
 def encode_cache_budget(config: TrainConfig, pairs: int) -> float:
     """MiB of the encoding cache per input view: ``encode_cache_mib`` where the run reads its
     pairs more than once (epochs, or ``max_steps`` past one epoch), else 0, since one pass
     over the data would only fill it."""
-    batches = math.ceil(pairs / config.per_device_batch_size)
-    steps_per_epoch = max(1, math.ceil(batches / config.gradient_accumulation_steps))
-    steps = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
-    return config.encode_cache_mib if steps > steps_per_epoch else 0.0
+    steps_per_epoch, total_steps = planned_steps(config, pairs)
+    return config.encode_cache_mib if total_steps > steps_per_epoch else 0.0
 
 
 def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
@@ -239,8 +244,7 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
                         generator=generator, collate_fn=collator, drop_last=False,
                         num_workers=config.dataloader_num_workers,
                         persistent_workers=config.dataloader_num_workers > 0)
-    steps_per_epoch = math.ceil(len(loader) / config.gradient_accumulation_steps)
-    total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
+    steps_per_epoch, total_steps = planned_steps(config, len(pairs))
     optimizer, scheduler = build_optimizer(modules, config, total_steps)
     modules, optimizer, loader, scheduler = accelerator.prepare(modules, optimizer, loader,
                                                                 scheduler)
@@ -287,15 +291,10 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
                 elif proxy_losses is not None:
                     text_loss = torch.tensor([proxy_losses[i] for i in batch["ids"]],
                                              device=mm_loss.device)
-                if fixed_weights is not None:
-                    weights = torch.tensor([fixed_weights[i] for i in batch["ids"]],
-                                           device=mm_loss.device)
-                    if config.shortcut.normalize:
-                        weights = weights / weights.mean()
-                else:
-                    weights = pair_weights(weighting, mm_loss, text_loss,
-                                           eps=config.shortcut.eps,
-                                           normalize=config.shortcut.normalize)
+                fixed = None if fixed_weights is None else torch.tensor(
+                    [fixed_weights[i] for i in batch["ids"]], device=mm_loss.device)
+                weights = pair_weights(weighting, mm_loss, text_loss, eps=config.shortcut.eps,
+                                       normalize=config.shortcut.normalize, fixed=fixed)
                 loss = (weights * mm_loss).mean()                          # reduce
                 if weighting is Weighting.SFC_JOINT:
                     loss = loss + text_loss.mean()      # the proxy learns plain BT, same step

@@ -6,8 +6,6 @@ is one line in that loop (``(weights * losses).mean()``), not a different loss.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -44,14 +42,20 @@ def shortcut_failure_coefficient(text_loss: torch.Tensor, mm_loss: torch.Tensor,
 
 def pair_weights(scheme: Weighting | str, mm_loss: torch.Tensor,
                  text_loss: torch.Tensor | None, *, eps: float = 0.0,
-                 normalize: bool = False) -> torch.Tensor:
-    """Weights of a batch of pairs under ``scheme``; optionally rescaled to mean 1."""
+                 normalize: bool = False, fixed: torch.Tensor | None = None) -> torch.Tensor:
+    """Weights of a batch of pairs under ``scheme``; optionally rescaled to mean 1.
+
+    ``fixed``: the batch's weights from a static formula (:func:`group_balance_weights`),
+    used instead of SFC's."""
     if Weighting(scheme) is Weighting.NONE:
         return torch.ones_like(mm_loss)
-    if text_loss is None:
+    if fixed is not None:
+        weights = fixed
+    elif text_loss is None:
         raise ValueError(f"weighting {Weighting(scheme).value} needs the text-only proxy's "
                          f"losses")
-    weights = shortcut_failure_coefficient(text_loss, mm_loss, eps)
+    else:
+        weights = shortcut_failure_coefficient(text_loss, mm_loss, eps)
     if normalize:
         weights = weights / weights.mean().clamp_min(1e-12)
     return weights
@@ -64,15 +68,23 @@ def group_balance_weights(text_losses: dict[str, float]) -> dict[str, float]:
 
     Worked example: losses ``0.1, 0.2, 2.0, 0.05`` (wrong on 1 of 4) give ``2/3, 2/3, 2, 2/3``.
     """
-    wrong = {k: v > math.log(2) for k, v in text_losses.items()}
+    wrong = dict(zip(text_losses, proxy_wrong(torch.tensor(list(text_losses.values())))
+                     .tolist()))
     share = sum(wrong.values()) / max(1, len(wrong))
     if share in (0.0, 1.0):
         return {k: 1.0 for k in wrong}
     return {k: 0.5 / share if w else 0.5 / (1 - share) for k, w in wrong.items()}
 
 
+def proxy_wrong(text_loss: torch.Tensor) -> torch.Tensor:
+    """Where the text-only proxy is wrong: its loss exceeds ``log 2`` (it scores the rejected
+    response higher)."""
+    return text_loss.detach() > torch.log(torch.tensor(2.0))
+
+
 #: Fixed bin edges of the logged weight histograms (0 to 2 by 0.05; larger weights, possible
-#: only with ``normalize``, fall in the last bin), so histograms from any step add up.
+#: with ``normalize`` or ``group_balance``, fall in the last bin), so histograms from any step
+#: add up.
 WEIGHT_BIN_EDGES = [round(0.05 * i, 2) for i in range(41)]
 
 
@@ -99,7 +111,7 @@ def weight_statistics(weights: torch.Tensor, text_loss: torch.Tensor | None) -> 
     stats = {"weight/mean": w.mean().item(), "weight/p10": q[0].item(),
              "weight/p50": q[1].item(), "weight/p90": q[2].item()}
     if text_loss is not None:
-        wrong = text_loss.detach() > torch.log(torch.tensor(2.0))
+        wrong = proxy_wrong(text_loss)
         stats["weight/proxy_wrong_frac"] = wrong.float().mean().item()
         if wrong.any():
             stats["weight/mean_proxy_wrong"] = w[wrong].mean().item()
