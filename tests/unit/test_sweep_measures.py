@@ -40,6 +40,7 @@ def test_mlflow_logging_updates_a_cells_run_and_keeps_explorations_apart(tmp_pat
 
     sweep = load_sweep()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)         # a new experiment's artifacts go to ./mlruns
     cells = {"V2@0.95": {"means": {"none": {"id": 0.9, "ood": float("nan")}},
                          "differences": {"sfc_two_stage": {"ood": {"mean": 0.1, "low": -0.1,
                                                                    "high": 0.3}}},
