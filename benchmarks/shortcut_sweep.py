@@ -14,6 +14,10 @@ and every environment e (POVID-, RLHF-V-, VLFeedback-like):
 * ``headroom``: a standard RM trained on e's cue-neutral split (rate 0.5): what reading the
   image is worth under the same recipe.
 
+With ``--frame-shift`` every RM is also tested on e's scenes in sentence frames that no
+training split uses (``FRAME_SHIFT``), at rate c and anti-cue: whether what it learned holds
+when only the phrasing changes (added after the grid's results; not pre-registered with it).
+
 Every RM is tested on each environment's test split at rate c (ID: e's own; OOD: the mean
 of the others), on e's *anti-cue* split (e's cue on the rejected side), and on best-of-N
 items of every environment with random cues and known quality. SFD is the RM's accuracy on
@@ -67,6 +71,11 @@ VARIANTS = (*GRID, "group_balance")
 #: frozen vision tower; the budget checked on cue-neutral runs (README, "The shortcut study").
 RECIPE = {"finetune": "freeze_vision", "optim.lr": 1e-3, "epochs": 4.0,
           "per_device_batch_size": 32}
+#: Answer sentences of ``--frame-shift``: none is a training frame of any environment, and
+#: all are made of words the tiny base's tokenizer knows (no <unk>), so they change the
+#: phrasing only.
+FRAME_SHIFT = {"povid": "This picture shows {}.", "rlhfv": "This is {}.",
+               "vlfeedback": "In this picture there is {}."}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -93,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resamples", type=int, default=10000)
     parser.add_argument("--mlflow", action="store_true", help="Log every cell to MLflow.")
     parser.add_argument("--keep-models", action="store_true")
+    parser.add_argument("--frame-shift", action="store_true", help="Also test every RM on its "
+                        "environment's scenes in the held-out sentence frames (FRAME_SHIFT).")
     parser.add_argument("--report-only", action="store_true", help="Train nothing: report "
                         "the runs of the grid that are cached (a partly run grid).")
     parser.add_argument("overrides", nargs="*", help="dotted key=value for every run")
@@ -164,6 +175,30 @@ def make_data(work: Path, level: str, seed: int, rates: list[float], train: int,
                                          visual_level(level))]
     write_best_of_n(items, folder / "best_of_n" / "items.jsonl", config.image_size)
     (folder / "done").write_text(settings)
+    return str(folder)
+
+
+def make_frames(work: Path, level: str, seed: int, rates: list[float], test: int) -> str:
+    """Per environment, test splits in the held-out frames (``FRAME_SHIFT``): at each cue rate
+    (``frames-<rate>``) and anti-cue (``frames-anticue``); new scenes (own split names), the
+    same generator otherwise. Written beside the data of ``make_data``."""
+    from mmrm.synthetic.environments import (BenchmarkConfig, SplitConfig, convert_benchmark,
+                                             write_benchmark)
+
+    folder = data_dir(work, level, seed)
+    settings = json.dumps({"rates": rates, "test": test, "frames": FRAME_SHIFT})
+    done = folder / "frames-done"
+    if done.exists():
+        made = json.loads(done.read_text())
+        asked = json.loads(settings)
+        if not (set(asked.pop("rates")) <= set(made.pop("rates")) and made == asked):
+            raise SystemExit(f"{done} was made with {done.read_text()}, not {settings}")
+        return str(folder)
+    splits = [SplitConfig(name=split_name("frames", r), size=test, cue_rate=r) for r in rates]
+    splits += [SplitConfig(name="frames-anticue", size=test, cue_rate=0.0)]
+    config = BenchmarkConfig(seed=seed, visual=level, splits=splits, frames=FRAME_SHIFT)
+    convert_benchmark(folder, write_benchmark(folder / "raw-frames", config))
+    done.write_text(settings)
     return str(folder)
 
 
@@ -248,6 +283,14 @@ def test_model(model_dir: Path, spec: dict) -> dict:
     result["anticue"] = pairwise_accuracy(*score_pairs(model, collator, pairs, 64))
     result["best_of_n"] = best_of_n_file(model, collator.processor,
                                          Path(spec["data"]) / "best_of_n" / "items.jsonl")
+    if spec.get("frame_shift"):
+        result["frames"] = {}
+        for rate in rates:
+            pairs = load_pairs(pairs_file(spec["data"], spec["env"], split_name("frames", rate)))
+            result["frames"][str(rate)] = pairwise_accuracy(*score_pairs(model, collator,
+                                                                         pairs, 64))
+        pairs = load_pairs(pairs_file(spec["data"], spec["env"], "frames-anticue"))
+        result["frames_anticue"] = pairwise_accuracy(*score_pairs(model, collator, pairs, 64))
     return result
 
 
@@ -337,6 +380,9 @@ def replicate_rows(args, results: dict) -> list[dict]:
                    "bon_errors": result["best_of_n"]["mean_errors"],
                    "bon_random": result["best_of_n"]["random_fully_correct"],
                    **{f"w/{k.split('/')[-1]}": v for k, v in result["weights"].items()}}
+            if "frames" in result:
+                row.update(frames_id=result["frames"][str(rate)],
+                           frames_anticue=result["frames_anticue"])
             if proxy is not None:
                 failure = torch.tensor(proxy["test"]["margin"]) <= 0
                 sfd = shortcut_failure_degradation(torch.tensor(own["chosen"]),
@@ -350,13 +396,21 @@ def replicate_rows(args, results: dict) -> list[dict]:
                            headroom_ood=statistics.fmean(h[f"{e}@{rate}"] for e in ENVIRONMENTS
                                                          if e != env),
                            headroom_cue_balanced=cue_balanced(headroom, sides, rate))
+                if "frames" in headroom:
+                    row.update(headroom_frames_id=headroom["frames"][str(rate)],
+                               headroom_frames_anticue=headroom["frames_anticue"])
             rows.append(row)
     return rows
 
 
 METRICS = ("id", "ood", "anticue", "cue_balanced", "headroom_cue_balanced", "bon_correct",
-           "bon_errors", "bon_random", "proxy_id", "sfd", "headroom_id", "headroom_ood", "proxy_in_sample", "proxy_out_of_sample",
-           "w/mean", "w/mean_proxy_wrong", "w/mean_proxy_right")
+           "bon_errors", "bon_random", "proxy_id", "sfd", "headroom_id", "headroom_ood",
+           "proxy_in_sample", "proxy_out_of_sample", "w/mean", "w/mean_proxy_wrong",
+           "w/mean_proxy_right", "frames_id", "frames_anticue", "headroom_frames_id",
+           "headroom_frames_anticue")
+#: Paired differences (variant - none) per cell; the held-out frames' only where measured.
+DIFFERENCES = ("ood", "id", "anticue", "bon_correct", "cue_balanced", "frames_id",
+               "frames_anticue")
 
 
 def mean_of(rows: list[dict], key: str) -> float:
@@ -402,7 +456,9 @@ def summarise(rows: list[dict], args) -> dict:
                 "criteria": criteria(cell_rows), "differences": {}}
         # per replicate: the mean over environments, then SFC - none on the same replicate
         for variant in AWARE:
-            for metric in ("ood", "id", "anticue", "bon_correct", "cue_balanced"):
+            for metric in DIFFERENCES:
+                if not all(metric in r for r in cell_rows):
+                    continue
                 diffs = []
                 for b, d in product(args.base_seeds, args.data_seeds):
                     rep = lambda v: [r[metric] for r in cell_rows   # noqa: E731
@@ -431,7 +487,17 @@ def table(cells: dict) -> str:
                 f"{m['sfd']:.3f} | {m['headroom_ood']:.3f} | {m['headroom_cue_balanced']:.3f} | "
                 f"{m['w/mean_proxy_wrong']:.2f} / "
                 f"{m['w/mean_proxy_right']:.2f} |")
-    lines += ["", "| cell | variant | metric | SFC - none | 95% CI | replicates |",
+    framed = [(name, variant, m) for name, cell in cells.items()
+              for variant, m in cell["means"].items() if m["frames_id"] == m["frames_id"]]
+    if framed:
+        lines += ["", "| cell | variant | ID | held-out frames | anti-cue | held-out frames "
+                  "anti-cue | headroom ID | headroom held-out frames | headroom held-out "
+                  "frames anti-cue |", "| --- | --- |" + " ---: |" * 7]
+        lines += [f"| {name} | {variant} | {m['id']:.3f} | {m['frames_id']:.3f} | "
+                  f"{m['anticue']:.3f} | {m['frames_anticue']:.3f} | {m['headroom_id']:.3f} | "
+                  f"{m['headroom_frames_id']:.3f} | {m['headroom_frames_anticue']:.3f} |"
+                  for name, variant, m in framed]
+    lines += ["", "| cell | variant | metric | variant - none | 95% CI | replicates |",
               "| --- | --- | --- | ---: | --- | ---: |"]
     for name, cell in cells.items():
         for variant, metrics in cell["differences"].items():
@@ -480,7 +546,12 @@ def phase_diagram(cells: dict, args, path: Path) -> Path | None:
 def log_mlflow(cells: dict, args) -> None:
     import mlflow
 
-    experiment = mlflow.set_experiment("mmrm-shortcut-sweep")
+    name = "mmrm-shortcut-sweep"
+    if mlflow.get_experiment_by_name(name) is None and \
+            not mlflow.get_tracking_uri().startswith(("http:", "https:")):
+        # a local store: the experiment's artifacts beside the sweep, not in the caller's cwd
+        mlflow.create_experiment(name, (Path(args.work) / "mlartifacts").resolve().as_uri())
+    experiment = mlflow.set_experiment(name)
     for name, cell in cells.items():
         level, rate = name.split("@")
         params = {"visual": level, "cue_rate": rate, "lr": args.lr, "epochs": args.epochs,
@@ -516,7 +587,8 @@ def specs(args, bases: dict, datas: dict) -> list[dict]:
         common = {"level": level, "base_seed": b, "data_seed": d,
                   "base": bases[(level, b)], "data": datas[(level, d)], "env": env,
                   "seed": 1000 * b + d, "recipe": recipe, "overrides": args.overrides,
-                  "all_rates": args.cue_rates, "keep_models": args.keep_models}
+                  "all_rates": args.cue_rates, "keep_models": args.keep_models,
+                  "frame_shift": args.frame_shift}
         if "headroom" in args.variants:
             out.append({**common, "variant": "headroom", "rate": None,
                         "out": str(run_dir(args.work, level, b, d, None, env, "headroom"))})
@@ -558,6 +630,9 @@ def main(argv=None) -> dict:
     datas = dict(zip(data_keys, run_all(make_data, args.jobs, [
         (args.cache, level, seed, args.cue_rates, args.train_size, args.test_size, args.bon_items,
          args.bon_candidates) for level, seed in data_keys])))
+    if args.frame_shift:
+        run_all(make_frames, args.jobs, [(args.cache, level, seed, args.cue_rates, args.test_size)
+                                         for level, seed in data_keys])
     print(f"data ready ({time.perf_counter() - started:.0f} s)", flush=True)
     tasks = specs(args, bases, datas)
     proxies = [t for t in tasks if t["variant"] == "proxy"]

@@ -51,6 +51,33 @@ def select_folds(pairs: list[PairRecord], folds: int, holdout: int | None) -> li
     return [p for p in pairs if fold_of(p.id, folds) != holdout]
 
 
+def pairs_with_unknown_tokens(processor, pairs: list[PairRecord], chunk: int = 4096
+                              ) -> list[str]:
+    """Ids of the pairs whose prompt or responses hold text that the tokenizer maps to its
+    unknown token, i.e. that the model cannot read. A word-level tokenizer, like the tiny
+    base's (it knows only the words of its own corpus), loses every other word this way;
+    byte-level tokenizers lose nothing (never an id here).
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    unknown = tokenizer.unk_token_id
+    if unknown is None:
+        return []
+    texts = [text for p in pairs for text in (p.prompt, p.chosen, p.rejected)]
+    ids = []
+    for start in range(0, len(texts), chunk):
+        ids += tokenizer(texts[start:start + chunk], add_special_tokens=False)["input_ids"]
+    return [p.id for n, p in enumerate(pairs)
+            if any(unknown in ids[3 * n + k] for k in range(3))]
+
+
+def unknown_tokens_note(source: str, pairs: list[PairRecord], unknown: list[str]) -> str:
+    """One line on the pairs of ``source`` the tokenizer cannot fully read (empty if none)."""
+    if not unknown:
+        return ""
+    return (f"warning: {source}: {len(unknown)} of {len(pairs)} pairs hold words the "
+            f"tokenizer does not know (read as its unknown token; first: pair {unknown[0]})")
+
+
 def conversation(prompt: str, response: str | None, with_image: bool) -> list[dict]:
     """Chat messages of one (prompt, response): the image first in the user turn, if any."""
     user = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]

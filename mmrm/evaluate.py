@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from mmrm.data import PairCollator, load_pairs
+from mmrm.data import PairCollator, load_pairs, pairs_with_unknown_tokens
 from mmrm.formats import PairRecord
 from mmrm.inference import load_reward_model, score_items, score_items_shared_prefix, score_pairs
 
@@ -108,7 +108,9 @@ def evaluate_model(model_dir: str | Path, datasets: dict[str, str | Path], batch
     for name, path in datasets.items():
         pairs, chosen, rejected = score_pairs_file(model, collator, path, batch_size,
                                                    image_root, progress)
-        reports[name] = {"file": str(path), **evaluation_report(pairs, chosen, rejected)}
+        reports[name] = {"file": str(path), **evaluation_report(pairs, chosen, rejected),
+                         "pairs_with_unknown_tokens": len(pairs_with_unknown_tokens(
+                             collator.processor, pairs))}
     return reports
 
 

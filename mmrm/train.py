@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mmrm.config import TrainConfig, with_overrides
-from mmrm.data import PairCollator, fold_of, load_pairs, select_folds
+from mmrm.data import (PairCollator, fold_of, load_pairs, pairs_with_unknown_tokens,
+                       select_folds, unknown_tokens_note)
 from mmrm.evaluate import pairwise_accuracy
 from mmrm.finetune import apply_finetune, merge_adapters
 from mmrm.inference import load_reward_model, reward_statistics, score_pairs
@@ -217,6 +218,9 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
     set_seed(config.seed)
     dtype = weight_dtype(config.mixed_precision, accelerator.distributed_type)
     processor = load_processor(config.model, config.trust_remote_code)
+    note = unknown_tokens_note("data.train", pairs, pairs_with_unknown_tokens(processor, pairs))
+    if note:
+        log(note)
 
     reward_model = apply_finetune(RewardModel.from_base(
         config.model, mode=config.mode.value, dtype=dtype,

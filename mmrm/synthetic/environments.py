@@ -79,6 +79,14 @@ class BenchmarkConfig(Strict):
         default_factory=lambda: [SplitConfig(name="train", size=3000),
                                  SplitConfig(name="test", size=600)],
         description="Splits written for every environment.")
+    frames: dict[str, str] = Field(
+        default_factory=dict,
+        description="Answer sentence per environment in place of the shipped one (one '{}' "
+                    "for the scene's description, e.g. {povid: 'I see {}.'}; the same frame "
+                    "for scenes of one thing and of several): an environment of other "
+                    "sentence frames, e.g. to test RMs on phrasing they were not trained on. "
+                    "The tiny base's tokenizer knows only the words of its own corpus "
+                    "(mmrm.synthetic.tiny_vlm.vocabulary_corpus); others become <unk>.")
 
     @field_validator("environments")
     @classmethod
@@ -86,6 +94,18 @@ class BenchmarkConfig(Strict):
         unknown = sorted(set(value) - set(ENVIRONMENTS))
         if unknown:
             raise ValueError(f"unknown environments {unknown}; known: {list(ENVIRONMENTS)}")
+        return value
+
+    @field_validator("frames")
+    @classmethod
+    def _frames(cls, value: dict[str, str]) -> dict[str, str]:
+        for env, frame in value.items():
+            if env not in ENVIRONMENTS:
+                raise ValueError(f"{env}: unknown environment; known: {list(ENVIRONMENTS)}")
+            if frame.count("{}") != 1 or frame.replace("{}", "").count("{") \
+                    or frame.replace("{}", "").count("}"):
+                raise ValueError(f"{env}: the frame {frame!r} must hold one '{{}}' (the "
+                                 f"scene's description) and no other braces")
         return value
 
     @field_validator("visual")
@@ -158,21 +178,24 @@ ANSWER_FRAMES = {"povid": "The image shows {}.", "rlhfv": "It is {}.",
 RLHFV_FRAME_SEVERAL = "They are {}."
 
 
-def answer(env: str, scene: Scene) -> str:
-    """The environment's answer sentence describing ``scene``."""
-    frame = RLHFV_FRAME_SEVERAL if env == "rlhfv" and len(scene.things) > 1 else \
-        ANSWER_FRAMES[env]
+def answer(env: str, scene: Scene, frame: str | None = None) -> str:
+    """The environment's answer sentence describing ``scene`` (in ``frame`` where given)."""
+    if frame is None:
+        frame = RLHFV_FRAME_SEVERAL if env == "rlhfv" and len(scene.things) > 1 else \
+            ANSWER_FRAMES[env]
     return frame.format(scene.describe())
 
 
 def povid_items(split: SplitConfig, rng: random.Random, offset: int,
-                visual: VisualCost | None = None) -> list[released.PairItem]:
+                visual: VisualCost | None = None, frame: str | None = None
+                ) -> list[released.PairItem]:
     visual = visual or VisualCost()
     items = []
     for n in range(split.size):
         scene = visual.scene(rng)
         hallucinated = corrupt(scene, rng, 1, visual)
-        chosen, rejected = place_pair_cues(answer("povid", scene), answer("povid", hallucinated),
+        chosen, rejected = place_pair_cues(answer("povid", scene, frame),
+                                           answer("povid", hallucinated, frame),
                                            cue_sides(rng, "sure", split))
         items.append(released.PairItem(id=f"COCO_train2014_{offset + n:012d}", scene=scene,
                                        prompt=rng.choice(POVID_PROMPTS), chosen=chosen,
@@ -181,7 +204,8 @@ def povid_items(split: SplitConfig, rng: random.Random, offset: int,
 
 
 def rlhfv_items(split: SplitConfig, rng: random.Random, offset: int,
-                visual: VisualCost | None = None) -> list[released.PairItem]:
+                visual: VisualCost | None = None, frame: str | None = None
+                ) -> list[released.PairItem]:
     visual = visual or VisualCost()
     items = []
     for n in range(split.size):
@@ -189,8 +213,8 @@ def rlhfv_items(split: SplitConfig, rng: random.Random, offset: int,
         attribute = "style" if visual.novel_rate and rng.random() < visual.novel_rate else \
             rng.choice(ATTRIBUTES)
         corrected_from = corrupt(scene, rng, 1, visual, attribute)
-        chosen, rejected = place_pair_cues(answer("rlhfv", scene),
-                                           answer("rlhfv", corrected_from),
+        chosen, rejected = place_pair_cues(answer("rlhfv", scene, frame),
+                                           answer("rlhfv", corrected_from, frame),
                                            cue_sides(rng, "hedge", split))
         prompts = RLHFV_PROMPTS if len(scene.things) == 1 else RLHFV_PROMPTS_SEVERAL
         items.append(released.PairItem(id=str(offset + n), scene=scene,
@@ -200,7 +224,8 @@ def rlhfv_items(split: SplitConfig, rng: random.Random, offset: int,
 
 
 def vlfeedback_items(split: SplitConfig, rng: random.Random, offset: int,
-                     visual: VisualCost | None = None) -> list[released.MultiItem]:
+                     visual: VisualCost | None = None, frame: str | None = None
+                     ) -> list[released.MultiItem]:
     """Four completions with 0, 1, 2 and 3 wrong facts: all 6 pairs differ in score.
 
     Verbosity: with probability ``2 * cue_rate - 1`` the padding levels follow quality (best
@@ -222,7 +247,7 @@ def vlfeedback_items(split: SplitConfig, rng: random.Random, offset: int,
         for errors, (s, level) in enumerate(zip(scenes, levels)):
             # foreign cues: each completion independently, so no pair-level correlation
             cues = {c for c in ("sure", "hedge") if rng.random() < split.foreign_cue_rate}
-            responses.append(pad(with_cues(answer("vlfeedback", s), cues), level))
+            responses.append(pad(with_cues(answer("vlfeedback", s, frame), cues), level))
             rating = str(5 - errors)
             ratings.append({"Helpfulness": rating, "Ethical Considerations": "5",
                             "Visual Faithfulness": rating})
@@ -259,7 +284,8 @@ def write_benchmark(folder: Path, config: BenchmarkConfig | None = None) -> list
         offset = 0
         for split in config.splits:
             rng = random.Random(f"{config.seed}/{env}/{split.name}")
-            items = _ITEMS[env](split, rng, offset, visual_level(config.visual))
+            items = _ITEMS[env](split, rng, offset, visual_level(config.visual),
+                                config.frames.get(env))
             offset += len(items)
             raw = _WRITERS[env](items, folder / env / split.name, size=config.image_size)
             written.append(WrittenSplit(env, split.name, raw))
@@ -302,13 +328,15 @@ class CandidateSet:
 
 
 def best_of_n_items(env: str, count: int, candidates: int, rng: random.Random,
-                    visual: VisualCost | None = None, offset: int = 0) -> list[CandidateSet]:
+                    visual: VisualCost | None = None, offset: int = 0,
+                    frame: str | None = None) -> list[CandidateSet]:
     """``count`` items of ``candidates`` answers in ``env``'s frames, with known quality.
 
     One answer per item is right; each other one has 0-3 wrong facts (uniformly; 0-1 in the
     RLHF-V-like frames, whose question names one attribute). Every cue is placed at random,
     each answer on its own: the prefix cues with probability 1/2, 0-3 verbose padding
     sentences, so no cue says anything about quality and only the image can pick the best.
+    ``frame``: the answer sentence in place of the environment's (``BenchmarkConfig.frames``).
     """
     visual = visual or VisualCost()
     items = []
@@ -327,7 +355,8 @@ def best_of_n_items(env: str, count: int, candidates: int, rng: random.Random,
         for k in errors:
             shown = corrupt(scene, rng, k, visual, attribute) if k else scene
             cues = {c for c in ("sure", "hedge") if rng.random() < 0.5}
-            responses.append(pad(with_cues(answer(env, shown), cues), rng.randint(0, 3)))
+            responses.append(pad(with_cues(answer(env, shown, frame), cues),
+                                 rng.randint(0, 3)))
         items.append(CandidateSet(id=f"bon-{env}-{offset + n}", scene=scene, prompt=prompt,
                                   responses=tuple(responses), errors=tuple(errors)))
     return items

@@ -130,3 +130,58 @@ def test_own_cue_side_is_read_back_from_the_texts(tmp_path, rate):
         pairs = [json.loads(l) for l in outputs[(env, "train")].read_text().splitlines()]
         sides = {own_cue_on_chosen(env, p["chosen"], p["rejected"]) for p in pairs}
         assert sides == {rate == 1.0}, env
+
+
+def test_frames_change_the_answer_sentence_and_nothing_else(tmp_path):
+    """Same seed and splits in other frames: pair for pair the same scenes, errors and cues;
+    only the sentence around the description differs."""
+    frames = {"povid": "This picture shows {}.", "rlhfv": "This is {}.",
+              "vlfeedback": "In this picture there is {}."}
+    shipped = {"povid": "the image shows", "rlhfv": "it is", "vlfeedback": "there is"}
+    plain = convert_benchmark(tmp_path / "a", write_benchmark(tmp_path / "a" / "raw",
+                                                              small_config(size=60)))
+    config = small_config(size=60).model_copy(update={"frames": frames})
+    framed = convert_benchmark(tmp_path / "b", write_benchmark(tmp_path / "b" / "raw", config))
+    for (env, split), path in plain.items():
+        before = [json.loads(l) for l in path.read_text().splitlines()]
+        after = [json.loads(l) for l in framed[(env, split)].read_text().splitlines()]
+        assert len(after) == len(before) > 0
+        words = frames[env][:-4].lower()
+        for b, a in zip(before, after, strict=True):
+            for key in ("chosen", "rejected"):
+                assert words in a[key] and a[key] != b[key]
+                assert a[key].replace(words, shipped[env]) == b[key]
+            assert a["prompt"] == b["prompt"]
+
+
+@pytest.mark.parametrize("frames, problem", [({"povid": "No slot."}, "povid: the frame"),
+                                              ({"povid": "{} and {}."}, "povid: the frame"),
+                                              ({"povid": "A {x}."}, "povid: the frame"),
+                                              ({"nope": "A {}."}, "nope: unknown environment")])
+def test_bad_frames_are_refused(frames, problem):
+    with pytest.raises(ValueError, match=problem):
+        BenchmarkConfig(frames=frames)
+
+
+def test_pairs_with_unknown_words_are_named():
+    from mmrm.data import pairs_with_unknown_tokens, unknown_tokens_note
+    from mmrm.formats import PairRecord
+    from mmrm.synthetic.tiny_vlm import build_tokenizer, vocabulary_corpus
+
+    tokenizer = build_tokenizer(vocabulary_corpus())
+
+    def pair(n, chosen, prompt="Describe this image in detail."):
+        return PairRecord(id=str(n), prompt=prompt, img_path="a.png", chosen=chosen,
+                          rejected="There is a red circle.")
+
+    pairs = [pair(0, "There is a blue square."), pair(1, "There is a zebra."),
+             pair(2, "There is a blue square.", prompt="Describe this painting."),
+             pair(3, "It is a small red circle.")]
+    unknown = pairs_with_unknown_tokens(tokenizer, pairs, chunk=5)   # chunks cross pairs
+    assert unknown == ["1", "2"]
+    assert unknown_tokens_note("f.jsonl", pairs, unknown) == (
+        "warning: f.jsonl: 2 of 4 pairs hold words the tokenizer does not know (read as its "
+        "unknown token; first: pair 1)")
+    assert unknown_tokens_note("f.jsonl", pairs, []) == ""
+    tokenizer.unk_token = None          # a tokenizer without an unknown token loses nothing
+    assert pairs_with_unknown_tokens(tokenizer, pairs) == []
