@@ -379,7 +379,7 @@ def eval_command(
     on_error: OnErrorOption = OnError.RAISE,
     trust_remote_code: TrustOption = False,
 ) -> None:
-    from mmrm.evaluate import evaluation_report, plot_reward_margins, score_pairs_file
+    from mmrm.evaluate import file_report, plot_reward_margins, score_pairs_file
     from mmrm.inference import load_reward_model
     from mmrm.model import check_reward_model
 
@@ -391,7 +391,11 @@ def eval_command(
         for name, path in files.items():
             pairs, chosen, rejected = score_pairs_file(scorer, collator, path, batch_size,
                                                        progress=True)
-            reports[name] = {"file": str(path), **evaluation_report(pairs, chosen, rejected)}
+            reports[name] = file_report(path, pairs, chosen, rejected, collator.processor)
+            if reports[name]["pairs_with_unknown_tokens"]:
+                typer.echo(f"warning: {path}: {reports[name]['pairs_with_unknown_tokens']} of "
+                           f"{len(pairs)} pairs hold words the tokenizer does not know (read "
+                           f"as its unknown token)", err=True)
             if plots is not None:
                 plot_reward_margins(chosen, rejected, plots / f"{name}.png", f"{model} on {name}")
     text = json.dumps({"model": str(model), "datasets": reports}, indent=2)

@@ -88,6 +88,14 @@ def evaluation_report(pairs: Sequence[PairRecord], chosen: torch.Tensor,
     return report
 
 
+def file_report(path: str | Path, pairs: Sequence[PairRecord], chosen: torch.Tensor,
+                rejected: torch.Tensor, processor) -> dict:
+    """The report of one scored pairwise file: :func:`evaluation_report`, and how many of its
+    pairs hold words the model's tokenizer cannot read (``pairs_with_unknown_tokens``)."""
+    return {"file": str(path), **evaluation_report(pairs, chosen, rejected),
+            "pairs_with_unknown_tokens": len(pairs_with_unknown_tokens(processor, list(pairs)))}
+
+
 def score_pairs_file(model, collator: PairCollator, path: str | Path, batch_size: int = 32,
                      image_root: str | Path | None = None, progress: bool = False):
     """Read a pairwise file and score it: ``(pairs, chosen_rewards, rejected_rewards)``."""
@@ -108,9 +116,7 @@ def evaluate_model(model_dir: str | Path, datasets: dict[str, str | Path], batch
     for name, path in datasets.items():
         pairs, chosen, rejected = score_pairs_file(model, collator, path, batch_size,
                                                    image_root, progress)
-        reports[name] = {"file": str(path), **evaluation_report(pairs, chosen, rejected),
-                         "pairs_with_unknown_tokens": len(pairs_with_unknown_tokens(
-                             collator.processor, pairs))}
+        reports[name] = file_report(path, pairs, chosen, rejected, collator.processor)
     return reports
 
 

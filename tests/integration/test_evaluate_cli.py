@@ -131,3 +131,33 @@ def test_eval_reports_bad_records_with_their_line(trained_runs, tiny_pairs, tmp_
     result = runner.invoke(app, ["eval", str(trained_runs["none"] / "final"), str(src)])
     assert result.exit_code == 2
     assert f"error: {src}:2: chosen: " in result.output
+
+
+def test_pairs_with_words_the_tokenizer_lacks_are_counted(trained_runs, tiny_pairs, tiny_vlm_dir,
+                                                          tmp_path):
+    """The tiny base reads other words as <unk>: eval counts such pairs and warns, and a run
+    trained on them says so in its log; a file without them reports 0."""
+    from mmrm.config import TrainConfig
+    from mmrm.train import train
+
+    lines = tiny_pairs[("povid", "test")].read_text().splitlines()
+    odd = json.loads(lines[2])
+    odd["chosen"] = odd["chosen"].replace("shows", "depicts")
+    src = tiny_pairs[("povid", "test")].parent / "odd.jsonl"
+    src.write_text("\n".join([*lines[:2], json.dumps(odd), *lines[3:]]) + "\n")
+    result = runner.invoke(app, ["eval", str(trained_runs["none"] / "final"), f"odd={src}",
+                                 f"plain={tiny_pairs[('povid', 'test')]}", "--out",
+                                 str(tmp_path / "eval.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval.json").read_text())["datasets"]
+    assert report["odd"]["pairs_with_unknown_tokens"] == 1
+    assert report["plain"]["pairs_with_unknown_tokens"] == 0
+    assert f"warning: {src}: 1 of {len(lines)} pairs hold words" in result.output
+    logged = []
+    train(TrainConfig.model_validate({
+        "model": str(tiny_vlm_dir), "output_dir": str(tmp_path / "run"),
+        "data": {"train": [str(src)]}, "max_steps": 1, "per_device_batch_size": 4}),
+        resume=False, log=logged.append)
+    assert logged[0] == (f"warning: data.train: 1 of {len(lines)} pairs hold words the "
+                         f"tokenizer does not know (read as its unknown token; first: pair "
+                         f"{odd['id']})")
