@@ -397,7 +397,8 @@ def replicate_rows(args, results: dict) -> list[dict]:
                                                          if e != env),
                            headroom_cue_balanced=cue_balanced(headroom, sides, rate))
                 if "frames" in headroom:
-                    row.update(headroom_frames_id=headroom["frames"][str(rate)],
+                    row.update(headroom_anticue=headroom["anticue"],
+                               headroom_frames_id=headroom["frames"][str(rate)],
                                headroom_frames_anticue=headroom["frames_anticue"])
             rows.append(row)
     return rows
@@ -406,8 +407,8 @@ def replicate_rows(args, results: dict) -> list[dict]:
 METRICS = ("id", "ood", "anticue", "cue_balanced", "headroom_cue_balanced", "bon_correct",
            "bon_errors", "bon_random", "proxy_id", "sfd", "headroom_id", "headroom_ood",
            "proxy_in_sample", "proxy_out_of_sample", "w/mean", "w/mean_proxy_wrong",
-           "w/mean_proxy_right", "frames_id", "frames_anticue", "headroom_frames_id",
-           "headroom_frames_anticue")
+           "w/mean_proxy_right", "frames_id", "frames_anticue", "headroom_anticue",
+           "headroom_frames_id", "headroom_frames_anticue")
 #: Paired differences (variant - none) per cell; the held-out frames' only where measured.
 DIFFERENCES = ("ood", "id", "anticue", "bon_correct", "cue_balanced", "frames_id",
                "frames_anticue")
@@ -491,11 +492,12 @@ def table(cells: dict) -> str:
               for variant, m in cell["means"].items() if m["frames_id"] == m["frames_id"]]
     if framed:
         lines += ["", "| cell | variant | ID | held-out frames | anti-cue | held-out frames "
-                  "anti-cue | headroom ID | headroom held-out frames | headroom held-out "
-                  "frames anti-cue |", "| --- | --- |" + " ---: |" * 7]
+                  "anti-cue | headroom ID | headroom held-out frames | headroom anti-cue | "
+                  "headroom held-out frames anti-cue |", "| --- | --- |" + " ---: |" * 8]
         lines += [f"| {name} | {variant} | {m['id']:.3f} | {m['frames_id']:.3f} | "
                   f"{m['anticue']:.3f} | {m['frames_anticue']:.3f} | {m['headroom_id']:.3f} | "
-                  f"{m['headroom_frames_id']:.3f} | {m['headroom_frames_anticue']:.3f} |"
+                  f"{m['headroom_frames_id']:.3f} | {m['headroom_anticue']:.3f} | "
+                  f"{m['headroom_frames_anticue']:.3f} |"
                   for name, variant, m in framed]
     lines += ["", "| cell | variant | metric | variant - none | 95% CI | replicates |",
               "| --- | --- | --- | ---: | --- | ---: |"]

@@ -128,7 +128,9 @@ def test_held_out_frame_measures_are_reported_only_where_measured():
         base = {"level": "V2", "rate": 0.95, "base": 0, "data": d, "env": env,
                 "variant": variant, "id": value, "ood": value, "anticue": value,
                 "cue_balanced": value, "bon_correct": value}
-        return {**base, "frames_id": value - 0.1, "frames_anticue": value - 0.2} \
+        headroom = {"headroom_id": 0.8, "headroom_frames_id": 0.7, "headroom_anticue": 0.75,
+                    "headroom_frames_anticue": 0.65}
+        return {**base, **headroom, "frames_id": value - 0.1, "frames_anticue": value - 0.2} \
             if framed else base
 
     for framed in (True, False):
@@ -142,6 +144,6 @@ def test_held_out_frame_measures_are_reported_only_where_measured():
         if framed:
             assert differences["frames_id"]["mean"] == pytest.approx(0.1)
             assert cell["means"]["none"]["frames_anticue"] == pytest.approx(0.425)
-            assert "| V2@0.95 | none | 0.625 | 0.525 | 0.625 | 0.425 | nan | nan | nan |" in text
+            assert "| V2@0.95 | none | 0.625 | 0.525 | 0.625 | 0.425 | 0.800 | 0.700 | 0.750 | 0.650 |" in text
         else:
             assert "frames_id" not in differences and "held-out frames" not in text
