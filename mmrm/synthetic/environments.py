@@ -82,8 +82,8 @@ class BenchmarkConfig(Strict):
     frames: dict[str, str] = Field(
         default_factory=dict,
         description="Answer sentence per environment in place of the shipped one (one '{}' "
-                    "for the scene's description, e.g. {povid: 'I see {}.'}; the same frame "
-                    "for scenes of one thing and of several): an environment of other "
+                    "for the scene's description, e.g. {povid: 'This picture shows {}.'}; "
+                    "the same frame for scenes of one thing and of several): other "
                     "sentence frames, e.g. to test RMs on phrasing they were not trained on. "
                     "The tiny base's tokenizer knows only the words of its own corpus "
                     "(mmrm.synthetic.tiny_vlm.vocabulary_corpus); others become <unk>.")
