@@ -155,13 +155,7 @@ def make_data(work: Path, level: str, seed: int, rates: list[float], train: int,
     folder = data_dir(work, level, seed)
     settings = json.dumps({"rates": rates, "train": train, "test": test, "bon": bon_items,
                            "candidates": bon_candidates})
-    if (folder / "done").exists():
-        made = json.loads((folder / "done").read_text())
-        asked = json.loads(settings)
-        # data made for more cue rates serves a sweep over some of them (one cell of the grid)
-        if not (set(asked.pop("rates")) <= set(made.pop("rates")) and made == asked):
-            raise SystemExit(f"{folder} was made with {(folder / 'done').read_text()}, not "
-                             f"{settings}: use another --cache")
+    if made_with(folder / "done", settings, folder, ": use another --cache"):
         return str(folder)
     splits = [SplitConfig(name=split_name("train", r), size=train, cue_rate=r) for r in rates]
     splits += [SplitConfig(name=split_name("test", r), size=test, cue_rate=r) for r in rates]
@@ -178,6 +172,18 @@ def make_data(work: Path, level: str, seed: int, rates: list[float], train: int,
     return str(folder)
 
 
+def made_with(marker: Path, settings: str, label: Path, hint: str = "") -> bool:
+    """Whether ``marker`` records data made with ``settings`` (JSON with its cue ``rates``):
+    False if it is not there; data made for more cue rates serves a sweep over some of them
+    (one cell of the grid); data made otherwise stops the sweep."""
+    if not marker.exists():
+        return False
+    made, asked = json.loads(marker.read_text()), json.loads(settings)
+    if not (set(asked.pop("rates")) <= set(made.pop("rates")) and made == asked):
+        raise SystemExit(f"{label} was made with {marker.read_text()}, not {settings}{hint}")
+    return True
+
+
 def make_frames(work: Path, level: str, seed: int, rates: list[float], test: int) -> str:
     """Per environment, test splits in the held-out frames (``FRAME_SHIFT``): at each cue rate
     (``frames-<rate>``) and anti-cue (``frames-anticue``); new scenes (own split names), the
@@ -188,11 +194,7 @@ def make_frames(work: Path, level: str, seed: int, rates: list[float], test: int
     folder = data_dir(work, level, seed)
     settings = json.dumps({"rates": rates, "test": test, "frames": FRAME_SHIFT})
     done = folder / "frames-done"
-    if done.exists():
-        made = json.loads(done.read_text())
-        asked = json.loads(settings)
-        if not (set(asked.pop("rates")) <= set(made.pop("rates")) and made == asked):
-            raise SystemExit(f"{done} was made with {done.read_text()}, not {settings}")
+    if made_with(done, settings, done):
         return str(folder)
     splits = [SplitConfig(name=split_name("frames", r), size=test, cue_rate=r) for r in rates]
     splits += [SplitConfig(name="frames-anticue", size=test, cue_rate=0.0)]
@@ -269,6 +271,8 @@ def test_model(model_dir: Path, spec: dict) -> dict:
     from mmrm.inference import load_reward_model, score_pairs
 
     model, collator = load_reward_model(model_dir, max_length=512)
+    own = lambda split: pairwise_accuracy(*score_pairs(   # noqa: E731 - e's own split
+        model, collator, load_pairs(pairs_file(spec["data"], spec["env"], split)), 64))
     rates = spec["all_rates"] if spec["variant"] == "headroom" else [spec["rate"]]
     result = {"accuracy": {}, "own_test": {}}
     for rate in rates:
@@ -279,18 +283,12 @@ def test_model(model_dir: Path, spec: dict) -> dict:
             if env == spec["env"]:
                 result["own_test"][str(rate)] = {"chosen": chosen.tolist(),
                                                  "rejected": rejected.tolist()}
-    pairs = load_pairs(pairs_file(spec["data"], spec["env"], "anticue"))
-    result["anticue"] = pairwise_accuracy(*score_pairs(model, collator, pairs, 64))
+    result["anticue"] = own("anticue")
     result["best_of_n"] = best_of_n_file(model, collator.processor,
                                          Path(spec["data"]) / "best_of_n" / "items.jsonl")
     if spec.get("frame_shift"):
-        result["frames"] = {}
-        for rate in rates:
-            pairs = load_pairs(pairs_file(spec["data"], spec["env"], split_name("frames", rate)))
-            result["frames"][str(rate)] = pairwise_accuracy(*score_pairs(model, collator,
-                                                                         pairs, 64))
-        pairs = load_pairs(pairs_file(spec["data"], spec["env"], "frames-anticue"))
-        result["frames_anticue"] = pairwise_accuracy(*score_pairs(model, collator, pairs, 64))
+        result["frames"] = {str(rate): own(split_name("frames", rate)) for rate in rates}
+        result["frames_anticue"] = own("frames-anticue")
     return result
 
 

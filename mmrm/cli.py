@@ -379,6 +379,7 @@ def eval_command(
     on_error: OnErrorOption = OnError.RAISE,
     trust_remote_code: TrustOption = False,
 ) -> None:
+    from mmrm.data import unknown_tokens_note
     from mmrm.evaluate import file_report, plot_reward_margins, score_pairs_file
     from mmrm.inference import load_reward_model
     from mmrm.model import check_reward_model
@@ -392,10 +393,10 @@ def eval_command(
             pairs, chosen, rejected = score_pairs_file(scorer, collator, path, batch_size,
                                                        progress=True)
             reports[name] = file_report(path, pairs, chosen, rejected, collator.processor)
-            if reports[name]["pairs_with_unknown_tokens"]:
-                typer.echo(f"warning: {path}: {reports[name]['pairs_with_unknown_tokens']} of "
-                           f"{len(pairs)} pairs hold words the tokenizer does not know (read "
-                           f"as its unknown token)", err=True)
+            note = unknown_tokens_note(str(path), len(pairs),
+                                       reports[name]["pairs_with_unknown_tokens"])
+            if note:
+                typer.echo(note, err=True)
             if plots is not None:
                 plot_reward_margins(chosen, rejected, plots / f"{name}.png", f"{model} on {name}")
     text = json.dumps({"model": str(model), "datasets": reports}, indent=2)

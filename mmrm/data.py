@@ -70,12 +70,14 @@ def pairs_with_unknown_tokens(processor, pairs: list[PairRecord], chunk: int = 4
             if any(unknown in ids[3 * n + k] for k in range(3))]
 
 
-def unknown_tokens_note(source: str, pairs: list[PairRecord], unknown: list[str]) -> str:
-    """One line on the pairs of ``source`` the tokenizer cannot fully read (empty if none)."""
+def unknown_tokens_note(source: str, total: int, unknown: int, first: str | None = None) -> str:
+    """One line on the ``unknown`` of ``total`` pairs of ``source`` that the tokenizer cannot
+    fully read, naming the ``first`` if given (empty if none)."""
     if not unknown:
         return ""
-    return (f"warning: {source}: {len(unknown)} of {len(pairs)} pairs hold words the "
-            f"tokenizer does not know (read as its unknown token; first: pair {unknown[0]})")
+    named = f"; first: pair {first}" if first is not None else ""
+    return (f"warning: {source}: {unknown} of {total} pairs hold words the tokenizer does not "
+            f"know (read as its unknown token{named})")
 
 
 def conversation(prompt: str, response: str | None, with_image: bool) -> list[dict]:

@@ -218,7 +218,8 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
     set_seed(config.seed)
     dtype = weight_dtype(config.mixed_precision, accelerator.distributed_type)
     processor = load_processor(config.model, config.trust_remote_code)
-    note = unknown_tokens_note("data.train", pairs, pairs_with_unknown_tokens(processor, pairs))
+    unknown = pairs_with_unknown_tokens(processor, pairs)
+    note = unknown_tokens_note("data.train", len(pairs), len(unknown), *unknown[:1])
     if note:
         log(note)
 

@@ -179,9 +179,9 @@ def test_pairs_with_unknown_words_are_named():
              pair(3, "It is a small red circle.")]
     unknown = pairs_with_unknown_tokens(tokenizer, pairs, chunk=5)   # chunks cross pairs
     assert unknown == ["1", "2"]
-    assert unknown_tokens_note("f.jsonl", pairs, unknown) == (
+    assert unknown_tokens_note("f.jsonl", len(pairs), len(unknown), unknown[0]) == (
         "warning: f.jsonl: 2 of 4 pairs hold words the tokenizer does not know (read as its "
         "unknown token; first: pair 1)")
-    assert unknown_tokens_note("f.jsonl", pairs, []) == ""
+    assert unknown_tokens_note("f.jsonl", len(pairs), 0) == ""
     tokenizer.unk_token = None          # a tokenizer without an unknown token loses nothing
     assert pairs_with_unknown_tokens(tokenizer, pairs) == []
