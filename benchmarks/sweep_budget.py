@@ -1,0 +1,176 @@
+"""Could the shortcut sweep fit a time budget on smaller splits, and would it still train
+enough there? Issue 15 asks for the sweep in 2 hours on 2 cores, "smaller splits if needed";
+the study's recipe asks that a cue-neutral RM reach its headroom (README, "The shortcut
+study": its mean accuracy after E epochs within 0.02 of after 2E, else the budget doubles).
+
+For each training-split size (the first is the baseline, the grid's 2,000 pairs), on one
+replicate of one cell (visual level, base seed, data seed; the grid's cached base is reused):
+
+* a standard RM per environment at the grid's recipe (``none``, E epochs): its run seconds,
+  and their ratio to the baseline size's (same invocation, one run after the other, one
+  thread);
+* a cue-neutral RM per environment after E and after 2E epochs: their mean accuracy over
+  the test columns (every environment's test split at every cue rate), and whether the
+  budget rule holds at this size.
+
+From the ratio it estimates the whole grid's wall time at each size: the summed run seconds
+per variant of a finished sweep (``--grid``'s ``sweep.json``), brought to today's code and
+machine by the baseline's measured standard run, scaled by the ratio, over ``--jobs``
+parallel runs; then the bases' pre-training (``pretrain_report.json`` seconds of the
+grid's bases). The estimate scales every variant like the standard RM (all are dominated
+by their training steps); the table says which sizes fit ``--hours``.
+
+    python benchmarks/sweep_budget.py --work runs/sweep-budget --grid runs/sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import time
+from pathlib import Path
+
+SWEEP_FILE = Path(__file__).resolve().with_name("shortcut_sweep.py")
+
+
+def load_sweep():
+    spec = importlib.util.spec_from_file_location("shortcut_sweep", SWEEP_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep = load_sweep()
+ENVIRONMENTS = sweep.ENVIRONMENTS
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("runs/sweep-budget"))
+    parser.add_argument("--grid", type=Path, default=Path("runs/sweep"),
+                        help="A finished sweep's work folder: its sweep.json (summed run "
+                             "seconds per variant, the grid's cells) and bases/.")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 1000, 600],
+                        help="Training pairs per environment; the first is the baseline.")
+    parser.add_argument("--level", default="V2")
+    parser.add_argument("--rate", type=float, default=0.95, help="The standard RMs' cue rate.")
+    parser.add_argument("--base-seed", type=int, default=0)
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--epochs", type=float, default=sweep.RECIPE["epochs"],
+                        help="E: the grid's budget; the neutral RMs also train 2E.")
+    parser.add_argument("--hours", type=float, default=2.0)
+    parser.add_argument("--jobs", type=int, default=2, help="Parallel runs the estimate "
+                        "assumes (the sweep's --jobs).")
+    parser.add_argument("--tolerance", type=float, default=0.02,
+                        help="The budget rule: E epochs within this of 2E.")
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------- measures
+def neutral_accuracy(results: list[dict]) -> float:
+    """Mean over the neutral RMs (one per environment) of their mean test-column accuracy."""
+    return statistics.fmean(statistics.fmean(r["accuracy"].values()) for r in results)
+
+
+def budget_holds(short: float, long: float, tolerance: float) -> bool:
+    """The study's budget rule: E epochs reach the headroom when 2E gain at most
+    ``tolerance``."""
+    return long - short <= tolerance
+
+
+def grid_hours(variant_seconds: dict[str, float], grid_none_mean: float, none_now: float,
+               ratio: float, jobs: int, base_seconds: float) -> tuple[float, float]:
+    """(runs, runs + bases) wall hours of the grid: its summed run seconds per variant brought
+    to today's speed (``none_now / grid_none_mean``: the baseline's standard run against the
+    grid's mean standard run), scaled by ``ratio``, over ``jobs``; the bases' pre-training
+    does not depend on the split size."""
+    runs = sum(variant_seconds.values()) * (none_now / grid_none_mean) * ratio / jobs
+    return runs / 3600, (runs + base_seconds / jobs) / 3600
+
+
+# ---------------------------------------------------------------------------- runs
+def spec(args, size: int, data: str, env: str, variant: str, epochs: float) -> dict:
+    recipe = {"finetune": sweep.RECIPE["finetune"], "optim.lr": sweep.RECIPE["optim.lr"],
+              "epochs": epochs, "per_device_batch_size": sweep.RECIPE["per_device_batch_size"]}
+    rate = None if variant == "headroom" else args.rate
+    out = (sweep.run_dir(args.work / f"n{size}", args.level, args.base_seed, args.data_seed,
+                         rate, env, variant) / f"e{epochs:g}")
+    return {"level": args.level, "base_seed": args.base_seed, "data_seed": args.data_seed,
+            "base": str(sweep.base_dir(args.grid, args.level, args.base_seed)), "data": data,
+            "env": env, "seed": 1000 * args.base_seed + args.data_seed, "recipe": recipe,
+            "overrides": [], "all_rates": grid_rates(args), "keep_models": False,
+            "frame_shift": False, "variant": variant, "rate": rate, "out": str(out)}
+
+
+def grid_rates(args) -> list[float]:
+    return json.loads((args.grid / "sweep.json").read_text())["args"]["cue_rates"]
+
+
+def measure(args, size: int) -> dict:
+    grid = json.loads((args.grid / "sweep.json").read_text())["args"]
+    data = sweep.make_data(args.work / f"n{size}", args.level, args.data_seed, grid_rates(args),
+                           size, grid["test_size"], grid["bon_items"], grid["bon_candidates"])
+    runs = {(variant, epochs): [sweep.execute(spec(args, size, data, env, variant, epochs))
+                                for env in ENVIRONMENTS]
+            for variant, epochs in (("none", args.epochs), ("headroom", args.epochs),
+                                    ("headroom", 2 * args.epochs))}
+    return {"size": size,
+            "none_seconds": statistics.fmean(r["seconds"] for r in runs["none", args.epochs]),
+            "neutral_short": neutral_accuracy(runs["headroom", args.epochs]),
+            "neutral_long": neutral_accuracy(runs["headroom", 2 * args.epochs])}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if not (sweep.base_dir(args.grid, args.level, args.base_seed) / "pretrain_report.json").exists():
+        raise SystemExit(f"{args.grid}: no base {args.level}-s{args.base_seed}: run the sweep "
+                         f"first (or point --grid at one)")
+    started = time.perf_counter()
+    grid = json.loads((args.grid / "sweep.json").read_text())
+    variant_seconds = grid["run_seconds"]
+    grid_none = [r for r in grid["rows"] if r.get("variant") == "none"]
+    grid_none_mean = variant_seconds["none"] / len(grid_none)
+    base_seconds = sum(json.loads(p.read_text())["seconds"]
+                       for p in (args.grid / "bases").glob("*/pretrain_report.json"))
+    rows = [measure(args, size) for size in args.sizes]
+    baseline = rows[0]["none_seconds"]
+    for row in rows:
+        row["ratio"] = row["none_seconds"] / baseline
+        row["runs_hours"], row["hours"] = grid_hours(variant_seconds, grid_none_mean, baseline,
+                                                     row["ratio"], args.jobs, base_seconds)
+        row["budget_holds"] = budget_holds(row["neutral_short"], row["neutral_long"],
+                                           args.tolerance)
+    text = table(rows, args)
+    args.work.mkdir(parents=True, exist_ok=True)
+    (args.work / "budget.md").write_text(text)
+    out = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+           "grid_none_mean_seconds": grid_none_mean, "base_seconds": base_seconds,
+           "rows": rows, "seconds": round(time.perf_counter() - started, 1)}
+    (args.work / "budget.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(text)
+    return out
+
+
+def table(rows: list[dict], args) -> str:
+    e = f"{args.epochs:g}"
+    lines = [f"{args.level}, base seed {args.base_seed}, data seed {args.data_seed}; standard "
+             f"RMs at cue {args.rate}; estimate over {args.jobs} jobs, target {args.hours:g} h",
+             "",
+             f"| train pairs | standard run s | ratio | grid runs h | grid + bases h | fits "
+             f"{args.hours:g} h | neutral {e} ep | neutral {2 * args.epochs:g} ep | gain | "
+             f"budget rule |",
+             "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['none_seconds']:.1f} | {r['ratio']:.2f} | "
+            f"{r['runs_hours']:.2f} | {r['hours']:.2f} | "
+            f"{'yes' if r['hours'] <= args.hours else 'no'} | {r['neutral_short']:.3f} | "
+            f"{r['neutral_long']:.3f} | {r['neutral_long'] - r['neutral_short']:+.3f} | "
+            f"{'holds' if r['budget_holds'] else 'budget doubles'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
