@@ -26,23 +26,13 @@ by their training steps); the table says which sizes fit ``--hours``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import time
 from pathlib import Path
 
-SWEEP_FILE = Path(__file__).resolve().with_name("shortcut_sweep.py")
+import shortcut_sweep as sweep      # the sibling script (python benchmarks/sweep_budget.py)
 
-
-def load_sweep():
-    spec = importlib.util.spec_from_file_location("shortcut_sweep", SWEEP_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep = load_sweep()
 ENVIRONMENTS = sweep.ENVIRONMENTS
 
 
@@ -124,7 +114,8 @@ def measure(args, size: int) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if not (sweep.base_dir(args.grid, args.level, args.base_seed) / "pretrain_report.json").exists():
+    base = sweep.base_dir(args.grid, args.level, args.base_seed)
+    if not (base / "pretrain_report.json").exists():
         raise SystemExit(f"{args.grid}: no base {args.level}-s{args.base_seed}: run the sweep "
                          f"first (or point --grid at one)")
     started = time.perf_counter()

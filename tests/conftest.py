@@ -1,9 +1,11 @@
 """Shared test set-up: quiet threads, offline hubs, and builders of real image bytes."""
 
+import importlib.util
 import io
 import os
 import struct
 import zlib
+from pathlib import Path
 
 # Must be set before torch or numpy start their thread pools (see the brief: small matmuls
 # run 10-20x slower with busy-waiting OpenMP threads when anything else uses a core).
@@ -14,6 +16,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def benchmark_script(monkeypatch):
+    """Loads a script under ``benchmarks/`` as a fresh module, with its siblings importable
+    as ``python benchmarks/NAME.py`` sees them: ``benchmark_script("shortcut_sweep")``."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def image_bytes(colour=(200, 30, 30), size=(8, 6), fmt="PNG") -> bytes:

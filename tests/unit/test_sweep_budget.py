@@ -1,39 +1,27 @@
 """The sweep-budget benchmark's arithmetic, computed by hand on small cases."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.unit
 
-BUDGET = Path(__file__).resolve().parents[2] / "benchmarks" / "sweep_budget.py"
 
-
-def load_budget():
-    spec = importlib.util.spec_from_file_location("sweep_budget", BUDGET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_neutral_accuracy_is_the_mean_over_environments_of_their_column_means():
-    budget = load_budget()
+def test_neutral_accuracy_is_the_mean_over_environments_of_their_column_means(benchmark_script):
+    budget = benchmark_script("sweep_budget")
     results = [{"accuracy": {"a@0.85": 0.8, "b@0.85": 0.6}},     # 0.7
                {"accuracy": {"a@0.85": 1.0, "b@0.85": 0.8}},     # 0.9
                {"accuracy": {"a@0.85": 0.5, "b@0.85": 0.5}}]     # 0.5
     assert budget.neutral_accuracy(results) == pytest.approx(0.7)
 
 
-def test_budget_rule_holds_within_the_tolerance_only():
-    budget = load_budget()
+def test_budget_rule_holds_within_the_tolerance_only(benchmark_script):
+    budget = benchmark_script("sweep_budget")
     assert budget.budget_holds(0.80, 0.815, 0.02)
     assert budget.budget_holds(0.80, 0.78, 0.02)        # the longer run did worse: reached
     assert not budget.budget_holds(0.771, 0.817, 0.02)  # the grid's own check: doubled
 
 
-def test_grid_hours_scales_the_grid_to_todays_speed_and_the_split():
-    budget = load_budget()
+def test_grid_hours_scales_the_grid_to_todays_speed_and_the_split(benchmark_script):
+    budget = benchmark_script("sweep_budget")
     # 3,600 s summed over variants; the grid's standard run took 40 s, today's baseline
     # takes 20 s (half), the smaller split a quarter of that: 3600 * 0.5 * 0.25 / 2 jobs
     # = 225 s of runs; bases 1,800 s over 2 jobs add 900 s

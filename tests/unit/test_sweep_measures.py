@@ -1,24 +1,12 @@
 """The shortcut sweep's cue-balanced accuracy, computed by hand on a small case."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.unit
 
-SWEEP = Path(__file__).resolve().parents[2] / "benchmarks" / "shortcut_sweep.py"
 
-
-def load_sweep():
-    spec = importlib.util.spec_from_file_location("shortcut_sweep", SWEEP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cue_balanced_averages_cue_right_pairs_and_anti_cue_by_hand():
-    sweep = load_sweep()
+def test_cue_balanced_averages_cue_right_pairs_and_anti_cue_by_hand(benchmark_script):
+    sweep = benchmark_script("shortcut_sweep")
     # 5 test pairs: the own cue on the preferred side of pairs 0, 1, 3 (right 2 of 3: the
     # RM gets pair 1 wrong); pairs 2 and 4 (cue on the rejected side) must not count
     result = {"own_test": {"0.95": {"chosen": [1.0, 0.0, 0.0, 2.0, 0.0],
@@ -33,12 +21,13 @@ def test_cue_balanced_averages_cue_right_pairs_and_anti_cue_by_hand():
         sweep.cue_balanced(result, sides[:4], 0.95)
 
 
-def test_mlflow_logging_updates_a_cells_run_and_keeps_explorations_apart(tmp_path, monkeypatch):
+def test_mlflow_logging_updates_a_cells_run_and_keeps_explorations_apart(tmp_path, monkeypatch,
+                                                                         benchmark_script):
     import argparse
 
     import mlflow
 
-    sweep = load_sweep()
+    sweep = benchmark_script("shortcut_sweep")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
     cells = {"V2@0.95": {"means": {"none": {"id": 0.9, "ood": float("nan")}},
@@ -68,7 +57,7 @@ def test_mlflow_logging_updates_a_cells_run_and_keeps_explorations_apart(tmp_pat
     assert by_work["runs/other"].data.params["overrides"] == "shortcut.normalize=true"
 
 
-def test_held_out_frames_are_new_and_readable_by_the_tiny_base():
+def test_held_out_frames_are_new_and_readable_by_the_tiny_base(benchmark_script):
     """Every frame of --frame-shift differs from every training frame, and every text in
     them (scenes of one thing and of several) is made of words the tiny base knows."""
     import random
@@ -78,7 +67,7 @@ def test_held_out_frames_are_new_and_readable_by_the_tiny_base():
     from mmrm.synthetic.tiny_vlm import build_tokenizer, vocabulary_corpus
     from mmrm.synthetic.visual import visual_level
 
-    sweep = load_sweep()
+    sweep = benchmark_script("shortcut_sweep")
     assert not set(sweep.FRAME_SHIFT.values()) & {*ANSWER_FRAMES.values(), RLHFV_FRAME_SEVERAL}
     tokenizer = build_tokenizer(vocabulary_corpus())
     split = SplitConfig(name="x", size=30, cue_rate=0.5)
@@ -95,12 +84,12 @@ def test_held_out_frames_are_new_and_readable_by_the_tiny_base():
     assert all(tokenizer.unk_token not in tokenizer.tokenize(t) for t in texts)
 
 
-def test_frame_splits_are_written_once_per_setting(tmp_path):
+def test_frame_splits_are_written_once_per_setting(tmp_path, benchmark_script):
     import json
 
     from mmrm.synthetic.environments import own_cue_on_chosen
 
-    sweep = load_sweep()
+    sweep = benchmark_script("shortcut_sweep")
     folder = sweep.make_frames(tmp_path, "V2", 0, [0.95], 12)
     for env in sweep.ENVIRONMENTS:
         words = sweep.FRAME_SHIFT[env][:-4].lower()
@@ -117,10 +106,10 @@ def test_frame_splits_are_written_once_per_setting(tmp_path):
         sweep.make_frames(tmp_path, "V2", 0, [0.95], 20)
 
 
-def test_held_out_frame_measures_are_reported_only_where_measured():
+def test_held_out_frame_measures_are_reported_only_where_measured(benchmark_script):
     import argparse
 
-    sweep = load_sweep()
+    sweep = benchmark_script("shortcut_sweep")
     args = argparse.Namespace(levels=["V2"], cue_rates=[0.95], base_seeds=[0],
                               data_seeds=[0, 1], resamples=200)
 
