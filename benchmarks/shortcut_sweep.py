@@ -138,8 +138,21 @@ def make_base(work: Path, level: str, seed: int, steps) -> str:
     folder = base_dir(work, level, seed)
     if not (folder / "pretrain_report.json").exists():
         extra = {"align_steps": steps[0], "tune_steps": steps[1]} if steps else {}
+        started = time.perf_counter()
         pretrain(folder, TinyVLMConfig(visual=level, seed=seed, **extra), log=lambda s: None)
+        seconds = round(time.perf_counter() - started, 1)
+        (folder / "built.json").write_text(json.dumps({"seconds": seconds}) + "\n")
     return str(folder)
+
+
+def base_seconds(folder: Path) -> float | None:
+    """Seconds the base in ``folder`` took to pre-train (the sweep's ``built.json``; bases of
+    older sweeps carry them in their report), None where nothing timed it."""
+    for name in ("built.json", "pretrain_report.json"):
+        path = folder / name
+        if path.exists() and "seconds" in (record := json.loads(path.read_text())):
+            return record["seconds"]
+    return None
 
 
 def make_data(work: Path, level: str, seed: int, rates: list[float], train: int, test: int,

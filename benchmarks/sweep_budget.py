@@ -70,6 +70,14 @@ def budget_holds(short: float, long: float, tolerance: float) -> bool:
     return long - short <= tolerance
 
 
+def bases_seconds(folder: Path) -> tuple[float, int, int]:
+    """The grid's bases' summed pre-training seconds, how many were timed, how many there
+    are; an untimed base counts as the mean of the timed ones (none timed: 0)."""
+    timings = [sweep.base_seconds(p) for p in sorted(folder.iterdir()) if p.is_dir()]
+    timed = [t for t in timings if t is not None]
+    return (sum(timed) * len(timings) / len(timed) if timed else 0.0), len(timed), len(timings)
+
+
 def grid_hours(variant_seconds: dict[str, float], grid_none_mean: float, none_now: float,
                ratio: float, jobs: int, base_seconds: float) -> tuple[float, float]:
     """(runs, runs + bases) wall hours of the grid: its summed run seconds per variant brought
@@ -123,8 +131,7 @@ def main(argv=None) -> dict:
     variant_seconds = grid["run_seconds"]
     grid_none = [r for r in grid["rows"] if r.get("variant") == "none"]
     grid_none_mean = variant_seconds["none"] / len(grid_none)
-    base_seconds = sum(json.loads(p.read_text())["seconds"]
-                       for p in (args.grid / "bases").glob("*/pretrain_report.json"))
+    base_seconds, timed, bases = bases_seconds(args.grid / "bases")
     rows = [measure(args, size) for size in args.sizes]
     baseline = rows[0]["none_seconds"]
     for row in rows:
@@ -133,21 +140,23 @@ def main(argv=None) -> dict:
                                                      row["ratio"], args.jobs, base_seconds)
         row["budget_holds"] = budget_holds(row["neutral_short"], row["neutral_long"],
                                            args.tolerance)
-    text = table(rows, args)
+    text = table(rows, args, f"bases: {timed} of {bases} timed, {base_seconds:.0f} s in all")
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "budget.md").write_text(text)
     out = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
            "grid_none_mean_seconds": grid_none_mean, "base_seconds": base_seconds,
+           "bases_timed": timed, "bases": bases,
            "rows": rows, "seconds": round(time.perf_counter() - started, 1)}
     (args.work / "budget.json").write_text(json.dumps(out, indent=1) + "\n")
     print(text)
     return out
 
 
-def table(rows: list[dict], args) -> str:
+def table(rows: list[dict], args, bases: str) -> str:
     e = f"{args.epochs:g}"
     lines = [f"{args.level}, base seed {args.base_seed}, data seed {args.data_seed}; standard "
-             f"RMs at cue {args.rate}; estimate over {args.jobs} jobs, target {args.hours:g} h",
+             f"RMs at cue {args.rate}; estimate over {args.jobs} jobs, target {args.hours:g} h; "
+             f"{bases}",
              "",
              f"| train pairs | standard run s | ratio | grid runs h | grid + bases h | fits "
              f"{args.hours:g} h | neutral {e} ep | neutral {2 * args.epochs:g} ep | gain | "

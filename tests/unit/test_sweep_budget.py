@@ -29,3 +29,16 @@ def test_grid_hours_scales_the_grid_to_todays_speed_and_the_split(benchmark_scri
                                     2, 1800.0)
     assert runs == pytest.approx(225 / 3600)
     assert total == pytest.approx((225 + 900) / 3600)
+
+
+def test_bases_are_timed_by_the_sweep_or_their_old_report_and_the_rest_count_as_the_mean(
+        tmp_path, benchmark_script):
+    budget = benchmark_script("sweep_budget")
+    for name, record, file in (("V2-s0", {"seconds": 500.0}, "built.json"),
+                               ("V2-s1", {"seconds": 700.0, "grounding": {}},
+                                "pretrain_report.json"),      # a base of an older sweep
+                               ("V2-s2", {"grounding": {}}, "pretrain_report.json")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / file).write_text(budget.json.dumps(record))
+    assert budget.sweep.base_seconds(tmp_path / "V2-s2") is None
+    assert budget.bases_seconds(tmp_path) == (1800.0, 2, 3)     # (500 + 700) * 3 / 2
