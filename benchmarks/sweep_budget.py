@@ -89,7 +89,9 @@ def grid_hours(variant_seconds: dict[str, float], grid_none_mean: float, none_no
 
 
 # ---------------------------------------------------------------------------- runs
-def spec(args, size: int, data: str, env: str, variant: str, epochs: float) -> dict:
+def spec(args, grid: dict, size: int, data: str, env: str, variant: str,
+         epochs: float) -> dict:
+    """One run of ``shortcut_sweep.execute`` on the grid's base, at this size and budget."""
     recipe = {"finetune": sweep.RECIPE["finetune"], "optim.lr": sweep.RECIPE["optim.lr"],
               "epochs": epochs, "per_device_batch_size": sweep.RECIPE["per_device_batch_size"]}
     rate = None if variant == "headroom" else args.rate
@@ -98,19 +100,18 @@ def spec(args, size: int, data: str, env: str, variant: str, epochs: float) -> d
     return {"level": args.level, "base_seed": args.base_seed, "data_seed": args.data_seed,
             "base": str(sweep.base_dir(args.grid, args.level, args.base_seed)), "data": data,
             "env": env, "seed": 1000 * args.base_seed + args.data_seed, "recipe": recipe,
-            "overrides": [], "all_rates": grid_rates(args), "keep_models": False,
+            "overrides": [], "all_rates": grid["cue_rates"], "keep_models": False,
             "frame_shift": False, "variant": variant, "rate": rate, "out": str(out)}
 
 
-def grid_rates(args) -> list[float]:
-    return json.loads((args.grid / "sweep.json").read_text())["args"]["cue_rates"]
-
-
-def measure(args, size: int) -> dict:
-    grid = json.loads((args.grid / "sweep.json").read_text())["args"]
-    data = sweep.make_data(args.work / f"n{size}", args.level, args.data_seed, grid_rates(args),
-                           size, grid["test_size"], grid["bon_items"], grid["bon_candidates"])
-    runs = {(variant, epochs): [sweep.execute(spec(args, size, data, env, variant, epochs))
+def measure(args, grid: dict, size: int) -> dict:
+    """Standard and neutral RMs at ``size`` training pairs, on data made like the grid's
+    (``grid``: the finished sweep's arguments)."""
+    data = sweep.make_data(args.work / f"n{size}", args.level, args.data_seed,
+                           grid["cue_rates"], size, grid["test_size"], grid["bon_items"],
+                           grid["bon_candidates"])
+    runs = {(variant, epochs): [sweep.execute(spec(args, grid, size, data, env, variant,
+                                                   epochs))
                                 for env in ENVIRONMENTS]
             for variant, epochs in (("none", args.epochs), ("headroom", args.epochs),
                                     ("headroom", 2 * args.epochs))}
@@ -132,7 +133,7 @@ def main(argv=None) -> dict:
     grid_none = [r for r in grid["rows"] if r.get("variant") == "none"]
     grid_none_mean = variant_seconds["none"] / len(grid_none)
     base_seconds, timed, bases = bases_seconds(args.grid / "bases")
-    rows = [measure(args, size) for size in args.sizes]
+    rows = [measure(args, grid["args"], size) for size in args.sizes]
     baseline = rows[0]["none_seconds"]
     for row in rows:
         row["ratio"] = row["none_seconds"] / baseline
