@@ -591,28 +591,33 @@ def log_mlflow(cells: dict, args) -> None:
 
 
 # ---------------------------------------------------------------------------- main
-def specs(args, bases: dict, datas: dict) -> list[dict]:
+def run_spec(args, base: str, data: str, level: str, b: int, d: int, env: str, variant: str,
+             rate: float | None) -> dict:
+    """One run of the sweep: ``variant`` on environment ``env`` of replicate (``b``, ``d``)
+    at cue ``rate`` (None: the neutral split), under ``args``' recipe and work folder."""
     recipe = {"finetune": args.finetune, "optim.lr": args.lr, "epochs": args.epochs,
               "per_device_batch_size": RECIPE["per_device_batch_size"]}
+    spec = {"level": level, "base_seed": b, "data_seed": d, "base": base, "data": data,
+            "env": env, "seed": 1000 * b + d, "recipe": recipe, "overrides": args.overrides,
+            "all_rates": args.cue_rates, "keep_models": args.keep_models,
+            "frame_shift": args.frame_shift, "variant": variant, "rate": rate}
+    if variant != "headroom":
+        spec["proxy_out"] = str(run_dir(args.work, level, b, d, rate, env, "proxy"))
+    spec["out"] = str(run_dir(args.work, level, b, d, rate, env, variant))
+    return spec
+
+
+def specs(args, bases: dict, datas: dict) -> list[dict]:
     out = []
     for level, b, d, env in product(args.levels, args.base_seeds, args.data_seeds,
                                     ENVIRONMENTS):
-        common = {"level": level, "base_seed": b, "data_seed": d,
-                  "base": bases[(level, b)], "data": datas[(level, d)], "env": env,
-                  "seed": 1000 * b + d, "recipe": recipe, "overrides": args.overrides,
-                  "all_rates": args.cue_rates, "keep_models": args.keep_models,
-                  "frame_shift": args.frame_shift}
+        inputs = (bases[(level, b)], datas[(level, d)], level, b, d, env)
         if "headroom" in args.variants:
-            out.append({**common, "variant": "headroom", "rate": None,
-                        "out": str(run_dir(args.work, level, b, d, None, env, "headroom"))})
+            out.append(run_spec(args, *inputs, "headroom", None))
         for rate in args.cue_rates:
-            proxy_out = str(run_dir(args.work, level, b, d, rate, env, "proxy"))
             for variant in ("proxy", "none", *AWARE):
                 if variant in args.variants:
-                    out.append({**common, "variant": variant, "rate": rate,
-                                "proxy_out": proxy_out,
-                                "out": str(run_dir(args.work, level, b, d, rate, env,
-                                                   variant))})
+                    out.append(run_spec(args, *inputs, variant, rate))
     # proxies first: the two-stage runs read their losses
     return sorted(out, key=lambda s: s["variant"] != "proxy")
 

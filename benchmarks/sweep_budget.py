@@ -91,17 +91,15 @@ def grid_hours(variant_seconds: dict[str, float], grid_none_mean: float, none_no
 # ---------------------------------------------------------------------------- runs
 def spec(args, grid: dict, size: int, data: str, env: str, variant: str,
          epochs: float) -> dict:
-    """One run of ``shortcut_sweep.execute`` on the grid's base, at this size and budget."""
-    recipe = {"finetune": sweep.RECIPE["finetune"], "optim.lr": sweep.RECIPE["optim.lr"],
-              "epochs": epochs, "per_device_batch_size": sweep.RECIPE["per_device_batch_size"]}
-    rate = None if variant == "headroom" else args.rate
-    out = (sweep.run_dir(args.work / f"n{size}", args.level, args.base_seed, args.data_seed,
-                         rate, env, variant) / f"e{epochs:g}")
-    return {"level": args.level, "base_seed": args.base_seed, "data_seed": args.data_seed,
-            "base": str(sweep.base_dir(args.grid, args.level, args.base_seed)), "data": data,
-            "env": env, "seed": 1000 * args.base_seed + args.data_seed, "recipe": recipe,
-            "overrides": [], "all_rates": grid["cue_rates"], "keep_models": False,
-            "frame_shift": False, "variant": variant, "rate": rate, "out": str(out)}
+    """One run of the sweep (``shortcut_sweep.run_spec``) on the grid's base, at this size
+    and budget, in its own folder per budget."""
+    sweep_args = sweep.parse_args(["--work", str(args.work / f"n{size}"), "--epochs",
+                                   str(epochs), "--cue-rates", *map(str, grid["cue_rates"])])
+    run = sweep.run_spec(sweep_args, str(sweep.base_dir(args.grid, args.level, args.base_seed)),
+                         data, args.level, args.base_seed, args.data_seed, env, variant,
+                         None if variant == "headroom" else args.rate)
+    run["out"] = str(Path(run["out"]) / f"e{epochs:g}")
+    return run
 
 
 def measure(args, grid: dict, size: int) -> dict:
