@@ -16,8 +16,8 @@ replicate of one cell (visual level, base seed, data seed; the grid's cached bas
 From the ratio it estimates the whole grid's wall time at each size: the summed run seconds
 per variant of a finished sweep (``--grid``'s ``sweep.json``), brought to today's code and
 machine by the baseline's measured standard run, scaled by the ratio, over ``--jobs``
-parallel runs; then the bases' pre-training (``pretrain_report.json`` seconds of the
-grid's bases). The estimate scales every variant like the standard RM (all are dominated
+parallel runs; then the bases' pre-training (the seconds the sweep wrote beside each base,
+``shortcut_sweep.base_seconds``). The estimate scales every variant like the standard RM (all are dominated
 by their training steps); the table says which sizes fit ``--hours``.
 
     python benchmarks/sweep_budget.py --work runs/sweep-budget --grid runs/sweep
@@ -125,6 +125,9 @@ def main(argv=None) -> dict:
     if not (base / "pretrain_report.json").exists():
         raise SystemExit(f"{args.grid}: no base {args.level}-s{args.base_seed}: run the sweep "
                          f"first (or point --grid at one)")
+    if not (args.grid / "sweep.json").exists():
+        raise SystemExit(f"{args.grid / 'sweep.json'}: missing: the grid's sweep has not "
+                         f"finished there (its run seconds per variant come from this file)")
     started = time.perf_counter()
     grid = json.loads((args.grid / "sweep.json").read_text())
     variant_seconds = grid["run_seconds"]

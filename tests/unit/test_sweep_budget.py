@@ -42,3 +42,14 @@ def test_bases_are_timed_by_the_sweep_or_their_old_report_and_the_rest_count_as_
         (tmp_path / name / file).write_text(budget.json.dumps(record))
     assert budget.sweep.base_seconds(tmp_path / "V2-s2") is None
     assert budget.bases_seconds(tmp_path) == (1800.0, 2, 3)     # (500 + 700) * 3 / 2
+
+
+def test_a_grid_folder_with_a_base_but_no_finished_sweep_is_named_in_the_error(
+        tmp_path, benchmark_script):
+    budget = benchmark_script("sweep_budget")
+    base = budget.sweep.base_dir(tmp_path, "V2", 0)
+    base.mkdir(parents=True)
+    (base / "pretrain_report.json").write_text("{}")
+    with pytest.raises(SystemExit, match="sweep.json: missing"):
+        budget.main(["--grid", str(tmp_path), "--work", str(tmp_path / "work")])
+    assert not (tmp_path / "work").exists()         # nothing measured, nothing written
