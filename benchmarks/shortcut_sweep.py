@@ -31,10 +31,12 @@ Per cell it prints and writes (``sweep.json``, ``sweep.md``): the means of ID, O
 anti-cue, headroom, proxy accuracy, SFD, best-of-N, the SFC-free criteria of the default,
 and each shortcut-aware variant's paired difference from ``none`` (same replicate) with a
 95% percentile-bootstrap CI over replicates; ``phase.png`` shows the OOD gain per cell.
-Results are cached per run under ``--work``; a rerun only runs what is missing, and
-``--variants none proxy headroom`` runs the SFC-free part alone (the default benchmark is
-chosen from it before any shortcut-aware run), ``--report-only`` reports what is cached of a
-partly run grid. ``--mlflow`` logs every cell.
+Results are cached per run under ``--work``; a rerun only runs what is missing (and stops
+before any work if a cached run was made with other settings: another recipe, base, override,
+...; ``--trust-cache`` reuses such runs on purpose), and ``--variants none proxy headroom``
+runs the SFC-free part alone (the default benchmark is chosen from it before any
+shortcut-aware run), ``--report-only`` reports what is cached of a partly run grid.
+``--mlflow`` logs every cell.
 
     python benchmarks/shortcut_sweep.py --work runs/sweep --jobs 2
 """
@@ -106,6 +108,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "environment's scenes in the held-out sentence frames (FRAME_SHIFT).")
     parser.add_argument("--report-only", action="store_true", help="Train nothing: report "
                         "the runs of the grid that are cached (a partly run grid).")
+    parser.add_argument("--trust-cache", action="store_true", help="Reuse and report cached "
+                        "runs without checking that they were made with these settings (for "
+                        "runs copied in on purpose, e.g. the grid's own standard, proxy and "
+                        "neutral runs beside an override that only changes SFC's weights).")
     parser.add_argument("overrides", nargs="*", help="dotted key=value for every run")
     args = parser.parse_args(argv)
     args.cache = args.cache or args.work
@@ -243,17 +249,79 @@ def run_config(spec: dict):
     return TrainConfig.model_validate(raw)
 
 
-def execute(spec: dict) -> dict:
-    """Train (and test) one run of the sweep; the result is cached as JSON beside it."""
+#: A run's settings that do not change its result (the rest must match a cached result's),
+#: settings that only some variants read (the neutral RM is tested at every rate; the
+#: two-stage runs read their proxies' losses), and the value of a setting that caches made
+#: before it existed were run with.
+UNCHECKED = ("out", "keep_models")
+READ_BY = {"all_rates": ("headroom",), "proxy_out": ("sfc_two_stage", "group_balance")}
+BEFORE = {"frame_shift": False}
+
+
+def same_setting(key: str, cached, wanted) -> bool:
+    """Whether a cached run's setting serves a run that wants ``wanted``: paths resolved; a
+    neutral RM tested at more rates than wanted serves (the report reads the wanted ones)."""
+    if key in ("base", "data", "proxy_out") and cached is not None and wanted is not None:
+        return Path(cached).resolve() == Path(wanted).resolve()
+    if key == "all_rates" and cached is not None and wanted is not None:
+        return set(wanted) <= set(cached)
+    return cached == wanted
+
+
+def spec_differences(cached: dict, spec: dict) -> list[str]:
+    """The settings of ``spec`` that a cached run's ``cached`` spec does not serve, each as
+    ``key: cached value, here value``."""
+    out = []
+    for key in sorted(set(spec) | set(cached)):
+        if key in UNCHECKED or spec["variant"] not in READ_BY.get(key, (spec["variant"],)):
+            continue
+        was, now = cached.get(key, BEFORE.get(key)), spec.get(key, BEFORE.get(key))
+        if not same_setting(key, was, now):
+            out.append(f"{key}: {json.dumps(was)}, here {json.dumps(now)}")
+    return out
+
+
+def cached_result(spec: dict, trust: bool = False) -> dict | None:
+    """The run's cached result, or None; a result made with other settings (another recipe,
+    base, rates, ...) is an error naming its file, not a result of these (unless ``trust``)."""
+    done = Path(spec["out"]) / "result.json"
+    if not done.exists():
+        return None
+    result = json.loads(done.read_text())
+    differ = [] if trust else spec_differences(result.get("spec", {}), spec)
+    if differ:
+        raise ValueError(f"{done}: cached by a run with other settings ({'; '.join(differ)}); "
+                         f"give the sweep another --work, or remove that run to redo it")
+    return result
+
+
+def check_cache(tasks: list[dict]) -> None:
+    """Stop before any work if cached runs under the work folder were made with other
+    settings than these tasks (rerunning would mix the two in one report)."""
+    stale = []
+    for task in tasks:
+        try:
+            cached_result(task)
+        except ValueError as error:
+            stale.append(str(error))
+    if stale:
+        more = f"\n(and {len(stale) - 3} more)" if len(stale) > 3 else ""
+        raise SystemExit(f"{len(stale)} cached runs do not match this sweep's settings:\n"
+                         + "\n".join(stale[:3]) + more)
+
+
+def execute(spec: dict, trust: bool = False) -> dict:
+    """Train (and test) one run of the sweep; the result is cached as JSON beside it (and
+    reused only by a run of the same settings, unless ``trust``)."""
     import torch
 
     from mmrm.train import train, train_text_proxy
 
     torch.set_num_threads(1)
     out = Path(spec["out"])
-    done = out / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    cached = cached_result(spec, trust)
+    if cached is not None:
+        return cached
     if out.exists():
         shutil.rmtree(out)
     started = time.perf_counter()
@@ -272,7 +340,7 @@ def execute(spec: dict) -> dict:
     if not spec["keep_models"] and spec["variant"] != "proxy":
         for path in [out / "final", *out.glob("checkpoint-*")]:
             shutil.rmtree(path, ignore_errors=True)
-    done.write_text(json.dumps(result) + "\n")
+    (out / "result.json").write_text(json.dumps(result) + "\n")
     return result
 
 
@@ -635,30 +703,32 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     base_keys = list(product(args.levels, args.base_seeds))
     data_keys = list(product(args.levels, args.data_seeds))
+    tasks = specs(args, {k: str(base_dir(args.cache, *k)) for k in base_keys},
+                  {k: str(data_dir(args.cache, *k)) for k in data_keys})
+    if not args.trust_cache:
+        check_cache(tasks)
     if args.report_only:
-        tasks = specs(args, {k: str(base_dir(args.cache, *k)) for k in base_keys},
-                      {k: str(data_dir(args.cache, *k)) for k in data_keys})
-        results = {run_key(t): json.loads((Path(t["out"]) / "result.json").read_text())
-                   for t in tasks if (Path(t["out"]) / "result.json").exists()}
+        results = {run_key(t): cached_result(t, trust=True) for t in tasks}
+        results = {k: v for k, v in results.items() if v is not None}
         print(f"{len(results)} of {len(tasks)} runs of the grid are cached", flush=True)
         return report(args, results, started)
-    bases = dict(zip(base_keys, run_all(make_base, args.jobs, [
-        (args.cache, level, seed, args.base_steps) for level, seed in base_keys])))
+    # the tasks above name the bases and data these make (or find made)
+    run_all(make_base, args.jobs, [(args.cache, level, seed, args.base_steps)
+                                   for level, seed in base_keys])
     print(f"bases ready ({time.perf_counter() - started:.0f} s)", flush=True)
-    datas = dict(zip(data_keys, run_all(make_data, args.jobs, [
+    run_all(make_data, args.jobs, [
         (args.cache, level, seed, args.cue_rates, args.train_size, args.test_size, args.bon_items,
-         args.bon_candidates) for level, seed in data_keys])))
+         args.bon_candidates) for level, seed in data_keys])
     if args.frame_shift:
         run_all(make_frames, args.jobs, [(args.cache, level, seed, args.cue_rates, args.test_size)
                                          for level, seed in data_keys])
     print(f"data ready ({time.perf_counter() - started:.0f} s)", flush=True)
-    tasks = specs(args, bases, datas)
     proxies = [t for t in tasks if t["variant"] == "proxy"]
     rest = [t for t in tasks if t["variant"] != "proxy"]
     results = {}
     for batch in (proxies, rest):
-        for spec, result in zip(batch, run_all(execute, args.jobs, [(t,) for t in batch])):
-            results[run_key(spec)] = result
+        done = run_all(execute, args.jobs, [(t, args.trust_cache) for t in batch])
+        results.update((run_key(t), result) for t, result in zip(batch, done))
     print(f"runs done ({time.perf_counter() - started:.0f} s, {len(tasks)} runs)", flush=True)
     return report(args, results, started)
 

@@ -17,8 +17,8 @@ From the ratio it estimates the whole grid's wall time at each size: the summed 
 per variant of a finished sweep (``--grid``'s ``sweep.json``), brought to today's code and
 machine by the baseline's measured standard run, scaled by the ratio, over ``--jobs``
 parallel runs; then the bases' pre-training (the seconds the sweep wrote beside each base,
-``shortcut_sweep.base_seconds``). The estimate scales every variant like the standard RM (all are dominated
-by their training steps); the table says which sizes fit ``--hours``.
+``shortcut_sweep.base_seconds``). The estimate scales every variant like the standard RM
+(all are dominated by their training steps); the table says which sizes fit ``--hours``.
 
     python benchmarks/sweep_budget.py --work runs/sweep-budget --grid runs/sweep
 """
