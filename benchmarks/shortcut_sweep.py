@@ -151,6 +151,20 @@ def make_base(work: Path, level: str, seed: int, steps) -> str:
     return str(folder)
 
 
+def finished_grid(work: Path, level: str, base_seed: int) -> dict:
+    """A finished sweep's ``sweep.json`` (its arguments, summed run seconds per variant,
+    cells), for scripts that measure against the grid on one of its cached bases; a folder
+    without them stops with a line naming what is missing."""
+    if not (base_dir(work, level, base_seed) / "pretrain_report.json").exists():
+        raise SystemExit(f"{work}: no base {level}-s{base_seed}: run the sweep first (or "
+                         f"point --grid at one)")
+    path = work / "sweep.json"
+    if not path.exists():
+        raise SystemExit(f"{path}: missing: the grid's sweep has not finished there (its run "
+                         f"seconds per variant come from this file)")
+    return json.loads(path.read_text())
+
+
 def base_seconds(folder: Path) -> float | None:
     """Seconds the base in ``folder`` took to pre-train (the sweep's ``built.json``; bases of
     older sweeps carry them in their report), None where nothing timed it."""

@@ -121,15 +121,8 @@ def measure(args, grid: dict, size: int) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    base = sweep.base_dir(args.grid, args.level, args.base_seed)
-    if not (base / "pretrain_report.json").exists():
-        raise SystemExit(f"{args.grid}: no base {args.level}-s{args.base_seed}: run the sweep "
-                         f"first (or point --grid at one)")
-    if not (args.grid / "sweep.json").exists():
-        raise SystemExit(f"{args.grid / 'sweep.json'}: missing: the grid's sweep has not "
-                         f"finished there (its run seconds per variant come from this file)")
+    grid = sweep.finished_grid(args.grid, args.level, args.base_seed)
     started = time.perf_counter()
-    grid = json.loads((args.grid / "sweep.json").read_text())
     variant_seconds = grid["run_seconds"]
     grid_none = [r for r in grid["rows"] if r.get("variant") == "none"]
     grid_none_mean = variant_seconds["none"] / len(grid_none)
