@@ -43,18 +43,8 @@ KINDS = ("proxy", "none", "sfc_joint", "sfc_two_stage", "headroom")
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("runs/run-profile"))
-    parser.add_argument("--grid", type=Path, default=Path("runs/sweep"),
-                        help="A finished sweep's work folder: its sweep.json (summed run "
-                             "seconds per variant, the grid's arguments) and bases/.")
-    parser.add_argument("--level", default="V2")
-    parser.add_argument("--rate", type=float, default=0.95)
-    parser.add_argument("--base-seed", type=int, default=0)
-    parser.add_argument("--data-seed", type=int, default=0)
+    sweep.against_grid_arguments(parser, "runs/run-profile")
     parser.add_argument("--env", default="povid", choices=sweep.ENVIRONMENTS)
-    parser.add_argument("--hours", type=float, default=2.0)
-    parser.add_argument("--jobs", type=int, default=2, help="Parallel runs the floor "
-                        "assumes (the sweep's --jobs).")
     return parser.parse_args(argv)
 
 

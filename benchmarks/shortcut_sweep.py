@@ -151,6 +151,23 @@ def make_base(work: Path, level: str, seed: int, steps) -> str:
     return str(folder)
 
 
+def against_grid_arguments(parser: argparse.ArgumentParser, work: str) -> None:
+    """The arguments of a script that measures one replicate of one cell against a finished
+    grid (``sweep_budget.py``, ``run_profile.py``): its work folder, the grid's, the cell and
+    replicate, the target and the sweep's parallel runs."""
+    parser.add_argument("--work", type=Path, default=Path(work))
+    parser.add_argument("--grid", type=Path, default=Path("runs/sweep"),
+                        help="A finished sweep's work folder: its sweep.json (summed run "
+                             "seconds per variant, the grid's arguments) and bases/.")
+    parser.add_argument("--level", default="V2")
+    parser.add_argument("--rate", type=float, default=0.95, help="The cell's cue rate.")
+    parser.add_argument("--base-seed", type=int, default=0)
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--hours", type=float, default=2.0, help="The grid's time target.")
+    parser.add_argument("--jobs", type=int, default=2, help="Parallel runs the estimate "
+                        "assumes (the sweep's --jobs).")
+
+
 def finished_grid(work: Path, level: str, base_seed: int) -> dict:
     """A finished sweep's ``sweep.json`` (its arguments, summed run seconds per variant,
     cells), for scripts that measure against the grid on one of its cached bases; a folder

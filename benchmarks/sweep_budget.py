@@ -38,21 +38,11 @@ ENVIRONMENTS = sweep.ENVIRONMENTS
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("runs/sweep-budget"))
-    parser.add_argument("--grid", type=Path, default=Path("runs/sweep"),
-                        help="A finished sweep's work folder: its sweep.json (summed run "
-                             "seconds per variant, the grid's cells) and bases/.")
+    sweep.against_grid_arguments(parser, "runs/sweep-budget")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 1000, 600],
                         help="Training pairs per environment; the first is the baseline.")
-    parser.add_argument("--level", default="V2")
-    parser.add_argument("--rate", type=float, default=0.95, help="The standard RMs' cue rate.")
-    parser.add_argument("--base-seed", type=int, default=0)
-    parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--epochs", type=float, default=sweep.RECIPE["epochs"],
                         help="E: the grid's budget; the neutral RMs also train 2E.")
-    parser.add_argument("--hours", type=float, default=2.0)
-    parser.add_argument("--jobs", type=int, default=2, help="Parallel runs the estimate "
-                        "assumes (the sweep's --jobs).")
     parser.add_argument("--tolerance", type=float, default=0.02,
                         help="The budget rule: E epochs within this of 2E.")
     return parser.parse_args(argv)

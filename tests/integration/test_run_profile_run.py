@@ -14,23 +14,14 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_run_profile_times_each_kind_of_run_and_bounds_the_grid(tmp_path, benchmark_script):
-    from mmrm.synthetic.tiny_vlm import TinyVLMConfig, pretrain
-
-    sweep = benchmark_script("shortcut_sweep")
-    grid = tmp_path / "grid"
-    base = sweep.base_dir(grid, "V2", 0)
-    pretrain(base, TinyVLMConfig(visual="V2", hidden_size=32, vision_layers=1, text_layers=1,
-                                 heads=2, align_steps=2, tune_steps=2, batch_size=4,
-                                 eval_scenes=5), log=lambda line: None)
-    (base / "built.json").write_text(json.dumps({"seconds": 720.0}))
+def test_run_profile_times_each_kind_of_run_and_bounds_the_grid(tmp_path, tiny_grid):
     kinds = ("proxy", "none", "sfc_joint", "sfc_two_stage", "headroom")
     # a finished grid: 100 s of runs per kind, the standard ones two runs of 50 s
-    (grid / "sweep.json").write_text(json.dumps({
+    grid = tiny_grid(720.0, {
         "args": {"cue_rates": [0.95], "train_size": 16, "test_size": 6, "bon_items": 1,
                  "bon_candidates": 2},
         "run_seconds": {**dict.fromkeys(kinds, 100.0), "group_balance": 999.0},
-        "rows": [{"variant": "none"}, {"variant": "none"}, {"variant": "sfc_joint"}]}))
+        "rows": [{"variant": "none"}, {"variant": "none"}, {"variant": "sfc_joint"}]})
     work = tmp_path / "work"
     command = [sys.executable, str(ROOT / "benchmarks" / "run_profile.py"), "--work", str(work),
                "--grid", str(grid), "--jobs", "1"]

@@ -14,21 +14,12 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_sweep_budget_measures_each_size_and_reports_from_its_cache(tmp_path, benchmark_script):
-    from mmrm.synthetic.tiny_vlm import TinyVLMConfig, pretrain
-
-    sweep = benchmark_script("shortcut_sweep")
-    grid = tmp_path / "grid"
-    base = sweep.base_dir(grid, "V2", 0)
-    pretrain(base, TinyVLMConfig(visual="V2", hidden_size=32, vision_layers=1, text_layers=1,
-                                 heads=2, align_steps=2, tune_steps=2, batch_size=4,
-                                 eval_scenes=5), log=lambda line: None)
-    (base / "built.json").write_text(json.dumps({"seconds": 600.0}))
+def test_sweep_budget_measures_each_size_and_reports_from_its_cache(tmp_path, tiny_grid):
     # a finished grid of two standard runs of 50 s each (and 150 s of others)
-    (grid / "sweep.json").write_text(json.dumps({
+    grid = tiny_grid(600.0, {
         "args": {"cue_rates": [0.95], "test_size": 6, "bon_items": 1, "bon_candidates": 2},
         "run_seconds": {"none": 100.0, "proxy": 150.0},
-        "rows": [{"variant": "none"}, {"variant": "none"}, {"variant": "sfc_joint"}]}))
+        "rows": [{"variant": "none"}, {"variant": "none"}, {"variant": "sfc_joint"}]})
     command = [sys.executable, str(ROOT / "benchmarks" / "sweep_budget.py"), "--work",
                str(tmp_path / "work"), "--grid", str(grid), "--sizes", "16", "8",
                "--epochs", "0.5", "--jobs", "1"]
