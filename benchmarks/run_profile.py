@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import shortcut_sweep as sweep      # the sibling script (python benchmarks/run_profile.py)
-from sweep_budget import bases_seconds, grid_hours
+from sweep_budget import bases_seconds, grid_hours, grid_none_mean
 
 PARTS = ("forward", "backward", "encoding", "test")
 #: The grid's kinds of run, in the order they can run (the two-stage runs read the proxies').
@@ -97,14 +97,14 @@ def shares(parts: dict[str, float], run_seconds: float) -> dict:
 
 
 def floor_hours(variant_seconds: dict[str, float], steps_share: dict[str, float],
-                grid_none_mean: float, none_now: float, jobs: int, base_seconds: float) -> float:
+                none_mean: float, none_now: float, jobs: int, base_seconds: float) -> float:
     """The grid's wall hours if only the training steps' arithmetic took time: its summed run
     seconds per variant times that variant's steps share, brought to today's speed by the
-    standard run (``none_now`` against the grid's mean ``grid_none_mean``; equal: as the grid
+    standard run (``none_now`` against the grid's mean ``none_mean``; equal: as the grid
     ran), over ``jobs``, plus the bases over ``jobs``."""
     steps = {variant: seconds * steps_share[variant]
              for variant, seconds in variant_seconds.items()}
-    return grid_hours(steps, grid_none_mean, none_now, 1.0, jobs, base_seconds)[1]
+    return grid_hours(steps, none_mean, none_now, 1.0, jobs, base_seconds)[1]
 
 
 # ---------------------------------------------------------------------------- runs
@@ -143,17 +143,16 @@ def main(argv=None) -> dict:
     base_seconds, timed, bases = bases_seconds(args.grid / "bases")
     by_variant = {r["variant"]: r["steps_share"] for r in rows}
     variant_seconds = {v: s for v, s in grid["run_seconds"].items() if v in by_variant}
-    grid_none_mean = variant_seconds["none"] / sum(r.get("variant") == "none"
-                                                   for r in grid["rows"])
+    none_mean = grid_none_mean(grid)
     none_now = next(r["seconds"] for r in rows if r["variant"] == "none")
-    floor = functools.partial(floor_hours, variant_seconds, by_variant, grid_none_mean,
+    floor = functools.partial(floor_hours, variant_seconds, by_variant, none_mean,
                               jobs=args.jobs, base_seconds=base_seconds)
     out = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
            "rows": rows, "grid_run_seconds": variant_seconds, "base_seconds": base_seconds,
-           "bases_timed": timed, "bases": bases, "grid_none_mean_seconds": grid_none_mean,
+           "bases_timed": timed, "bases": bases, "grid_none_mean_seconds": none_mean,
            "none_seconds": none_now,
            "grid_hours": (sum(variant_seconds.values()) + base_seconds) / args.jobs / 3600,
-           "floor_hours": floor(grid_none_mean), "floor_hours_now": floor(none_now),
+           "floor_hours": floor(none_mean), "floor_hours_now": floor(none_now),
            "seconds": round(time.perf_counter() - started, 1)}
     text = table(out, args)
     (args.work / "profile.json").write_text(json.dumps(out, indent=1) + "\n")
@@ -175,7 +174,9 @@ def table(out: dict, args) -> str:
                      f"{r['backward_share']:.2f} | {r['encoding_share']:.2f} | "
                      f"{r['test_share']:.2f} | {r['rest_share']:.2f} | {r['steps_share']:.2f} | "
                      f"{1 / r['steps_share']:.2f}x |")
-    fits = lambda hours: "fits" if hours <= args.hours else "does not fit"   # noqa: E731
+    def fits(hours: float) -> str:
+        return "fits" if hours <= args.hours else "does not fit"
+
     lines += ["", f"The grid over {args.jobs} jobs, bases included: {out['grid_hours']:.2f} h as "
               f"run. Floor (training steps only): {out['floor_hours']:.2f} h at the grid's "
               f"speed ({fits(out['floor_hours'])} {args.hours:g} h); "

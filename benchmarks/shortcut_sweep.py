@@ -326,19 +326,24 @@ def cached_result(spec: dict, trust: bool = False) -> dict | None:
     return result
 
 
-def check_cache(tasks: list[dict]) -> None:
-    """Stop before any work if cached runs under the work folder were made with other
-    settings than these tasks (rerunning would mix the two in one report)."""
-    stale = []
+def cached_results(tasks: list[dict], trust: bool = False) -> dict:
+    """The cached results of these tasks, by ``run_key``; stops before any work if cached runs
+    under the work folder were made with other settings (rerunning would mix the two in one
+    report), unless ``trust``."""
+    found, stale = {}, []
     for task in tasks:
         try:
-            cached_result(task)
+            result = cached_result(task, trust)
         except ValueError as error:
             stale.append(str(error))
+            continue
+        if result is not None:
+            found[run_key(task)] = result
     if stale:
         more = f"\n(and {len(stale) - 3} more)" if len(stale) > 3 else ""
         raise SystemExit(f"{len(stale)} cached runs do not match this sweep's settings:\n"
                          + "\n".join(stale[:3]) + more)
+    return found
 
 
 def execute(spec: dict, trust: bool = False) -> dict:
@@ -736,13 +741,10 @@ def main(argv=None) -> dict:
     data_keys = list(product(args.levels, args.data_seeds))
     tasks = specs(args, {k: str(base_dir(args.cache, *k)) for k in base_keys},
                   {k: str(data_dir(args.cache, *k)) for k in data_keys})
-    if not args.trust_cache:
-        check_cache(tasks)
+    cached = cached_results(tasks, args.trust_cache)
     if args.report_only:
-        results = {run_key(t): cached_result(t, trust=True) for t in tasks}
-        results = {k: v for k, v in results.items() if v is not None}
-        print(f"{len(results)} of {len(tasks)} runs of the grid are cached", flush=True)
-        return report(args, results, started)
+        print(f"{len(cached)} of {len(tasks)} runs of the grid are cached", flush=True)
+        return report(args, cached, started)
     # the tasks above name the bases and data these make (or find made)
     run_all(make_base, args.jobs, [(args.cache, level, seed, args.base_steps)
                                    for level, seed in base_keys])

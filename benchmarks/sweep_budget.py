@@ -68,13 +68,18 @@ def bases_seconds(folder: Path) -> tuple[float, int, int]:
     return (sum(timed) * len(timings) / len(timed) if timed else 0.0), len(timed), len(timings)
 
 
-def grid_hours(variant_seconds: dict[str, float], grid_none_mean: float, none_now: float,
+def grid_none_mean(grid: dict) -> float:
+    """A finished sweep's mean standard run, seconds (``grid``: its ``sweep.json``)."""
+    return grid["run_seconds"]["none"] / sum(r.get("variant") == "none" for r in grid["rows"])
+
+
+def grid_hours(variant_seconds: dict[str, float], none_mean: float, none_now: float,
                ratio: float, jobs: int, base_seconds: float) -> tuple[float, float]:
     """(runs, runs + bases) wall hours of the grid: its summed run seconds per variant brought
-    to today's speed (``none_now / grid_none_mean``: the baseline's standard run against the
+    to today's speed (``none_now / none_mean``: the baseline's standard run against the
     grid's mean standard run), scaled by ``ratio``, over ``jobs``; the bases' pre-training
     does not depend on the split size."""
-    runs = sum(variant_seconds.values()) * (none_now / grid_none_mean) * ratio / jobs
+    runs = sum(variant_seconds.values()) * (none_now / none_mean) * ratio / jobs
     return runs / 3600, (runs + base_seconds / jobs) / 3600
 
 
@@ -113,15 +118,13 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     grid = sweep.finished_grid(args.grid, args.level, args.base_seed)
     started = time.perf_counter()
-    variant_seconds = grid["run_seconds"]
-    grid_none = [r for r in grid["rows"] if r.get("variant") == "none"]
-    grid_none_mean = variant_seconds["none"] / len(grid_none)
+    variant_seconds, none_mean = grid["run_seconds"], grid_none_mean(grid)
     base_seconds, timed, bases = bases_seconds(args.grid / "bases")
     rows = [measure(args, grid["args"], size) for size in args.sizes]
     baseline = rows[0]["none_seconds"]
     for row in rows:
         row["ratio"] = row["none_seconds"] / baseline
-        row["runs_hours"], row["hours"] = grid_hours(variant_seconds, grid_none_mean, baseline,
+        row["runs_hours"], row["hours"] = grid_hours(variant_seconds, none_mean, baseline,
                                                      row["ratio"], args.jobs, base_seconds)
         row["budget_holds"] = budget_holds(row["neutral_short"], row["neutral_long"],
                                            args.tolerance)
@@ -129,7 +132,7 @@ def main(argv=None) -> dict:
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "budget.md").write_text(text)
     out = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-           "grid_none_mean_seconds": grid_none_mean, "base_seconds": base_seconds,
+           "grid_none_mean_seconds": none_mean, "base_seconds": base_seconds,
            "bases_timed": timed, "bases": bases,
            "rows": rows, "seconds": round(time.perf_counter() - started, 1)}
     (args.work / "budget.json").write_text(json.dumps(out, indent=1) + "\n")
