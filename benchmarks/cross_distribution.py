@@ -50,7 +50,7 @@ def last_weight_stats(out: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--base", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/mmrm-cross-distribution"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

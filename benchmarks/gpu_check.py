@@ -54,7 +54,7 @@ TRAIN_ROWS = [("none", True), ("none", False), ("sfc_joint", True), ("sfc_joint"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--dry-run", action="store_true",
                         help="Tiny model, CPU, fp32: the same code in well under 2 minutes.")
     parser.add_argument("--out", type=Path, default=None, help="Where gpu_check.json goes "

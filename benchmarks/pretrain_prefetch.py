@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> None:
     from mmrm.synthetic.tiny_vlm import TinyVLMConfig, pretrain
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--visual", default="V2")
     parser.add_argument("--steps", type=int, nargs=2, default=[60, 300],
                         metavar=("ALIGN", "TUNE"))

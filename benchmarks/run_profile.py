@@ -1,5 +1,6 @@
-"""Where one run of the shortcut sweep spends its time, and what that leaves of the 2-hour
-target: could faster code (rather than a smaller grid) fit the grid in 2 hours on 2 cores?
+"""Where a run of the shortcut sweep spends its time, and the grid's floor that leaves.
+
+Could faster code (rather than a smaller grid) fit the grid in 2 hours on 2 cores?
 
 On one replicate of one cell (visual level, cue rate, base seed, data seed, environment; the
 grid's cached base, data made like the grid's), after a warm-up run in the same process (it
@@ -42,7 +43,7 @@ KINDS = ("proxy", "none", "sfc_joint", "sfc_two_stage", "headroom")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     sweep.against_grid_arguments(parser, "runs/run-profile")
     parser.add_argument("--env", default="povid", choices=sweep.ENVIRONMENTS)
     return parser.parse_args(argv)

@@ -118,7 +118,7 @@ def with_ray(model_dir: Path, src: Path, work: Path, workers: int, batch: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--base", type=Path, default=Path("data/base/tiny"))
     parser.add_argument("--pairs", type=Path,
                         default=Path("data/benchmark/pairs/vlfeedback/test.jsonl"))

@@ -53,7 +53,7 @@ def matrix_line(name: str, row: dict[str, float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--work", type=Path, default=Path("/tmp/mmrm-shortcut-benchmark"))
     parser.add_argument("--base", type=Path, help="An existing tiny base (else pre-trained).")
     parser.add_argument("--seed", type=int, default=0)

@@ -81,7 +81,7 @@ FRAME_SHIFT = {"povid": "This picture shows {}.", "rlhfv": "This is {}.",
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--work", type=Path, default=Path("runs/sweep"))
     parser.add_argument("--cache", type=Path, default=None, help="Where bases and data are "
                         "made once and reused (default: --work); runs of other recipes can "

@@ -1,5 +1,6 @@
-"""Could the shortcut sweep fit a time budget on smaller splits, and would it still train
-enough there? Issue 15 asks for the sweep in 2 hours on 2 cores, "smaller splits if needed";
+"""Could the shortcut sweep fit a time budget on smaller splits, still training enough?
+
+Issue 15 asks for the sweep in 2 hours on 2 cores, "smaller splits if needed";
 the study's recipe asks that a cue-neutral RM reach its headroom (README, "The shortcut
 study": its mean accuracy after E epochs within 0.02 of after 2E, else the budget doubles).
 
@@ -37,7 +38,7 @@ ENVIRONMENTS = sweep.ENVIRONMENTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     sweep.against_grid_arguments(parser, "runs/sweep-budget")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 1000, 600],
                         help="Training pairs per environment; the first is the baseline.")

@@ -129,7 +129,7 @@ def child(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--base", type=Path, default=Path("data/base/tiny"))
     parser.add_argument("--pairs", type=Path,
                         default=Path("data/benchmark/pairs/povid/train.jsonl"))
