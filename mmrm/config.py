@@ -133,6 +133,12 @@ class TrainConfig(Strict):
                                  "except under DeepSpeed, which loads them in this dtype and "
                                  "keeps fp32 master copies itself.")
     gradient_checkpointing: bool = False
+    torch_compile: bool = Field(False, description="Compile the language model and vision "
+                                "tower (torch.compile, dynamic shapes; "
+                                "mmrm.finetune.compile_backbone). The first steps and the "
+                                "first test batches wait for the compiler (40-110 s for the "
+                                "tiny base on 2 CPU cores); pays off in long runs, or in many "
+                                "runs in one process, which reuse the compiled code.")
     share_prompt: bool = Field(True, description="Run each pair's prompt (image + question) "
                                "through the model once and continue it with chosen and "
                                "rejected from its key/value cache. Whole sequences are used "

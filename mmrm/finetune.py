@@ -1,6 +1,7 @@
 """Model surgery for training: what trains of a reward model (``finetune``: full, the vision
-tower frozen, or LoRA adapters on the language model) and, for saving, the adapters merged
-back so that the saved backbone is a plain Hugging Face model.
+tower frozen, or LoRA adapters on the language model), how (gradient checkpointing,
+``torch_compile``) and, for saving, the adapters merged back so that the saved backbone is a
+plain Hugging Face model.
 """
 
 from __future__ import annotations
@@ -31,6 +32,23 @@ def apply_finetune(model: RewardModel, config: TrainConfig) -> RewardModel:
     if config.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.torch_compile:
+        compile_backbone(model)
+    return model
+
+
+def compile_backbone(model: RewardModel) -> RewardModel:
+    """Compile the language model and the vision tower in place (``nn.Module.compile``).
+
+    In place, so that parameter names, saving and the optimizer see the modules unchanged;
+    with dynamic shapes, so that batches of other lengths reuse the graphs instead of
+    compiling again. The first forward and backward compile (and the first under
+    ``no_grad``, for the tests); a later model of the same architecture in the same process
+    reuses the compiled code. Parts the compiler cannot trace (the projector's placement of
+    image features, the key/value cache) stay eager.
+    """
+    model.vision_tower().compile(dynamic=True)
+    getattr(model.backbone.model, model.language_model_name()).compile(dynamic=True)
     return model
 
 

@@ -278,12 +278,15 @@ class RewardModel(nn.Module):
         raise ValueError(f"cannot find the language model of "
                          f"{type(self.backbone.model).__name__}")
 
-    def vision_parameters(self) -> list[nn.Parameter]:
+    def vision_tower(self) -> nn.Module:
         inner = self.backbone.model
         for name in ("vision_tower", "visual", "vision_model", "vision_embed_tokens"):
             if hasattr(inner, name):
-                return list(getattr(inner, name).parameters())
+                return getattr(inner, name)
         raise ValueError(f"cannot find the vision tower of {type(inner).__name__}")
+
+    def vision_parameters(self) -> list[nn.Parameter]:
+        return list(self.vision_tower().parameters())
 
 
 def _cache_rows(cache, rows: torch.Tensor):
