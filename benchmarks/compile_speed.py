@@ -85,14 +85,15 @@ def accuracy_difference(a: dict, b: dict) -> float:
 
 # ---------------------------------------------------------------------------- runs
 def passes(args, grid_args: dict, data: str, mode: str) -> dict:
-    """One process's two passes over every kind of run: ``{kind: [first s, warm s]}`` and the
-    warm pass's results."""
+    """One process's two passes over every kind of run: ``{kind: [first s, warm s]}``, the
+    warm pass's results and how many graphs the process compiled."""
     base = str(sweep.base_dir(args.grid, args.level, args.base_seed))
     seconds, results = {kind: [] for kind in KINDS}, {}
     for number in (1, 2):
         work = args.work / "runs" / mode / f"pass{number}"
         sweep_args = sweep.parse_args(["--work", str(work), "--cue-rates",
-                                       *map(str, grid_args["cue_rates"]), *MODES[mode]])
+                                       *map(str, grid_args["cue_rates"]), "--",
+                                       *MODES[mode]])
         run = functools.partial(sweep.run_spec, sweep_args, base, data, args.level,
                                 args.base_seed, args.data_seed, args.env)
         for kind in KINDS:
@@ -100,7 +101,9 @@ def passes(args, grid_args: dict, data: str, mode: str) -> dict:
             results[kind] = sweep.execute(run(kind, None if kind == "headroom" else args.rate))
             seconds[kind].append(time.perf_counter() - started)
             print(f"{mode} pass {number} {kind}: {seconds[kind][-1]:.1f} s", flush=True)
-    return {"seconds": seconds, "results": results}
+    from torch._dynamo.utils import counters
+    return {"seconds": seconds, "results": results,
+            "graphs": counters["stats"]["unique_graphs"]}
 
 
 def main(argv=None) -> dict:
@@ -119,6 +122,7 @@ def main(argv=None) -> dict:
     compile_seconds = sum(k["compile_extra"] for k in kinds.values())
     out = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
            "kinds": kinds, "passes": {mode: m["seconds"] for mode, m in measured.items()},
+           "graphs": {mode: m["graphs"] for mode, m in measured.items()},
            "accuracy_difference": {
                kind: accuracy_difference(measured["eager"]["results"][kind],
                                          measured["compiled"]["results"][kind])
@@ -146,7 +150,8 @@ def in_fresh_process(fn, *args):
 def table(out: dict, args) -> str:
     lines = [f"{args.level}@{args.rate}, base seed {args.base_seed}, data seed "
              f"{args.data_seed}, {args.env}; every kind twice per mode, one process per mode, "
-             f"one thread; bases: {out['bases_timed']} of {out['bases']} timed",
+             f"one thread; bases: {out['bases_timed']} of {out['bases']} timed; graphs "
+             f"compiled: {', '.join(f'{m} {n}' for m, n in out['graphs'].items())}",
              "",
              "| run | eager s | compiled s | speed-up | compiling, first pass s | "
              "test accuracy max diff |",
@@ -154,6 +159,10 @@ def table(out: dict, args) -> str:
     for kind, k in out["kinds"].items():
         lines.append(f"| {kind} | {k['eager']:.1f} | {k['compiled']:.1f} | {k['ratio']:.2f}x | "
                      f"{k['compile_extra']:.0f} | {out['accuracy_difference'][kind]:.3f} |")
+    eager, compiled = (sum(k[mode] for k in out["kinds"].values())
+                       for mode in ("eager", "compiled"))
+    lines.append(f"| all kinds | {eager:.1f} | {compiled:.1f} | {eager / compiled:.2f}x | "
+                 f"{out['compile_seconds']:.0f} | |")
     fits = "fits" if out["compiled_grid_hours"] <= args.hours else "does not fit"
     lines += ["", f"The grid over {args.jobs} jobs, bases included: {out['grid_hours']:.2f} h as "
               f"run; compiled (each variant's runs over its speed-up, plus "
