@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -111,10 +110,7 @@ def main(argv=None) -> dict:
     grid = sweep.finished_grid(args.grid, args.level, args.base_seed)
     grid_args = grid["args"]
     started = time.perf_counter()
-    data = sweep.make_data(args.work, args.level, args.data_seed, grid_args["cue_rates"],
-                           grid_args["train_size"], grid_args["test_size"],
-                           grid_args["bon_items"], grid_args["bon_candidates"])
-    shutil.rmtree(args.work / "runs", ignore_errors=True)      # always measure, never reuse
+    data = sweep.fresh_replicate(args, grid_args)
     measured = {mode: in_fresh_process(passes, args, grid_args, data, mode) for mode in MODES}
     base_seconds, timed, bases = bases_seconds(args.grid / "bases")
     kinds = speedups({mode: m["seconds"] for mode, m in measured.items()})

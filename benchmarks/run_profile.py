@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -111,10 +110,7 @@ def floor_hours(variant_seconds: dict[str, float], steps_share: dict[str, float]
 # ---------------------------------------------------------------------------- runs
 def profile(args, grid_args: dict) -> list[dict]:
     """One run of each kind (after an untimed warm-up run), each with its parts' seconds."""
-    data = sweep.make_data(args.work, args.level, args.data_seed, grid_args["cue_rates"],
-                           grid_args["train_size"], grid_args["test_size"],
-                           grid_args["bon_items"], grid_args["bon_candidates"])
-    shutil.rmtree(args.work / "runs", ignore_errors=True)      # always measure, never reuse
+    data = sweep.fresh_replicate(args, grid_args)
     sweep_args = sweep.parse_args(["--work", str(args.work), "--cue-rates",
                                    *map(str, grid_args["cue_rates"])])
     base = str(sweep.base_dir(args.grid, args.level, args.base_seed))

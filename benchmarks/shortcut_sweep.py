@@ -182,6 +182,17 @@ def finished_grid(work: Path, level: str, base_seed: int) -> dict:
     return json.loads(path.read_text())
 
 
+def fresh_replicate(args, grid_args: dict) -> str:
+    """For a script that measures one replicate against a finished grid: the replicate's data
+    (made like the grid's, once, under ``args.work``) and an empty runs folder there, so that
+    every run trains (it never reuses a cached one)."""
+    data = make_data(args.work, args.level, args.data_seed, grid_args["cue_rates"],
+                     grid_args["train_size"], grid_args["test_size"], grid_args["bon_items"],
+                     grid_args["bon_candidates"])
+    shutil.rmtree(args.work / "runs", ignore_errors=True)
+    return data
+
+
 def base_seconds(folder: Path) -> float | None:
     """Seconds the base in ``folder`` took to pre-train (the sweep's ``built.json``; bases of
     older sweeps carry them in their report), None where nothing timed it."""
