@@ -8,12 +8,14 @@ vision tower (``mmrm.finetune.compile_backbone``); the sweep takes it as an over
 compiled from one run to the next.
 
 On one replicate of one cell (the grid's cached base, data made like the grid's), one process
-per mode (eager, then compiled; one thread each, one after the other), each runs every kind of
-the grid's runs (proxies, ``none``, ``sfc_joint``, ``sfc_two_stage``, the neutral RM) twice:
-a first pass, in which the compiled process compiles, and a second, warm pass into fresh
-folders, as a sweep worker's later runs are. It prints per kind the warm seconds of each mode,
-their ratio, the first pass's extra seconds, and the largest difference of test accuracy
-between the two modes' warm runs (same seeds; compiled kernels round differently).
+per mode (eager and compiled, one thread each; side by side, as the sweep's two jobs run, so
+that the machine's speed, which drifts over minutes here, is the same for both; or with
+``--sequential`` one after the other, as the first three invocations ran), each runs every
+kind of the grid's runs (proxies, ``none``, ``sfc_joint``, ``sfc_two_stage``, the neutral RM)
+in a first pass, in which the compiled process compiles, then ``--warm-passes`` more into
+fresh folders, as a sweep worker's later runs are. It prints per kind each mode's median warm
+seconds, their ratio, the first pass's extra seconds, and the largest difference of test
+accuracy between the two modes' last runs (same seeds; compiled kernels round differently).
 
 The grid's hours compiled: its summed run seconds per variant (a finished sweep's
 ``sweep.json``) divided by that variant's ratio, over ``--jobs``, plus the bases over
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -44,19 +47,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     sweep.against_grid_arguments(parser, "runs/compile-speed")
     parser.add_argument("--env", default="povid", choices=sweep.ENVIRONMENTS)
+    parser.add_argument("--warm-passes", type=int, default=2, help="Passes after the first.")
+    parser.add_argument("--sequential", action="store_true", help="Eager, then compiled "
+                        "(default: both at once, one core each).")
     return parser.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------- arithmetic
 def speedups(passes: dict[str, dict[str, list[float]]]) -> dict[str, dict]:
-    """Per kind: each mode's warm (second-pass) seconds, their ratio eager / compiled, and the
-    compiled first pass's extra seconds over its warm pass beyond the eager one's (what
-    compiling costs, less what any first run costs)."""
-    eager, compiled = passes["eager"], passes["compiled"]
-    return {kind: {"eager": eager[kind][1], "compiled": compiled[kind][1],
-                   "ratio": eager[kind][1] / compiled[kind][1],
-                   "compile_extra": (compiled[kind][0] - compiled[kind][1])
-                   - (eager[kind][0] - eager[kind][1])}
+    """Per kind: each mode's warm seconds (the median of its passes after the first), their
+    ratio eager / compiled, and the compiled first pass's extra seconds over its warm ones
+    beyond the eager one's (what compiling costs, less what any first run costs)."""
+    warm = {mode: {kind: statistics.median(seconds[1:]) for kind, seconds in runs.items()}
+            for mode, runs in passes.items()}
+    eager, compiled = warm["eager"], warm["compiled"]
+    return {kind: {"eager": eager[kind], "compiled": compiled[kind],
+                   "ratio": eager[kind] / compiled[kind],
+                   "compile_extra": (passes["compiled"][kind][0] - compiled[kind])
+                   - (passes["eager"][kind][0] - eager[kind])}
             for kind in eager}
 
 
@@ -84,11 +92,11 @@ def accuracy_difference(a: dict, b: dict) -> float:
 
 # ---------------------------------------------------------------------------- runs
 def passes(args, grid_args: dict, data: str, mode: str) -> dict:
-    """One process's two passes over every kind of run: ``{kind: [first s, warm s]}``, the
-    warm pass's results and how many graphs the process compiled."""
+    """One process's passes over every kind of run: ``{kind: [first s, warm s, ...]}``, the
+    last pass's results and how many graphs the process compiled."""
     base = str(sweep.base_dir(args.grid, args.level, args.base_seed))
     seconds, results = {kind: [] for kind in KINDS}, {}
-    for number in (1, 2):
+    for number in range(1, 2 + args.warm_passes):
         work = args.work / "runs" / mode / f"pass{number}"
         sweep_args = sweep.parse_args(["--work", str(work), "--cue-rates",
                                        *map(str, grid_args["cue_rates"]), "--",
@@ -111,7 +119,9 @@ def main(argv=None) -> dict:
     grid_args = grid["args"]
     started = time.perf_counter()
     data = sweep.fresh_replicate(args, grid_args)
-    measured = {mode: in_fresh_process(passes, args, grid_args, data, mode) for mode in MODES}
+    tasks = [(args, grid_args, data, mode) for mode in MODES]
+    measured = dict(zip(MODES, [in_fresh_processes(passes, [t])[0] for t in tasks]
+                        if args.sequential else in_fresh_processes(passes, tasks)))
     base_seconds, timed, bases = bases_seconds(args.grid / "bases")
     kinds = speedups({mode: m["seconds"] for mode, m in measured.items()})
     variant_seconds = {v: s for v, s in grid["run_seconds"].items() if v in kinds}
@@ -137,16 +147,21 @@ def main(argv=None) -> dict:
     return out
 
 
-def in_fresh_process(fn, *args):
-    """``fn(*args)`` in a new (spawned) process: nothing compiled or imported carries over."""
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
+def in_fresh_processes(fn, tasks: list[tuple]) -> list:
+    """``fn(*task)`` for every task at once, each in a new (spawned) process of its own:
+    nothing compiled or imported carries over from one task to another."""
+    with ProcessPoolExecutor(len(tasks), mp_context=get_context("spawn"),
+                             max_tasks_per_child=1) as pool:
+        futures = [pool.submit(fn, *task) for task in tasks]
+        return [f.result() for f in futures]
 
 
 def table(out: dict, args) -> str:
     lines = [f"{args.level}@{args.rate}, base seed {args.base_seed}, data seed "
-             f"{args.data_seed}, {args.env}; every kind twice per mode, one process per mode, "
-             f"one thread; bases: {out['bases_timed']} of {out['bases']} timed; graphs "
+             f"{args.data_seed}, {args.env}; every kind {1 + args.warm_passes} times per mode "
+             f"(the first compiles; warm: the median of the rest), one process per mode, one "
+             f"thread each, {'one after the other' if args.sequential else 'side by side'}; "
+             f"bases: {out['bases_timed']} of {out['bases']} timed; graphs "
              f"compiled: {', '.join(f'{m} {n}' for m, n in out['graphs'].items())}",
              "",
              "| run | eager s | compiled s | speed-up | compiling, first pass s | "

@@ -17,6 +17,12 @@ def test_speedups_compare_warm_passes_and_charge_compiling_beyond_any_first_run(
     assert got["none"]["compile_extra"] == pytest.approx(100.0)   # (123 - 20) - (33 - 30)
     assert got["proxy"]["compile_extra"] == pytest.approx(32.0)   # (45 - 12) - (16 - 15)
     assert (got["none"]["eager"], got["none"]["compiled"]) == (30.0, 20.0)
+    # more warm passes: their median
+    passes = {"eager": {"none": [33.0, 30.0, 36.0, 31.0]},
+              "compiled": {"none": [123.0, 20.0, 19.0, 40.0]}}
+    got = bench.speedups(passes)["none"]
+    assert (got["eager"], got["compiled"]) == (31.0, 20.0)
+    assert got["compile_extra"] == pytest.approx(101.0)           # (123 - 20) - (33 - 31)
 
 
 def test_compiled_grid_divides_each_variant_by_its_own_speed_up(benchmark_script):
