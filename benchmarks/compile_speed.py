@@ -91,7 +91,7 @@ def accuracy_difference(a: dict, b: dict) -> float:
 
 
 # ---------------------------------------------------------------------------- runs
-def passes(args, grid_args: dict, data: str, mode: str) -> dict:
+def run_passes(args, grid_args: dict, data: str, mode: str) -> dict:
     """One process's passes over every kind of run: ``{kind: [first s, warm s, ...]}``, the
     last pass's results and how many graphs the process compiled."""
     base = str(sweep.base_dir(args.grid, args.level, args.base_seed))
@@ -120,8 +120,11 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     data = sweep.fresh_replicate(args, grid_args)
     tasks = [(args, grid_args, data, mode) for mode in MODES]
-    measured = dict(zip(MODES, [in_fresh_processes(passes, [t])[0] for t in tasks]
-                        if args.sequential else in_fresh_processes(passes, tasks)))
+    if args.sequential:
+        done = [in_fresh_processes(run_passes, [task])[0] for task in tasks]
+    else:
+        done = in_fresh_processes(run_passes, tasks)
+    measured = dict(zip(MODES, done))
     base_seconds, timed, bases = bases_seconds(args.grid / "bases")
     kinds = speedups({mode: m["seconds"] for mode, m in measured.items()})
     variant_seconds = {v: s for v, s in grid["run_seconds"].items() if v in kinds}
