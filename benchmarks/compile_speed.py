@@ -47,10 +47,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     sweep.against_grid_arguments(parser, "runs/compile-speed")
     parser.add_argument("--env", default="povid", choices=sweep.ENVIRONMENTS)
-    parser.add_argument("--warm-passes", type=int, default=2, help="Passes after the first.")
+    parser.add_argument("--warm-passes", type=int, default=2, help="Passes after the first "
+                        "(at least 1: the warm seconds are their median).")
     parser.add_argument("--sequential", action="store_true", help="Eager, then compiled "
                         "(default: both at once, one core each).")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.warm_passes < 1:
+        parser.error(f"--warm-passes must be at least 1, not {args.warm_passes}")
+    return args
 
 
 # ---------------------------------------------------------------------------- arithmetic

@@ -49,3 +49,11 @@ def test_accuracy_difference_reads_rms_splits_and_the_proxies_in_and_out_of_samp
         pytest.approx(0.04)
     assert bench.accuracy_difference(proxy(0.8, 0.9, 0.85), proxy(0.77, 0.9, 0.85)) == \
         pytest.approx(0.03)
+
+
+def test_no_warm_pass_is_refused_before_any_run(benchmark_script, capsys):
+    bench = benchmark_script("compile_speed")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--warm-passes", "0"])
+    assert "--warm-passes must be at least 1, not 0" in capsys.readouterr().err
+    assert bench.parse_args([]).warm_passes == 2
