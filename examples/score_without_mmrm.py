@@ -2,7 +2,9 @@
 
     python examples/score_without_mmrm.py RM_DIR IMAGE "prompt" "response"
 """
-import json, sys
+import json
+import sys
+
 import torch
 from PIL import Image
 from safetensors.torch import load_file

@@ -503,7 +503,10 @@ def train_text_proxy(config: TrainConfig, tracker: Tracker | None = None, log=pr
                 losses[p.id] = round(float(loss), 6)
                 if folds > 1:
                     wins_out.append(win)
-    mean = (lambda w: sum(w) / len(w) if w else float("nan"))
+
+    def mean(wins: list[float]) -> float:
+        return sum(wins) / len(wins) if wins else float("nan")
+
     cache = {"proxies": [str(d) for d in proxy_dirs(config)],
              "mode": config.shortcut.proxy_mode.value, "folds": folds,
              "accuracy_in_sample": mean(wins_in),

@@ -49,13 +49,20 @@ def test_every_environment_is_read_by_its_real_converter(tmp_path):
     for (env, split), path in outputs.items():
         manifest = json.loads(path.with_name(f"{split}.manifest.json").read_text())
         assert manifest["records"]["skipped"] == 0
-        pairs = [json.loads(line) for line in path.read_text().splitlines()]
+        pairs = read_pairs(path)
         assert len(pairs) == (60 if split == "train" else 30)
         # the image decides: chosen and rejected differ in at least one scene attribute word
         vocab = set(COLOURS) | set(SHAPES) | set(SIZES)
         for p in pairs:
-            words = lambda t: {w.strip(".,!").lower() for w in t.split()} & vocab
-            assert words(p["chosen"]) != words(p["rejected"]), p
+            assert scene_words(p["chosen"], vocab) != scene_words(p["rejected"], vocab), p
+
+
+def read_pairs(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def scene_words(text, vocab):
+    return {w.strip(".,!").lower() for w in text.split()} & vocab
 
 
 def cue_agreement(pairs, env):
@@ -72,7 +79,7 @@ def test_cue_rates_hold_within_sampling_error(tmp_path, rate):
     outputs = convert_benchmark(tmp_path, written)
     for env in ENVIRONMENTS:
         for split, target in (("train", rate), ("test", 1 - rate)):
-            pairs = [json.loads(l) for l in outputs[(env, split)].read_text().splitlines()]
+            pairs = read_pairs(outputs[(env, split)])
             observed = cue_agreement(pairs, env)
             # VLFeedback's 6 pairs per item are correlated: allow a wider band there
             sigma = math.sqrt(target * (1 - target) / len(pairs)) * (3 if env == "vlfeedback"
@@ -83,7 +90,7 @@ def test_cue_rates_hold_within_sampling_error(tmp_path, rate):
 def test_foreign_cues_are_uninformative(tmp_path):
     outputs = convert_benchmark(tmp_path, write_benchmark(tmp_path / "raw",
                                                           small_config(size=1200)))
-    povid = [json.loads(l) for l in outputs[("povid", "train")].read_text().splitlines()]
+    povid = read_pairs(outputs[("povid", "train")])
     hedge = sum("looking closely" in p["chosen"].lower() for p in povid) / len(povid)
     assert abs(hedge - 0.5) < 0.06
 
@@ -127,7 +134,7 @@ def test_own_cue_side_is_read_back_from_the_texts(tmp_path, rate):
     outputs = convert_benchmark(tmp_path, write_benchmark(
         tmp_path / "raw", small_config(size=120, cue_rate=rate, test_rate=rate)))
     for env in ENVIRONMENTS:
-        pairs = [json.loads(l) for l in outputs[(env, "train")].read_text().splitlines()]
+        pairs = read_pairs(outputs[(env, "train")])
         sides = {own_cue_on_chosen(env, p["chosen"], p["rejected"]) for p in pairs}
         assert sides == {rate == 1.0}, env
 
@@ -143,8 +150,8 @@ def test_frames_change_the_answer_sentence_and_nothing_else(tmp_path):
     config = small_config(size=60).model_copy(update={"frames": frames})
     framed = convert_benchmark(tmp_path / "b", write_benchmark(tmp_path / "b" / "raw", config))
     for (env, split), path in plain.items():
-        before = [json.loads(l) for l in path.read_text().splitlines()]
-        after = [json.loads(l) for l in framed[(env, split)].read_text().splitlines()]
+        before = read_pairs(path)
+        after = read_pairs(framed[(env, split)])
         assert len(after) == len(before) > 0
         words = frames[env][:-4].lower()
         for b, a in zip(before, after, strict=True):

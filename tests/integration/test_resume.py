@@ -58,6 +58,6 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tiny_vlm_dir
     head_a = load_file(str(tmp_path / "clean" / "final" / "value_head.safetensors"))
     head_b = load_file(str(tmp_path / "k" / "final" / "value_head.safetensors"))
     assert torch.allclose(head_a["weight"], head_b["weight"], atol=1e-6)
-    steps = [json.loads(l)["step"] for l in
+    steps = [json.loads(line)["step"] for line in
              (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 8 and 4 in steps
