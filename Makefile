@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine (see README.md):
 #   make run    build/refresh .venv, then run the main job on the built-in default
-#   make test   build/refresh .venv, then run the test suite
+#   make test   build/refresh .venv, then run the whole test suite (what CI runs)
+# and one for every edit:
+#   make test-fast   the unit tier only (tests/unit, minutes)
 #
 # GPU users: override the torch pin, e.g.
 #   make run TORCH='torch==2.13.0' TORCH_INDEX='--index-url https://download.pytorch.org/whl/cu128'
@@ -20,13 +22,16 @@ export TOKENIZERS_PARALLELISM := false
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_API_URL ?= http://127.0.0.1:4200/api
+# a flow run without a server starts an ephemeral one, whose first start migrates sqlite:
+# ~20 s on an idle 2-core machine, Prefect's default limit
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 # dvc runs each stage as `mmrm stage ...`: the venv's commands come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.mmrm-installed
 
-.PHONY: venv run test clean-venv mlflow-ui prefect-up prefect-run services-down
+.PHONY: venv run test test-fast clean-venv mlflow-ui prefect-up prefect-run services-down
 
 # torch first, pinned, so that nothing later pulls a CUDA build; DeepSpeed last, built
 # against that torch (it needs torch at build time, hence --no-build-isolation).
@@ -69,8 +74,12 @@ prefect-run: $(STAMP)
 services-down:
 	$(BIN)/python scripts/services.py stop all
 
+# every tier (tests/{unit,data,integration} and the studies' tests); the 25 slowest listed
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit tests/unit $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--base", type=Path, default=Path("data/base/tiny"))
     parser.add_argument("--pairs", type=Path,
-                        default=Path("data/benchmark/pairs/povid/train.jsonl"))
+                        default=Path("data/envs/povid/train.jsonl"))
     parser.add_argument("--epochs", type=float, default=4.0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--cache-mib", type=float, default=512.0)

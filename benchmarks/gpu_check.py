@@ -100,8 +100,8 @@ def build_base(shape: str, folder: Path) -> tuple[Path, int]:
 
 
 def build_pairs(folder: Path, image_size: int, pairs: int) -> Path:
-    from mmrm.synthetic.environments import (BenchmarkConfig, SplitConfig, convert_benchmark,
-                                             write_benchmark)
+    from mmrm.synthetic.benchmark import convert_benchmark
+    from mmrm.synthetic.environments import BenchmarkConfig, SplitConfig, write_benchmark
 
     config = BenchmarkConfig(image_size=image_size, environments=["povid"],
                              splits=[SplitConfig(name="train", size=pairs)])
@@ -130,15 +130,16 @@ def tokens_per_pair(base: Path, pairs_file: Path) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------- training
 def train_config(args, base: Path, pairs: Path, out: Path, weighting: str, share: bool):
+    from mmrm.config import variant_shortcut
+
     raw = {"model": str(base), "output_dir": str(out), "data": {"train": [str(pairs)],
                                                                 "max_length": 2048},
-           "shortcut": {"weighting": weighting}, "share_prompt": share,
+           "shortcut": variant_shortcut(weighting, out / "proxy_losses.json"),
+           "share_prompt": share,
            "max_steps": args.steps, "per_device_batch_size": args.batch, "log_steps": 1,
            "mixed_precision": args.precision, "finetune": "freeze_vision",
            "optim": {"lr": args.lr, "warmup_ratio": 0.0, "scheduler": "constant"},
            "eval_batch_size": args.batch}
-    if weighting == "sfc_two_stage":
-        raw["shortcut"]["proxy_losses"] = str(out / "proxy_losses.json")
     return raw
 
 
@@ -147,7 +148,8 @@ def child(spec_file: Path) -> None:
     import torch
 
     from mmrm.config import TrainConfig
-    from mmrm.train import train, train_text_proxy
+    from mmrm.proxy import train_text_proxy
+    from mmrm.train import train
 
     spec = json.loads(spec_file.read_text())
     config = TrainConfig.model_validate(spec["config"])
@@ -156,7 +158,7 @@ def child(spec_file: Path) -> None:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     proxy_seconds = 0.0
-    if config.shortcut.weighting.value == "sfc_two_stage":
+    if config.shortcut.proxy.value == "cross_fit":
         train_text_proxy(config, log=lambda line: None)
         proxy_seconds = time.perf_counter() - started
     result = train(config, log=lambda line: None, resume=False)

@@ -10,7 +10,7 @@ process while the workers run the model when the workers leave a CPU free (1 wor
 CPUs): that is a second busy process beside the worker. The ``--preprocess worker`` row and
 the in-process row keep everything in one process, like the naive loop.
 
-    python benchmarks/score_throughput.py --base data/base/tiny --items 200 --responses 8
+    python benchmarks/score_throughput.py          # after make run: data/base/tiny, data/envs
 
 ``--random-base SHAPE`` scores with a randomly initialised LLaVA-style model of another shape
 instead (the tiny base's vocabulary and chat template; weights untrained, which does not
@@ -61,14 +61,17 @@ def random_base(shape: str, folder: Path) -> Path:
 
 
 def write_items(pairs_file: Path, out: Path, items: int, responses: int) -> list[dict]:
+    """Items of ``responses`` answers from the pairs' texts, written to ``out`` with image
+    paths relative to the pairs' folder (the scorer's ``image_root``); the rows returned
+    carry each image's own path for the loops without a scorer."""
     pairs = load_pairs(pairs_file)[:items]
     rows = []
     for p in pairs:
         candidates = [p.chosen, p.rejected] * responses
-        rows.append({"id": p.id, "prompt": p.prompt, "img_path": str(p.image_file),
+        rows.append({"id": p.id, "prompt": p.prompt, "img_path": p.img_path,
                      "responses": [f"{c} ({k})" for k, c in enumerate(candidates[:responses])]})
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return rows
+    return [{**r, "img_path": str(p.image_file)} for r, p in zip(rows, pairs)]
 
 
 @torch.no_grad()
@@ -106,13 +109,14 @@ def in_process(model_dir: Path, rows: list[dict], batch: int, device: str = "cpu
 
 def with_ray(model_dir: Path, src: Path, work: Path, workers: int, batch: int,
              attempt: int = 0, preprocess: str = "auto", device: str = "cpu",
-             dtype: str = "fp32") -> dict:
+             dtype: str = "fp32", image_root: Path | None = None) -> dict:
     out = work / f"scores-{workers}-{preprocess}-{attempt}.jsonl"
     gpus = 1 / workers if device == "cuda" else 0.0   # all workers share one GPU
     started = time.perf_counter()
     totals = score_file(ScoreConfig(model=str(model_dir), input=str(src), output=str(out),
                                     workers=workers, batch_responses=batch,
-                                    preprocess=preprocess, gpus_per_worker=gpus, dtype=dtype))
+                                    preprocess=preprocess, gpus_per_worker=gpus, dtype=dtype,
+                                    image_root=str(image_root) if image_root else None))
     return {"seconds": totals["seconds"], "wall": time.perf_counter() - started,
             "preprocess": totals["preprocess"]}
 
@@ -121,7 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--base", type=Path, default=Path("data/base/tiny"))
     parser.add_argument("--pairs", type=Path,
-                        default=Path("data/benchmark/pairs/vlfeedback/test.jsonl"))
+                        default=Path("data/envs/povid/test.jsonl"))
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--responses", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64, help="responses per forward")
@@ -160,7 +164,8 @@ def main() -> None:
             for key, workers, preprocess in (("ray 1", 1, "auto"), ("ray 1 worker", 1, "worker"),
                                              ("ray 2", 2, "auto")):
                 runs.setdefault(key, []).append(with_ray(model_dir, src, work, workers,
-                                                         args.batch, attempt, preprocess, **on))
+                                                         args.batch, attempt, preprocess, **on,
+                                                         image_root=args.pairs.parent))
         best = {key: min(r, key=lambda run: run["seconds"]) for key, r in runs.items()}
 
     print(f"{args.random_base or args.base} (random init: {bool(args.random_base)}), "
@@ -182,6 +187,7 @@ def main() -> None:
         one, two = best["ray 1"], best["ray 2"]
         print(f"2 vs 1 workers: {one['seconds'] / two['seconds']:.2f}x (wall incl. Ray start "
               f"and model load: {one['wall']:.1f} s vs {two['wall']:.1f} s)")
+
 
 if __name__ == "__main__":
     main()

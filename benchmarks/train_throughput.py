@@ -45,14 +45,12 @@ def peak_rss_mib() -> float:
 
 
 def run_config(args, work: Path, weighting: str):
-    from mmrm.config import TrainConfig
+    from mmrm.config import TrainConfig, variant_shortcut
 
     out = work / weighting
     return TrainConfig.model_validate({
         "model": str(args.base), "output_dir": str(out), "data": {"train": [str(args.pairs)]},
-        "shortcut": {"weighting": weighting,
-                     **({"proxy_losses": str(out / "proxy_losses.json")}
-                        if weighting == "sfc_two_stage" else {})},
+        "shortcut": variant_shortcut(weighting, out / "proxy_losses.json"),
         "max_steps": args.steps, "per_device_batch_size": args.batch, "log_steps": 10,
         "dataloader_num_workers": args.loader_workers,
         "optim": {"lr": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.05}, "seed": 0})
@@ -107,7 +105,8 @@ def baseline_loop(args) -> dict:
 
 def child(args) -> None:
     """One run; prints a JSON line with its timings and peak RSS."""
-    from mmrm.train import train, train_text_proxy
+    from mmrm.proxy import train_text_proxy
+    from mmrm.train import train
 
     work = Path(args.work)
     started = time.perf_counter()
@@ -117,7 +116,7 @@ def child(args) -> None:
         config = run_config(args, work, args.child)
         quiet = lambda line: None  # noqa: E731
         proxy_seconds = 0.0
-        if args.child == "sfc_two_stage":
+        if config.shortcut.proxy.value == "cross_fit":
             t = time.perf_counter()
             train_text_proxy(config, log=quiet)
             proxy_seconds = time.perf_counter() - t
@@ -132,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--base", type=Path, default=Path("data/base/tiny"))
     parser.add_argument("--pairs", type=Path,
-                        default=Path("data/benchmark/pairs/povid/train.jsonl"))
+                        default=Path("data/envs/povid/train.jsonl"))
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--loader-workers", type=int, default=0,

@@ -1,6 +1,6 @@
-"""Prefect flows over the pipeline's stage functions (``mmrm.pipeline``): the same chain as
-``dvc repro``, as tasks with retries where things can be flaky, and the matrix as a table
-artifact. ``flows/serve.py`` serves them as deployments:
+"""Prefect flows over the pipeline's stage registry (``mmrm.pipeline.registry``): the same
+chain as ``dvc repro``, one task per stage run, with retries where things can be flaky, and
+the matrix as a table artifact. ``flows/serve.py`` serves them as deployments:
 
     prefect deployment run 'mmrm-pipeline/builtin'
     prefect deployment run 'mmrm-score/file' --param model=... --param input=... --param output=...
@@ -17,58 +17,37 @@ from prefect import task as prefect_task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mmrm import pipeline as stages
-from mmrm.pipeline import PipelineParams
+from mmrm.pipeline.params import PipelineParams, load_params
+from mmrm.pipeline.registry import STAGES, Stage, instances, run_in_order, upstream
 
 
-def task(**kwargs):
-    """Prefect's task, uncached: every stage writes files, so a cached result is not a result."""
-    return prefect_task(cache_policy=NO_CACHE, **kwargs)
+def stage_task(stage: Stage):
+    """A Prefect task running one registered stage (uncached: every stage writes files, so a
+    cached result is not a result), named ``stage[arguments]``; flaky engines get retries."""
+
+    def run(params: PipelineParams, arguments: dict, label: str) -> dict:
+        started = time.time()
+        result = stage.run(params, **arguments)
+        if stage.name == "evaluate":
+            publish_matrix(result["matrix"])
+            return {"metrics": result["metrics"], "champion": result["champion"]}
+        if stage.name == "train":    # when it ran: the Ray test sees trainings overlap
+            return {**result, "started": started, "finished": time.time()}
+        return result
+
+    return prefect_task(run, name=stage.name, task_run_name="{label}", cache_policy=NO_CACHE,
+                        retries=stage.retries, retry_delay_seconds=10 if stage.retries else 0)
 
 
-@task(name="benchmark", task_run_name="benchmark")
-def benchmark_task(params: PipelineParams) -> dict:
-    return stages.make_benchmark(params)
+TASKS = {stage.name: stage_task(stage) for stage in STAGES}
 
 
-@task(name="convert", task_run_name="convert[{env}]")
-def convert_task(params: PipelineParams, env: str) -> dict:
-    return stages.convert_environment(params, env)
+def label(stage: Stage, arguments: dict) -> str:
+    return f"{stage.name}[{'/'.join(arguments.values())}]" if arguments else stage.name
 
 
-@task(name="convert-real", task_run_name="convert-real[{name}]")
-def convert_real_task(params: PipelineParams, name: str) -> dict:
-    return stages.convert_real(params, name)
-
-
-@task(name="split", task_run_name="split[{name}]")
-def split_task(params: PipelineParams, name: str) -> dict:
-    return stages.split_real(params, name)
-
-
-@task(name="base", task_run_name="base")
-def base_task(params: PipelineParams) -> dict:
-    if stages.base_is_built(params):     # built once for these settings, like DVC's cache
-        return {"cached": params.paths.base}
-    return stages.pretrain_base(params)
-
-
-@task(name="proxy", task_run_name="proxy[{env}]")
-def proxy_task(params: PipelineParams, env: str) -> dict:
-    return stages.train_proxy(params, env)
-
-
-@task(name="train", task_run_name="train[{env}/{variant}]")
-def train_task(params: PipelineParams, env: str, variant: str) -> dict:
-    started = time.time()
-    result = stages.train_variant(params, env, variant)
-    return {**result, "started": started, "finished": time.time()}
-
-
-@task(name="evaluate", task_run_name="evaluate")
-def evaluate_task(params: PipelineParams) -> dict:
-    result = stages.evaluate(params)
-    matrix = result["matrix"]
+def publish_matrix(matrix) -> None:
+    """The matrix as a Prefect table artifact and a markdown summary."""
     create_table_artifact(
         key="cross-distribution-matrix",
         table=[{"trained on": row, **{col: round(acc, 4) for col, acc in cells.items()},
@@ -77,19 +56,12 @@ def evaluate_task(params: PipelineParams) -> dict:
         description="Pairwise accuracy: rows trained on, columns tested on (id = own "
                     "environment, ood = mean of the others).")
     create_markdown_artifact(key="matrix-summary", markdown=matrix.to_markdown())
-    return {"metrics": result["metrics"], "champion": result["champion"]}
-
-
-# Ray starts processes and talks over sockets: worth a retry before failing the run.
-@task(name="score", task_run_name="score", retries=2, retry_delay_seconds=10)
-def score_task(params: PipelineParams) -> dict:
-    return stages.score_sample(params)
 
 
 def resolve_params(params_file: str, overrides: dict[str, Any] | None) -> PipelineParams:
     """``params.yaml`` with ``overrides`` (dotted keys) applied, validated: the same
-    :func:`mmrm.pipeline.load_params` as ``mmrm stage`` and DVC."""
-    return stages.load_params(params_file, overrides or {})
+    :func:`mmrm.pipeline.params.load_params` as ``mmrm stage`` and DVC."""
+    return load_params(params_file, overrides or {})
 
 
 @flow(name="mmrm-pipeline", log_prints=True)
@@ -100,7 +72,7 @@ def pipeline_flow(params_file: str = "params.yaml", overrides: dict[str, Any] | 
 
     Args:
         params_file: pipeline params YAML, relative to the serving process's directory.
-        overrides: dotted keys over it, e.g. ``{"train.lr": 0.002, "variants": ["none"]}``.
+        overrides: dotted keys over it, e.g. ``{"train.optim.lr": 0.002, "variants": ["none"]}``.
         ray: run the stages as tasks on a Ray cluster (prefect-ray), independent ones at the
             same time (the proxies, the train matrix); sequential by default.
         ray_address: the cluster to join (default: a local one on 127.0.0.1).
@@ -135,20 +107,14 @@ def pipeline_flow(params_file: str = "params.yaml", overrides: dict[str, Any] | 
 
 
 def _in_order(params: PipelineParams) -> dict:
-    """The stages one after the other, in this process."""
-    benchmark_task(params)
-    for env in params.builtin:
-        convert_task(params, env)
-    for name in params.real_datasets:
-        convert_real_task(params, name)
-        split_task(params, name)
-    base_task(params)
-    trained = []
-    for env in params.environments:
-        proxy_task(params, env)       # weights sfc_two_stage; statistics for none
-        trained += [train_task(params, env, v.value) for v in params.variants]
-    return {"trained": trained, "evaluated": evaluate_task(params),
-            "scored": score_task(params)}
+    """The registry's stages one after the other, in this process."""
+    return _done(run_in_order(params, lambda stage, arguments: TASKS[stage.name](
+        params, arguments, label(stage, arguments))))
+
+
+def _done(results: dict[str, list]) -> dict:
+    return {"trained": results["train"], "evaluated": results["evaluate"][0],
+            "scored": results["score"][0]}
 
 
 def _on_ray(params: PipelineParams, address: str | None, cpus: int | None) -> dict:
@@ -170,25 +136,26 @@ def _on_ray(params: PipelineParams, address: str | None, cpus: int | None) -> di
 
 @flow(name="mmrm-pipeline-on-ray", log_prints=True)
 def _submit_all(params: PipelineParams) -> dict:
+    """Every run of every stage submitted at once, each waiting for the runs it reads
+    (:func:`mmrm.pipeline.registry.upstream`)."""
     from prefect_ray.context import remote_options
 
-    bench = benchmark_task.submit(params)
-    data = [convert_task.submit(params, env, wait_for=[bench]) for env in params.builtin]
-    for name in params.real_datasets:
-        data.append(split_task.submit(params, name,
-                                      wait_for=[convert_real_task.submit(params, name)]))
-    base = base_task.submit(params, wait_for=[bench])
-    trains = []
-    for env in params.environments:
-        proxy = proxy_task.submit(params, env, wait_for=[*data, base])
+    futures: dict[tuple, object] = {}
+    for stage in STAGES:
+        if stage.reuse is not None and stage.reuse(params):
+            continue
         # a training task asks Ray for the GPUs its profile trains on (none on the CPU)
-        gpus = params.model.processes if params.model.base else 0
-        with remote_options(num_cpus=1, num_gpus=gpus):
-            trains += [train_task.submit(params, env, v.value, wait_for=[proxy])
-                       for v in params.variants]
-    evaluated = evaluate_task.submit(params, wait_for=trains)
-    return {"trained": [t.result() for t in trains], "evaluated": evaluated.result(),
-            "scored": score_task.submit(params, wait_for=[evaluated]).result()}
+        gpus = params.model.processes if stage.name == "train" and params.model.base else 0
+        for arguments in instances(params, stage):
+            waits = [futures[(s.name, tuple(a.items()))] for s, a in
+                     upstream(stage, arguments, params) if (s.name, tuple(a.items())) in futures]
+            with remote_options(num_cpus=1, num_gpus=gpus):
+                futures[(stage.name, tuple(arguments.items()))] = TASKS[stage.name].submit(
+                    params, arguments, label(stage, arguments), wait_for=waits)
+    results = {}
+    for (name, _), future in futures.items():
+        results.setdefault(name, []).append(future.result())
+    return _done(results)
 
 
 @flow(name="mmrm-score", log_prints=True)

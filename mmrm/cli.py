@@ -45,17 +45,20 @@ def _main(version: Annotated[bool, typer.Option(
     """Shortcut-aware multimodal reward models: data, training, evaluation."""
 
 
+def _stage_names() -> list[str]:
+    from mmrm.pipeline.registry import STAGES
+
+    return [stage.name for stage in STAGES]
+
+
 class Dtype(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
 
 
-#: The pipeline's stages (mmrm.pipeline.STAGES; a test keeps the two lists equal).
-StageName = Enum("StageName", {n: n for n in ("benchmark", "convert", "convert-real", "split",
-                                              "base", "proxy", "train", "evaluate", "score")},
-                 type=str)
-Variant = Enum("Variant", {n: n for n in ("none", "sfc_joint", "sfc_two_stage")}, type=str)
+#: The pipeline's stages, from its registry (mmrm.pipeline.registry).
+StageName = Enum("StageName", {n: n for n in _stage_names()}, type=str)
 
 
 class Preprocess(str, Enum):
@@ -180,7 +183,8 @@ def benchmark_make(
     seed: Annotated[Optional[int], typer.Option(help="Override the config's seed.")] = None,
     raw_only: Annotated[bool, typer.Option(help="Write the released formats only.")] = False,
 ) -> None:
-    from mmrm.synthetic.environments import BenchmarkConfig, convert_benchmark, write_benchmark
+    from mmrm.synthetic.benchmark import convert_benchmark
+    from mmrm.synthetic.environments import BenchmarkConfig, write_benchmark
 
     cfg = _config_with_seed(BenchmarkConfig, config, seed)
     written = write_benchmark(out / "raw", cfg)
@@ -232,7 +236,7 @@ def train_proxy(
     overrides: Annotated[Optional[list[str]], typer.Argument(metavar="[KEY=VALUE]...")] = None,
 ) -> None:
     from mmrm.config import load_config
-    from mmrm.train import train_text_proxy
+    from mmrm.proxy import train_text_proxy
 
     cfg = _load_or_exit(load_config, config, overrides or [])
     with _user_errors():
@@ -294,40 +298,63 @@ def score(
 
 
 @app.command(help="Run one pipeline stage from params.yaml (what `dvc repro` and the Prefect "
-                  "flow call): benchmark, convert --env E, convert-real --name N, base, proxy "
-                  "--env E, train --env E --variant V, evaluate, score.")
+                  "flow call): benchmark, convert --env E, convert-real --name N, split --name "
+                  "N, base, proxy --env E, train --env E --variant V, evaluate, score.")
 def stage(
     name: Annotated[StageName, typer.Argument(metavar="STAGE", help="One of: " + ", ".join(
         s.value for s in StageName) + ".")],
     env: Annotated[Optional[str], typer.Option(
-        help="Environment (convert, proxy, train): one of the params' environments.")] = None,
-    variant: Annotated[Optional[Variant], typer.Option(help="Weighting (train).")] = None,
+        help="Environment (convert, proxy, train): one of the params' sources.")] = None,
+    variant: Annotated[Optional[str], typer.Option(
+        help="Variant (train): one of the params' variants.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--name", help="Real data set "
-                                                   "(convert-real).")] = None,
+                                                   "(convert-real, split).")] = None,
     params: Annotated[Path, typer.Option(help="Pipeline params YAML.")] = Path("params.yaml"),
     overrides: Annotated[Optional[list[str]], typer.Argument(metavar="[KEY=VALUE]...")] = None,
 ) -> None:
-    from mmrm.pipeline import STAGES, load_params
+    from mmrm.pipeline.params import load_params
+    from mmrm.pipeline.registry import stage as registered
 
-    name = name.value
     loaded = _load_or_exit(load_params, params, overrides or [])
-    args = {"convert": [env], "proxy": [env], "train": [env, variant and variant.value],
-            "convert-real": [dataset], "split": [dataset]}.get(name, [])
-    if any(a is None for a in args):
-        typer.echo(f"error: stage {name} needs --env (and train --variant, convert-real and "
-                   f"split --name)", err=True)
+    chosen = registered(name.value)
+    given = {"env": env, "variant": variant, "name": dataset}
+    arguments = {arg: given[arg] for arg in chosen.arguments}
+    missing = [f"--{arg}" for arg, value in arguments.items() if value is None]
+    if missing:
+        typer.echo(f"error: stage {chosen.name} needs {' and '.join(missing)}", err=True)
         raise typer.Exit(code=2)
-    known = [*loaded.builtin, *loaded.real_datasets]
-    if env is not None and env not in known:
-        typer.echo(f"error: --env {env}: not one of the params' sources ({', '.join(known)})",
-                   err=True)
-        raise typer.Exit(code=2)
-    typer.echo(f"stage {name} {' '.join(str(a) for a in args)}".rstrip())
-    result = STAGES[name](loaded, *args)
+    known = {"env": [*loaded.builtin, *loaded.real_datasets], "variant": loaded.variants,
+             "name": list(loaded.real_datasets)}
+    for arg, value in arguments.items():
+        if value not in known[arg]:
+            typer.echo(f"error: --{arg} {value}: not one of the params' "
+                       f"{', '.join(known[arg]) or '(none)'}", err=True)
+            raise typer.Exit(code=2)
+    typer.echo(f"stage {chosen.name} {' '.join(arguments.values())}".rstrip())
+    result = chosen.run(loaded, **arguments)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "matrix"}, indent=2,
                           default=str))
-    if name == "evaluate":
+    if chosen.name == "evaluate":
         typer.echo(result["matrix"].to_markdown())
+
+
+@app.command("dvc-yaml", help="Write dvc.yaml from the pipeline's stage registry (code deps: "
+                              "each stage's import closure); --check only compares.")
+def dvc_yaml(
+    path: Annotated[Path, typer.Option("--path", help="The file.")] = Path("dvc.yaml"),
+    check: Annotated[bool, typer.Option(help="Exit 1 if the file differs from the registry's "
+                                             "(write nothing).")] = False,
+) -> None:
+    from mmrm.pipeline.dvcfile import render
+
+    text = render(path.resolve().parent)
+    if check:
+        same = path.exists() and path.read_text() == text
+        verdict = "up to date" if same else "differs from the registry: run mmrm dvc-yaml"
+        typer.echo(f"{path}: {verdict}")
+        raise typer.Exit(code=0 if same else 1)
+    path.write_text(text)
+    typer.echo(f"wrote {path}")
 
 
 def _named_paths(items: list[str], what: str) -> dict[str, Path]:
@@ -380,7 +407,8 @@ def eval_command(
     trust_remote_code: TrustOption = False,
 ) -> None:
     from mmrm.data import unknown_tokens_note
-    from mmrm.evaluate import file_report, plot_reward_margins, score_pairs_file
+    from mmrm.evaluate.metrics import file_report, score_pairs_file
+    from mmrm.evaluate.plots import plot_reward_margins
     from mmrm.inference import load_reward_model
     from mmrm.model import check_reward_model
 
@@ -416,7 +444,7 @@ def matrix(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/matrix"),
     batch_size: Annotated[int, typer.Option(help="Pairs per forward.")] = 32,
 ) -> None:
-    from mmrm.evaluate import cross_distribution
+    from mmrm.evaluate.matrix import cross_distribution
     from mmrm.model import check_reward_model
 
     with _user_errors():
@@ -448,7 +476,8 @@ def diagnose(
     batch_size: Annotated[int, typer.Option(help="Pairs per forward.")] = 32,
 ) -> None:
     from mmrm.data import load_pairs
-    from mmrm.evaluate import diagnose_pairs, diagnosis_markdown, score_pairs_file
+    from mmrm.evaluate.diagnosis import diagnose_pairs, diagnosis_markdown
+    from mmrm.evaluate.metrics import score_pairs_file
     from mmrm.inference import load_reward_model
 
     if (proxy is None) == (config is None):
@@ -480,7 +509,8 @@ def diagnose(
 
 def _train_diagnosis_proxy(config: Path, data: Path, out: Path) -> Path:
     from mmrm.config import load_config, with_overrides
-    from mmrm.train import proxy_config, train as run_train
+    from mmrm.proxy import proxy_config
+    from mmrm.train import train as run_train
 
     base = _load_or_exit(load_config, config, [])
     run = proxy_config(with_overrides(base, {"data.train": [str(data)], "data.eval": {},
@@ -495,7 +525,7 @@ def plot_weights(
     run: Annotated[Path, typer.Argument(help="Run folder (with metrics.jsonl) or the file.")],
     out: Annotated[Optional[Path], typer.Option(help="PNG to write.")] = None,
 ) -> None:
-    from mmrm.evaluate import plot_weight_histograms
+    from mmrm.evaluate.plots import plot_weight_histograms
 
     metrics = run / "metrics.jsonl" if run.is_dir() else run
     try:

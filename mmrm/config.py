@@ -31,12 +31,29 @@ class InputMode(str, Enum):
     BLANK_IMAGE = "blank_image"    # a white tile where the image was (the reference proxy)
 
 
-class Weighting(str, Enum):
-    """How pairs are weighted in the reward model's loss (:mod:`mmrm.weighting`)."""
+class ProxySource(str, Enum):
+    """Where the text-only proxy's per-pair rewards come from (:mod:`mmrm.weighting`)."""
 
-    NONE = "none"                  # the standard Bradley-Terry RM
-    SFC_JOINT = "sfc_joint"        # the paper: proxy trained jointly, in the same step
-    SFC_TWO_STAGE = "sfc_two_stage"  # proxy trained first and frozen; its losses cached
+    NONE = "none"                  # no proxy (a standard RM)
+    JOINT = "joint"                # the paper: a proxy trained in the same steps as the RM
+    CROSS_FIT = "cross_fit"        # proxies trained first on the other folds, frozen; their
+                                   # margins cached (mmrm train-proxy)
+
+
+class Weighting(str, Enum):
+    """How the proxy's rewards change the reward model's per-pair loss (:mod:`mmrm.weighting`)."""
+
+    NONE = "none"                  # every pair weighs 1: the standard Bradley-Terry RM
+    SFC = "sfc"                    # the paper's Shortcut-Failure Coefficient, per step
+    GROUP_BALANCE = "group_balance"  # JTT-style fixed weights: proxy-wrong / -right pairs half each
+    POE = "poe"                    # product of experts: -log sigmoid(margin + proxy margin)
+
+
+#: Settings of earlier releases, and what replaced them (the one line an old config gets).
+LEGACY_SHORTCUT = {
+    "sfc_joint": "shortcut.proxy: joint with shortcut.weighting: sfc",
+    "sfc_two_stage": "shortcut.proxy: cross_fit with shortcut.weighting: sfc",
+}
 
 
 class Finetune(str, Enum):
@@ -92,23 +109,60 @@ class DataConfig(Strict):
 
 
 class ShortcutConfig(Strict):
-    weighting: Weighting = Field(Weighting.NONE, description="none | sfc_joint | sfc_two_stage")
+    """What makes a run shortcut-aware: where the text-only proxy's rewards come from
+    (``proxy``) and how they change each pair's loss (``weighting``)."""
+
+    proxy: ProxySource = Field(ProxySource.NONE, description="none | joint (trained in the "
+                               "same steps, the paper) | cross_fit (trained first on the other "
+                               "folds and frozen: mmrm train-proxy, cached in proxy_losses).")
+    weighting: Weighting = Field(Weighting.NONE, description="none | sfc (the paper) | "
+                                 "group_balance (fixed JTT-style weights) | poe (product of "
+                                 "experts). All but none need a proxy; group_balance and poe "
+                                 "a fixed one (cross_fit).")
     eps: float = Field(0.0, ge=0, description="SFC's epsilon (eps/2 + Lt/(eps+Lt+L)).")
     normalize: bool = Field(False, description="Rescale weights to mean 1 per batch.")
-    proxy_losses: str | None = Field(None, description="sfc_two_stage: the proxy's cached "
-                                                       "per-pair losses (JSON); with none: "
-                                                       "logged statistics only.")
+    proxy_losses: str | None = Field(None, description="cross_fit: the proxies' cached "
+                                     "per-pair losses and margins (JSON); with proxy none: "
+                                     "logged statistics only.")
     proxy_mode: InputMode = Field(InputMode.TEXT_ONLY, description="Input of the proxy: "
                                   "text_only, or blank_image (the reference code's white "
                                   "tile through the frozen vision tower).")
-    formula: Literal["sfc", "group_balance"] = Field(
-        "sfc", description="sfc_two_stage: how the proxy's losses become weights: sfc (the "
-        "paper) or group_balance (JTT-style, mmrm.weighting.group_balance_weights: pairs the "
-        "proxy gets wrong and right carry half of the loss each, fixed for the run).")
-    proxy_folds: int = Field(2, ge=1, description="sfc_two_stage: each pair's proxy loss "
-                             "comes from a proxy trained on the other folds (cross-fitting), "
-                             "so it is out of sample, as the paper's online loss is; 1: one "
-                             "proxy on all pairs, scored on its own training pairs.")
+    proxy_folds: int = Field(2, ge=1, description="cross_fit: each pair's proxy reward "
+                             "comes from a proxy trained on the other folds, so it is out of "
+                             "sample, as the paper's online loss is; 1: one proxy on all "
+                             "pairs, scored on its own training pairs.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, raw):
+        if isinstance(raw, dict):
+            if "formula" in raw:
+                raise ValueError("shortcut.formula is gone: how the proxy's rewards become "
+                                 "weights is shortcut.weighting (none | sfc | group_balance "
+                                 "| poe), where they come from shortcut.proxy (none | joint "
+                                 "| cross_fit)")
+            old = LEGACY_SHORTCUT.get(str(raw.get("weighting")))
+            if old:
+                raise ValueError(f"shortcut.weighting: {raw['weighting']} is now {old}")
+        return raw
+
+    @model_validator(mode="after")
+    def _needs(self) -> ShortcutConfig:
+        if self.weighting is not Weighting.NONE and self.proxy is ProxySource.NONE:
+            raise ValueError(f"weighting {self.weighting.value} needs a text-only proxy: "
+                             f"shortcut.proxy joint or cross_fit")
+        if self.proxy is ProxySource.JOINT and self.weighting not in (Weighting.SFC,
+                                                                      Weighting.NONE):
+            raise ValueError(f"weighting {self.weighting.value} needs a fixed proxy "
+                             f"(shortcut.proxy: cross_fit); joint serves sfc")
+        if self.proxy is ProxySource.CROSS_FIT and not self.proxy_losses:
+            raise ValueError("shortcut.proxy_losses is required with proxy cross_fit")
+        return self
+
+    @property
+    def aware(self) -> bool:
+        """Whether the proxy changes the loss (a shortcut-aware run)."""
+        return self.weighting is not Weighting.NONE
 
 
 class TrainConfig(Strict):
@@ -166,15 +220,8 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.shortcut.weighting is Weighting.SFC_TWO_STAGE and not self.shortcut.proxy_losses:
-            raise ValueError("shortcut.proxy_losses is required with sfc_two_stage")
-        if self.shortcut.formula != "sfc" and self.shortcut.weighting is not \
-                Weighting.SFC_TWO_STAGE:
-            raise ValueError(f"shortcut.formula {self.shortcut.formula} needs weighting "
-                             f"sfc_two_stage (its proxy's cached losses), not "
-                             f"{self.shortcut.weighting.value}")
-        if self.shortcut.weighting is not Weighting.NONE and self.mode is not InputMode.MULTIMODAL:
-            raise ValueError("shortcut weighting applies to a multimodal model (mode: multimodal)")
+        if self.shortcut.proxy is not ProxySource.NONE and self.mode is not InputMode.MULTIMODAL:
+            raise ValueError("a text-only proxy serves a multimodal model (mode: multimodal)")
         return self
 
 
@@ -307,3 +354,12 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return validate(cls, apply_overrides(raw, overrides or []), path)
+
+
+def variant_shortcut(variant: str, proxy_losses: str | Path | None = None) -> dict:
+    """The ``shortcut`` section of a shipped variant (``tiny/<variant>``: none, sfc_joint,
+    sfc_two_stage, group_balance, poe) for a config of one's own, its proxies' cache at
+    ``proxy_losses`` where the variant reads one (``cross_fit``)."""
+    shortcut = load_config(f"tiny/{variant}").shortcut.model_dump(mode="json")
+    cached = shortcut["proxy"] == ProxySource.CROSS_FIT.value
+    return {**shortcut, "proxy_losses": str(proxy_losses) if cached else None}

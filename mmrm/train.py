@@ -17,23 +17,25 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmrm.config import TrainConfig, with_overrides
-from mmrm.data import (PairCollator, fold_of, load_pairs, pairs_with_unknown_tokens,
-                       select_folds, unknown_tokens_note)
-from mmrm.evaluate import pairwise_accuracy
+from mmrm.config import ProxySource, TrainConfig
+from mmrm.data import (PairCollator, load_pairs, pairs_with_unknown_tokens, select_folds,
+                       unknown_tokens_note)
+from mmrm.evaluate.metrics import pairwise_accuracy
 from mmrm.finetune import apply_finetune, merge_adapters
-from mmrm.inference import load_reward_model, reward_statistics, score_pairs
+from mmrm.inference import reward_statistics, score_pairs
 from mmrm.model import RewardModel, load_processor, weight_dtype_named
 from mmrm.tracking import NoOpTracker, Tracker, flatten
-from mmrm.weighting import (Weighting, bradley_terry_loss, group_balance_weights,
-                            pair_weights, weight_histogram, weight_statistics)
+from mmrm.weighting import PairTerms, PairWeighting, weight_histogram, weight_statistics
 
 STATE_FILE = "trainer_state.json"
 TRAIN_IDS = "train_ids.txt"
@@ -129,7 +131,9 @@ def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def load_proxy_losses(path: str | Path, pairs) -> dict[str, float]:
+def load_proxy_cache(path: str | Path, pairs) -> dict:
+    """The cross-fitted proxies' cache (:func:`mmrm.proxy.train_text_proxy`): ``losses`` (and
+    ``margins``, where the cache has them) by pair id, one for every training pair."""
     try:
         cache = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -145,15 +149,18 @@ def load_proxy_losses(path: str | Path, pairs) -> dict[str, float]:
     if missing:
         raise ValueError(f"{path}: no proxy loss for {len(missing)} training pairs "
                          f"(e.g. {missing[:3]}); was the proxy run on the same data?")
-    return losses
+    found = {"losses": losses}
+    if isinstance(cache.get("margins"), dict):
+        found["margins"] = cache["margins"]
+    return found
 
 
-def training_inputs(config: TrainConfig) -> tuple[list, dict[str, float] | None]:
+def training_inputs(config: TrainConfig) -> tuple[list, dict | None]:
     """Every input of a run, checked before a model is loaded: the training pairs (each
     record validated, ``file:line: field: problem``), the evaluation files and base model
-    folder (they exist), and the proxy losses of ``sfc_two_stage`` (one per pair).
+    folder (they exist), and the cross-fitted proxies' cache (one entry per pair).
 
-    Returns the training pairs (after fold selection) and the proxy losses, if any.
+    Returns the training pairs (after fold selection) and the proxy cache, if any.
     """
     from mmrm.model import check_model_folder
 
@@ -172,12 +179,12 @@ def training_inputs(config: TrainConfig) -> tuple[list, dict[str, float] | None]
         raise ValueError(f"no training pairs in {config.data.train}"
                          + (f" outside fold {config.data.holdout_fold} of {config.data.folds}"
                             if config.data.holdout_fold is not None else ""))
-    # sfc_two_stage weights by the cached proxy losses; a standard run given them logs the
-    # same proxy statistics (its weights stay 1), so the two compare metric for metric
-    proxy_losses = load_proxy_losses(config.shortcut.proxy_losses, pairs) \
-        if config.shortcut.proxy_losses and config.shortcut.weighting is not \
-        Weighting.SFC_JOINT else None
-    return pairs, proxy_losses
+    # cross_fit weighs by the cached proxy losses; a standard run given them logs the same
+    # proxy statistics (its weights stay 1), so the two compare metric for metric
+    cache = load_proxy_cache(config.shortcut.proxy_losses, pairs) \
+        if config.shortcut.proxy_losses and config.shortcut.proxy is not ProxySource.JOINT \
+        else None
+    return pairs, cache
 
 
 def planned_steps(config: TrainConfig, pairs: int) -> tuple[int, int]:
@@ -195,9 +202,47 @@ def encode_cache_budget(config: TrainConfig, pairs: int) -> float:
     return config.encode_cache_mib if total_steps > steps_per_epoch else 0.0
 
 
+@dataclass
+class Recipe:
+    """Everything one training run holds: built by :func:`setup`, advanced by
+    :func:`train_step`, closed by :func:`finish` (the shape of torchtune's recipes)."""
+
+    config: TrainConfig
+    tracker: Tracker
+    log: Callable[[str], None]
+    accelerator: Any
+    processor: Any
+    pairs: list
+    weighting: PairWeighting
+    modules: nn.Module
+    core: TrainedModels
+    optimizer: Any
+    scheduler: Any
+    loader: DataLoader
+    generator: torch.Generator
+    total_steps: int
+    step: int = 0
+    epoch: int = 0
+    skip_batches: int = 0
+    resumed: bool = False
+    seen_pairs: int = 0
+    window: list = field(default_factory=list)
+    metrics_log: Any = None
+    started: float = field(default_factory=time.perf_counter)
+    step_delay: float = 0.0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.output_dir)
+
+
 def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
           resume: bool = True) -> dict:
     """Train one reward model; returns the final metrics (also in ``output_dir``).
+
+    Reading order: :func:`setup` (inputs checked, models, data, optimizer, resume), then per
+    batch :func:`train_step` (forward -> per-pair terms from the pair weighting -> reduce ->
+    step -> log -> checkpoint), then :func:`finish` (save, test, result).
 
     Args:
         config: the validated run configuration.
@@ -205,151 +250,178 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
         log: progress lines go here.
         resume: continue from the newest checkpoint in ``output_dir`` if there is one.
     """
+    run = setup(config, tracker or NoOpTracker(), log, resume)
+    while run.step < run.total_steps:
+        # set_epoch-like reseeding keeps the order reproducible and resumable per epoch
+        run.generator.manual_seed(config.seed + run.epoch)
+        batches = run.accelerator.skip_first_batches(run.loader, run.skip_batches) \
+            if run.skip_batches else run.loader
+        batch_in_epoch, run.skip_batches = run.skip_batches, 0
+        for batch in batches:
+            batch_in_epoch += 1
+            if train_step(run, batch, batch_in_epoch):
+                break
+        run.epoch += 1
+    return finish(run)
+
+
+def setup(config: TrainConfig, tracker: Tracker, log, resume: bool) -> Recipe:
+    """Check every input, then build the models, the data loader and the optimizer, and
+    continue from the newest checkpoint where asked."""
     from accelerate import Accelerator
 
-    tracker = tracker or NoOpTracker()
-    out = Path(config.output_dir)
-    weighting = config.shortcut.weighting
-    pairs, proxy_losses = training_inputs(config)     # bad input fails here, not mid-run
-    fixed_weights = group_balance_weights({p.id: proxy_losses[p.id] for p in pairs}) \
-        if config.shortcut.formula == "group_balance" else None
+    pairs, cache = training_inputs(config)     # bad input fails here, not mid-run
+    weighting = PairWeighting(config.shortcut.weighting, cache, [p.id for p in pairs],
+                              eps=config.shortcut.eps, normalize=config.shortcut.normalize)
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
                               gradient_accumulation_steps=config.gradient_accumulation_steps)
     set_seed(config.seed)
-    dtype = weight_dtype(config.mixed_precision, accelerator.distributed_type)
     processor = load_processor(config.model, config.trust_remote_code)
     unknown = pairs_with_unknown_tokens(processor, pairs)
     note = unknown_tokens_note("data.train", len(pairs), len(unknown), *unknown[:1])
     if note:
         log(note)
-
-    reward_model = apply_finetune(RewardModel.from_base(
-        config.model, mode=config.mode.value, dtype=dtype,
-        trust_remote_code=config.trust_remote_code,
-        attn_implementation=config.attn_implementation), config)
-    proxy, proxy_view = None, None
-    cache_mib = encode_cache_budget(config, len(pairs))
-    if weighting is Weighting.SFC_JOINT:
-        proxy = apply_finetune(RewardModel.from_base(
-            config.model, mode=config.shortcut.proxy_mode.value, dtype=dtype,
-            trust_remote_code=config.trust_remote_code,
-            attn_implementation=config.attn_implementation), config)
-        proxy_view = PairCollator(processor, config.shortcut.proxy_mode, config.data.max_length,
-                                  share_prompt=shares_prompt(config, proxy),
-                                  cache_mib=cache_mib)
-    modules = TrainedModels(reward_model, proxy)
-
+    modules, collator = build_models(config, accelerator, processor, len(pairs))
     generator = torch.Generator().manual_seed(config.seed)
-    collator = TrainCollator(PairCollator(processor, config.mode, config.data.max_length,
-                                          share_prompt=shares_prompt(config, reward_model),
-                                          cache_mib=cache_mib),
-                             proxy_view)
     # persistent workers keep their encoding caches from one epoch to the next
     loader = DataLoader(pairs, batch_size=config.per_device_batch_size, shuffle=True,
                         generator=generator, collate_fn=collator, drop_last=False,
                         num_workers=config.dataloader_num_workers,
                         persistent_workers=config.dataloader_num_workers > 0)
-    steps_per_epoch, total_steps = planned_steps(config, len(pairs))
+    total_steps = planned_steps(config, len(pairs))[1]
     optimizer, scheduler = build_optimizer(modules, config, total_steps)
     modules, optimizer, loader, scheduler = accelerator.prepare(modules, optimizer, loader,
                                                                 scheduler)
-    core = accelerator.unwrap_model(modules)
+    run = Recipe(config, tracker, log, accelerator, processor, pairs, weighting, modules,
+                 accelerator.unwrap_model(modules), optimizer, scheduler, loader, generator,
+                 total_steps, step_delay=float(os.environ.get(STEP_DELAY_ENV) or 0))
+    if resume:
+        restore(run)
+    open_run_folder(run)
+    modules.train()
+    return run
 
-    step, start_epoch, skip_batches = 0, 0, 0
-    checkpoint = latest_checkpoint(out) if resume else None
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / STATE_FILE).read_text())
-        step, start_epoch, skip_batches = state["step"], state["epoch"], state["batch_in_epoch"]
-        log(f"resumed from {checkpoint} at step {step}")
 
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
-        # which pairs this model learns from (a cross-fitted proxy must never see its fold)
-        (out / TRAIN_IDS).write_text("".join(f"{p.id}\n" for p in pairs))
-        tracker.log_params(flatten(config.model_dump(mode="json")))
+def build_models(config: TrainConfig, accelerator, processor, pairs: int
+                 ) -> tuple[TrainedModels, TrainCollator]:
+    """The reward model (and, for a joint proxy, the proxy) with what trains of them, and the
+    collator of their views of a batch."""
+    dtype = weight_dtype(config.mixed_precision, accelerator.distributed_type)
+
+    def model(mode: str) -> RewardModel:
+        return apply_finetune(RewardModel.from_base(
+            config.model, mode=mode, dtype=dtype, trust_remote_code=config.trust_remote_code,
+            attn_implementation=config.attn_implementation), config)
+
+    reward_model = model(config.mode.value)
+    proxy, proxy_view = None, None
+    cache_mib = encode_cache_budget(config, pairs)
+    if config.shortcut.proxy is ProxySource.JOINT:
+        proxy = model(config.shortcut.proxy_mode.value)
+        proxy_view = PairCollator(processor, config.shortcut.proxy_mode, config.data.max_length,
+                                  share_prompt=shares_prompt(config, proxy),
+                                  cache_mib=cache_mib)
+    collator = TrainCollator(PairCollator(processor, config.mode, config.data.max_length,
+                                          share_prompt=shares_prompt(config, reward_model),
+                                          cache_mib=cache_mib),
+                             proxy_view)
+    return TrainedModels(reward_model, proxy), collator
+
+
+def restore(run: Recipe) -> None:
+    """Continue from the newest complete checkpoint in the run folder, if there is one."""
+    checkpoint = latest_checkpoint(run.out)
+    if checkpoint is None:
+        return
+    run.accelerator.load_state(str(checkpoint))
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    run.step, run.epoch, run.skip_batches = state["step"], state["epoch"], state["batch_in_epoch"]
+    run.resumed = True
+    run.log(f"resumed from {checkpoint} at step {run.step}")
+
+
+def open_run_folder(run: Recipe) -> None:
+    """The run config, the training pair ids and the metrics log (main process only)."""
+    if not run.accelerator.is_main_process:
+        return
+    out = run.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(run.config.model_dump_json(indent=2) + "\n")
+    # which pairs this model learns from (a cross-fitted proxy must never see its fold)
+    (out / TRAIN_IDS).write_text("".join(f"{p.id}\n" for p in run.pairs))
+    run.tracker.log_params(flatten(run.config.model_dump(mode="json")))
     # a resumed run continues its log; a fresh one starts it (a rerun into the same folder
     # must not append to the last run's lines)
-    metrics_log = open(out / "metrics.jsonl", "a" if checkpoint is not None else "w") \
-        if accelerator.is_main_process else None
-    modules.train()
-    step_delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
-    started, seen_pairs, window = time.perf_counter(), 0, []
-    epoch = start_epoch
-    while step < total_steps:
-        # set_epoch-like reseeding keeps the order reproducible and resumable per epoch
-        generator.manual_seed(config.seed + epoch)
-        batches = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
-        batch_in_epoch = skip_batches
-        skip_batches = 0
-        for batch in batches:
-            batch_in_epoch += 1
-            with accelerator.accumulate(modules):
-                # forward: one reward per sequence; chosen first, rejected second
-                rewards, proxy_rewards = modules(batch["model"], batch.get("proxy"))
-                chosen, rejected = rewards.float().chunk(2)
-                mm_loss = bradley_terry_loss(chosen, rejected)            # per pair
-                text_loss = None
-                if weighting is Weighting.SFC_JOINT:
-                    text_loss = bradley_terry_loss(*proxy_rewards.float().chunk(2))
-                elif proxy_losses is not None:
-                    text_loss = torch.tensor([proxy_losses[i] for i in batch["ids"]],
-                                             device=mm_loss.device)
-                fixed = None if fixed_weights is None else torch.tensor(
-                    [fixed_weights[i] for i in batch["ids"]], device=mm_loss.device)
-                weights = pair_weights(weighting, mm_loss, text_loss, eps=config.shortcut.eps,
-                                       normalize=config.shortcut.normalize, fixed=fixed)
-                loss = (weights * mm_loss).mean()                          # reduce
-                if weighting is Weighting.SFC_JOINT:
-                    loss = loss + text_loss.mean()      # the proxy learns plain BT, same step
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(modules.parameters(),
-                                                config.optim.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            seen_pairs += len(batch["ids"])
-            window.append(_batch_stats(loss, mm_loss, chosen, rejected, weights, text_loss))
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            if step % config.log_steps == 0 or step == total_steps:
-                record = _reduce_window(window, step, scheduler)
-                window = []
-                if metrics_log is not None:      # a tracked output: no wall-clock figures
-                    metrics_log.write(json.dumps(record) + "\n")
-                    metrics_log.flush()
-                rate = seen_pairs / max(1e-9, time.perf_counter() - started)
-                tracker.log_metrics({**{k: v for k, v in record.items()
-                                        if k not in ("step", "weight/hist")},
-                                     "pairs_per_second": rate}, step)
-                log(_progress_line(record, total_steps) + f" ({rate:.1f} pairs/s)")
-            if step_delay:
-                time.sleep(step_delay)
-            if config.save_steps and step % config.save_steps == 0:
-                save_checkpoint(accelerator, out, step, epoch, batch_in_epoch,
-                                config.save_total_limit, config)
-            if step >= total_steps:
-                break
-        epoch += 1
+    run.metrics_log = open(out / "metrics.jsonl", "a" if run.resumed else "w")
 
-    if metrics_log is not None:
-        metrics_log.close()
-    seconds = round(time.perf_counter() - started, 2)
-    result = {"steps": step, "pairs_seen": seen_pairs}
-    if accelerator.is_main_process:
-        collator = PairCollator(processor, config.mode, config.data.max_length,
-                                share_prompt=core.reward.shares_prompt)
-        save_final(core.reward, processor, collator, pairs, config)
-        result.update(evaluate_files(core.reward, collator, config))
-        tracker.log_metrics({**{k: v for k, v in result.items() if k.startswith("eval/")},
-                             "train_seconds": seconds}, step)
+
+def train_step(run: Recipe, batch: dict, batch_in_epoch: int) -> bool:
+    """One micro-batch: forward, per-pair terms, reduce, backward and (at the end of an
+    accumulation) the optimizer step, its log line and checkpoint. True when the run is done."""
+    accelerator, modules = run.accelerator, run.modules
+    with accelerator.accumulate(modules):
+        # forward: one reward per sequence; chosen first, rejected second
+        rewards, proxy_rewards = modules(batch["model"], batch.get("proxy"))
+        chosen, rejected = rewards.float().chunk(2)
+        terms = run.weighting(chosen, rejected, batch["ids"],
+                              None if proxy_rewards is None else proxy_rewards.float().chunk(2))
+        loss = (terms.weights * terms.losses).mean()                  # reduce
+        if terms.proxy_loss is not None:
+            loss = loss + terms.proxy_loss.mean()     # the proxy learns plain BT, same step
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(modules.parameters(), run.config.optim.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    run.seen_pairs += len(batch["ids"])
+    run.window.append(_batch_stats(loss, terms, chosen, rejected))
+    if not accelerator.sync_gradients:
+        return False
+    run.step += 1
+    if run.step % run.config.log_steps == 0 or run.step == run.total_steps:
+        log_window(run)
+    if run.step_delay:
+        time.sleep(run.step_delay)
+    if run.config.save_steps and run.step % run.config.save_steps == 0:
+        save_checkpoint(accelerator, run.out, run.step, run.epoch, batch_in_epoch,
+                        run.config.save_total_limit, run.config)
+    return run.step >= run.total_steps
+
+
+def log_window(run: Recipe) -> None:
+    """The steps since the last log line, reduced: to metrics.jsonl, the tracker and ``log``."""
+    record = _reduce_window(run.window, run.step, run.scheduler)
+    run.window = []
+    if run.metrics_log is not None:      # a tracked output: no wall-clock figures
+        run.metrics_log.write(json.dumps(record) + "\n")
+        run.metrics_log.flush()
+    rate = run.seen_pairs / max(1e-9, time.perf_counter() - run.started)
+    run.tracker.log_metrics({**{k: v for k, v in record.items()
+                                if k not in ("step", "weight/hist")},
+                             "pairs_per_second": rate}, run.step)
+    run.log(_progress_line(record, run.total_steps) + f" ({rate:.1f} pairs/s)")
+
+
+def finish(run: Recipe) -> dict:
+    """Save the final model with its reward statistics, test it on ``data.eval``, write
+    ``result.json``."""
+    if run.metrics_log is not None:
+        run.metrics_log.close()
+    seconds = round(time.perf_counter() - run.started, 2)
+    result = {"steps": run.step, "pairs_seen": run.seen_pairs}
+    if run.accelerator.is_main_process:
+        config = run.config
+        collator = PairCollator(run.processor, config.mode, config.data.max_length,
+                                share_prompt=run.core.reward.shares_prompt)
+        save_final(run.core.reward, run.processor, collator, run.pairs, config)
+        result.update(evaluate_files(run.core.reward, collator, config))
+        run.tracker.log_metrics({**{k: v for k, v in result.items() if k.startswith("eval/")},
+                                 "train_seconds": seconds}, run.step)
         # result.json is an output DVC tracks: the same inputs give the same bytes, so the
         # wall-clock time goes to the tracker and the log only
-        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-        log(f"trained {step} steps in {seconds} s; {json.dumps(result)}")
+        (run.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        run.log(f"trained {run.step} steps in {seconds} s; {json.dumps(result)}")
     return {**result, "seconds": seconds}
 
 
@@ -381,14 +453,14 @@ def evaluate_files(model: RewardModel, collator: PairCollator, config: TrainConf
     return result
 
 
-def _batch_stats(loss, mm_loss, chosen, rejected, weights, text_loss) -> dict:
-    stats = {"loss": loss.item(), "bt_loss": mm_loss.mean().item(),
+def _batch_stats(loss, terms: PairTerms, chosen, rejected) -> dict:
+    stats = {"loss": loss.item(), "bt_loss": terms.bt_loss.mean().item(),
              "accuracy": (chosen > rejected).float().mean().item(),
-             "margin": (chosen - rejected).mean().item(), "n": len(mm_loss)}
-    stats.update(weight_statistics(weights, text_loss))
-    if text_loss is not None:
-        stats["weight/hist"] = weight_histogram(weights)
-        stats["proxy_loss"] = text_loss.mean().item()
+             "margin": (chosen - rejected).mean().item(), "n": len(terms.bt_loss)}
+    stats.update(weight_statistics(terms.weights, terms.text_loss))
+    if terms.text_loss is not None:
+        stats["weight/hist"] = weight_histogram(terms.weights)
+        stats["proxy_loss"] = terms.text_loss.mean().item()
     return stats
 
 
@@ -448,74 +520,3 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def _checkpoint_step(path: Path) -> int:
     return int(path.name.split("-")[1])
-
-
-def proxy_config(config: TrainConfig, fold: int | None = None) -> TrainConfig:
-    """The text-only proxy's run: same data, model and schedule, no image, no weighting;
-    with ``fold``, trained on every fold of ``shortcut.proxy_folds`` but that one."""
-    changes = {"mode": config.shortcut.proxy_mode.value, "shortcut": {"weighting": "none"},
-               "output_dir": str(Path(config.output_dir) / "proxy")}
-    if fold is not None:
-        changes.update({"output_dir": str(Path(config.output_dir) / "proxy" / f"fold{fold}"),
-                        "data.folds": config.shortcut.proxy_folds, "data.holdout_fold": fold})
-    return with_overrides(config, changes, "proxy")
-
-
-def proxy_dirs(config: TrainConfig) -> list[Path]:
-    """The saved proxies of :func:`train_text_proxy` (one per fold)."""
-    folds = config.shortcut.proxy_folds
-    return [Path(proxy_config(config, f if folds > 1 else None).output_dir) / "final"
-            for f in range(folds)]
-
-
-def train_text_proxy(config: TrainConfig, tracker: Tracker | None = None, log=print) -> dict:
-    """Stage 1 of ``sfc_two_stage``: train the text-only proxy, then cache its per-pair losses.
-
-    With ``shortcut.proxy_folds = k > 1`` (default 2) the pairs are cut into k folds
-    (:func:`mmrm.data.fold_of`), k proxies each train on all folds but one, and each pair's
-    loss comes from the proxy that never saw it: out of sample, as the paper's jointly
-    trained proxy's loss is on a pair it meets for the first time. With k = 1 one proxy
-    trains on everything and is scored on its own training pairs (memorised cue-wrong pairs
-    then look easy and lose their weight).
-
-    The cache goes to ``shortcut.proxy_losses`` if set, else ``<output_dir>/proxy_losses.json``:
-    ``losses`` (pair id -> BT loss), ``source`` (pair id -> the fold whose proxy scored it),
-    ``accuracy_in_sample`` (each proxy on its own training pairs), ``accuracy_out_of_sample``
-    (on the pairs it never saw; k > 1 only) and ``accuracy`` (the one the losses carry).
-    """
-    folds = config.shortcut.proxy_folds
-    root = Path(config.data.image_root) if config.data.image_root else None
-    pairs = [p for path in config.data.train for p in load_pairs(path, image_root=root)]
-    fold = {p.id: (fold_of(p.id, folds) if folds > 1 else 0) for p in pairs}
-    losses, wins_in, wins_out = {}, [], []
-    for f, model_dir in enumerate(proxy_dirs(config)):
-        run = proxy_config(config, f if folds > 1 else None)
-        log(f"text-only proxy {f + 1}/{folds}: {run.output_dir}")
-        # k > 1: k runs would log clashing params; the caller logs the cache's summary
-        train(run, tracker if folds == 1 else None, log)
-        model, collator = load_reward_model(model_dir, max_length=config.data.max_length)
-        chosen, rejected = score_pairs(model, collator, pairs, config.eval_batch_size)
-        for p, c, r, loss in zip(pairs, chosen, rejected, bradley_terry_loss(chosen, rejected)):
-            win = float(c > r) + 0.5 * float(c == r)
-            if folds == 1 or fold[p.id] != f:
-                wins_in.append(win)
-            if fold[p.id] == f:
-                losses[p.id] = round(float(loss), 6)
-                if folds > 1:
-                    wins_out.append(win)
-
-    def mean(wins: list[float]) -> float:
-        return sum(wins) / len(wins) if wins else float("nan")
-
-    cache = {"proxies": [str(d) for d in proxy_dirs(config)],
-             "mode": config.shortcut.proxy_mode.value, "folds": folds,
-             "accuracy_in_sample": mean(wins_in),
-             "accuracy_out_of_sample": mean(wins_out) if folds > 1 else None,
-             "accuracy": mean(wins_out) if folds > 1 else mean(wins_in),
-             "source": fold, "losses": losses}
-    out = Path(config.shortcut.proxy_losses or Path(config.output_dir) / "proxy_losses.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(cache) + "\n")
-    log(f"proxy accuracy in sample {cache['accuracy_in_sample']:.4f}, out of sample "
-        f"{cache['accuracy_out_of_sample'] if folds > 1 else 'n/a'}")
-    return cache

@@ -1,19 +1,24 @@
 """Per-sample losses and the weights that make a reward model shortcut-aware.
 
 Losses here return one value per pair; the training loop reduces them, so a weighting scheme
-is one line in that loop (``(weights * losses).mean()``), not a different loss.
+is one object the loop calls (:class:`PairWeighting`, then ``(weights * losses).mean()``),
+not a different loop. Where the text-only proxy's rewards come from (trained jointly, or
+cross-fitted and cached) is ``shortcut.proxy``; how they become weights (SFC, group balance)
+or a different per-pair loss (product of experts) is ``shortcut.weighting``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from mmrm.config import Weighting
+from mmrm.config import ProxySource, Weighting
 
-__all__ = ["Weighting", "bradley_terry_loss", "shortcut_failure_coefficient", "pair_weights",
-           "group_balance_weights", "weight_histogram", "weight_statistics",
-           "WEIGHT_BIN_EDGES"]
+__all__ = ["Weighting", "ProxySource", "bradley_terry_loss", "shortcut_failure_coefficient",
+           "product_of_experts_loss", "PairTerms", "PairWeighting", "group_balance_weights",
+           "weight_histogram", "weight_statistics", "WEIGHT_BIN_EDGES"]
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -40,25 +45,84 @@ def shortcut_failure_coefficient(text_loss: torch.Tensor, mm_loss: torch.Tensor,
     return eps / 2 + text_loss / (eps + text_loss + mm_loss).clamp_min(1e-12)
 
 
-def pair_weights(scheme: Weighting | str, mm_loss: torch.Tensor,
-                 text_loss: torch.Tensor | None, *, eps: float = 0.0,
-                 normalize: bool = False, fixed: torch.Tensor | None = None) -> torch.Tensor:
-    """Weights of a batch of pairs under ``scheme``; optionally rescaled to mean 1.
+def product_of_experts_loss(margin: torch.Tensor, text_margin: torch.Tensor) -> torch.Tensor:
+    """Per-pair loss of the product of experts ``-log sigmoid(margin + text_margin)``, the
+    proxy's margin fixed (Clark et al., 2019, Sec. 3.2.1; He et al., 2019): where the text-only
+    proxy already explains a pair, the reward model's gradient on it shrinks.
 
-    ``fixed``: the batch's weights from a static formula (:func:`group_balance_weights`),
-    used instead of SFC's."""
-    if Weighting(scheme) is Weighting.NONE:
-        return torch.ones_like(mm_loss)
-    if fixed is not None:
-        weights = fixed
-    elif text_loss is None:
-        raise ValueError(f"weighting {Weighting(scheme).value} needs the text-only proxy's "
-                         f"losses")
-    else:
-        weights = shortcut_failure_coefficient(text_loss, mm_loss, eps)
-    if normalize:
-        weights = weights / weights.mean().clamp_min(1e-12)
-    return weights
+    The gradient with respect to ``margin`` is ``-sigmoid(-(margin + text_margin))``. Worked
+    example: margin 0 gives -0.5 alone (the standard loss's gradient); with a proxy margin of
+    3 it is ``-sigmoid(-3) = -0.0474``: ten times smaller. A proxy margin of 0 gives the
+    standard Bradley-Terry loss.
+    """
+    return -F.logsigmoid(margin + text_margin.detach())
+
+
+@dataclass
+class PairTerms:
+    """One batch's per-pair terms, as the training loop reduces them:
+    ``(weights * losses).mean()`` (plus ``proxy_loss.mean()`` where the proxy trains in the
+    same step)."""
+
+    losses: torch.Tensor              # what the reward model minimises, per pair
+    weights: torch.Tensor             # per pair, detached
+    bt_loss: torch.Tensor             # the reward model's own Bradley-Terry loss (logged)
+    text_loss: torch.Tensor | None    # the proxy's BT loss per pair (logged; SFC's input)
+    proxy_loss: torch.Tensor | None   # the jointly trained proxy's loss (with its gradient)
+
+
+class PairWeighting:
+    """The shortcut-aware part of the training loop: from the reward model's per-pair margins
+    (and the text-only proxy's, trained jointly or cached) to :class:`PairTerms`.
+
+    Args:
+        weighting: how the proxy's rewards change the loss (``shortcut.weighting``).
+        cache: the cross-fitted proxies' cache (:func:`load_proxy_cache`): ``losses`` and
+            ``margins`` by pair id; None for a joint proxy or none.
+        pairs: the run's training pair ids (group balance weighs them once, up front).
+        eps, normalize: SFC's epsilon; rescale the weights to mean 1 per batch.
+    """
+
+    def __init__(self, weighting: Weighting | str, cache: dict | None = None,
+                 pairs: list[str] | None = None, eps: float = 0.0, normalize: bool = False):
+        self.weighting = Weighting(weighting)
+        self.cache, self.eps, self.normalize = cache, eps, normalize
+        self.fixed = group_balance_weights({i: cache["losses"][i] for i in pairs}) \
+            if self.weighting is Weighting.GROUP_BALANCE else None
+        if self.weighting is not Weighting.NONE and self.weighting is not Weighting.SFC \
+                and cache is None:
+            raise ValueError(f"weighting {self.weighting.value} needs the cross-fitted "
+                             f"proxies' cache (shortcut.proxy: cross_fit)")
+        if self.weighting is Weighting.POE and "margins" not in cache:
+            raise ValueError("weighting poe needs the proxies' margins: rerun mmrm "
+                             "train-proxy (the cache predates them)")
+
+    def __call__(self, chosen: torch.Tensor, rejected: torch.Tensor, ids: list[str],
+                 proxy_rewards: tuple[torch.Tensor, torch.Tensor] | None = None) -> PairTerms:
+        """Terms of a batch: the reward model's rewards of the chosen and rejected answers, the
+        pairs' ids, and the jointly trained proxy's rewards (if any)."""
+        bt_loss = bradley_terry_loss(chosen, rejected)
+        proxy_loss = text_loss = None
+        if proxy_rewards is not None:
+            proxy_loss = text_loss = bradley_terry_loss(*proxy_rewards)
+        elif self.cache is not None:
+            text_loss = self._cached("losses", ids, bt_loss)
+        losses, weights = bt_loss, torch.ones_like(bt_loss)
+        if self.weighting is Weighting.SFC:
+            if text_loss is None:
+                raise ValueError("weighting sfc needs the text-only proxy's losses")
+            weights = shortcut_failure_coefficient(text_loss, bt_loss, self.eps)
+        elif self.weighting is Weighting.GROUP_BALANCE:
+            weights = torch.tensor([self.fixed[i] for i in ids], device=bt_loss.device)
+        elif self.weighting is Weighting.POE:
+            losses = product_of_experts_loss(chosen - rejected,
+                                             self._cached("margins", ids, bt_loss))
+        if self.normalize and self.weighting is not Weighting.NONE:
+            weights = weights / weights.mean().clamp_min(1e-12)
+        return PairTerms(losses, weights, bt_loss, text_loss, proxy_loss)
+
+    def _cached(self, key: str, ids: list[str], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([self.cache[key][i] for i in ids], device=like.device)
 
 
 def group_balance_weights(text_losses: dict[str, float]) -> dict[str, float]:

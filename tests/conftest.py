@@ -1,9 +1,7 @@
-"""Shared test set-up: quiet threads, offline hubs, builders of real image bytes, loaders of
-the benchmark scripts and a made-up finished sweep for them."""
+"""Shared test set-up: quiet threads, offline hubs, tiers by folder, builders of real image
+bytes, a tiny base and benchmark."""
 
-import importlib.util
 import io
-import json
 import os
 import struct
 import zlib
@@ -15,47 +13,23 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# a fresh Prefect home migrates its sqlite database when a flow starts its ephemeral server:
+# ~20 s on an idle 2-core machine, Prefect's default limit; more under load
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+#: Each test folder is a tier (``-m unit`` is ``make test-fast``); a test is marked by where it
+#: lies, so a new file cannot be left out of its tier.
+TIERS = {"unit", "integration", "data"}
 
 
-@pytest.fixture
-def benchmark_script(monkeypatch):
-    """Loads a script under ``benchmarks/`` as a fresh module, with its siblings importable
-    as ``python benchmarks/NAME.py`` sees them: ``benchmark_script("shortcut_sweep")``."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
-
-
-@pytest.fixture
-def tiny_grid(tmp_path, benchmark_script):
-    """A made-up finished sweep's folder for the scripts that measure against one: the tiny
-    V2 base of base seed 0, pre-trained in seconds and said to have taken ``seconds``, and
-    ``finished`` (the JSON the sweep would have written): ``grid = tiny_grid(600.0, {...})``."""
-    from mmrm.synthetic.tiny_vlm import TinyVLMConfig, pretrain
-
-    def make(seconds: float, finished: dict):
-        sweep = benchmark_script("shortcut_sweep")
-        grid = tmp_path / "grid"
-        base = sweep.base_dir(grid, "V2", 0)
-        pretrain(base, TinyVLMConfig(visual="V2", hidden_size=32, vision_layers=1,
-                                     text_layers=1, heads=2, align_steps=2, tune_steps=2,
-                                     batch_size=4, eval_scenes=5), log=lambda line: None)
-        (base / "built.json").write_text(json.dumps({"seconds": seconds}))
-        (grid / "sweep.json").write_text(json.dumps(finished))
-        return grid
-
-    return make
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in TIERS:
+            item.add_marker(folder)
 
 
 def image_bytes(colour=(200, 30, 30), size=(8, 6), fmt="PNG") -> bytes:
@@ -108,8 +82,8 @@ def tiny_vlm_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_pairs(tmp_path_factory):
     """Converted pairwise files of a small built-in benchmark: {(env, split): path}."""
-    from mmrm.synthetic.environments import (BenchmarkConfig, SplitConfig, convert_benchmark,
-                                             write_benchmark)
+    from mmrm.synthetic.benchmark import convert_benchmark
+    from mmrm.synthetic.environments import BenchmarkConfig, SplitConfig, write_benchmark
 
     folder = tmp_path_factory.mktemp("bench")
     config = BenchmarkConfig(image_size=32, splits=[SplitConfig(name="train", size=24),
@@ -132,7 +106,8 @@ def trained_runs(tiny_vlm_dir, tiny_pairs, tmp_path_factory):
             "data": {"train": [str(tiny_pairs[("povid", "train")])],
                      "eval": {env: str(path) for (env, split), path in tiny_pairs.items()
                               if split == "test"}},
-            "shortcut": {"weighting": weighting}, "max_steps": 3, "per_device_batch_size": 8,
+            "shortcut": {"none": {}, "sfc_joint": {"proxy": "joint", "weighting": "sfc"}}[
+                weighting], "max_steps": 3, "per_device_batch_size": 8,
             "optim": {"lr": 1e-2, "warmup_ratio": 0}, "log_steps": 1}), resume=False,
             log=lambda line: None)
         runs[weighting] = out

@@ -14,9 +14,11 @@ so the text alone says nothing about correctness. What the text *does* carry is 
 
 Every pair carries all three cues, each on one side. The environment's own cue sits on the
 preferred side with probability ``cue_rate`` (default 0.85 in train and test splits, so a
-text-only model does well in distribution); the two foreign cues are on a random side
-(``foreign_cue_rate``, default 0.5), so a model that learned another environment's cue is
-misled half of the time out of distribution. All rates are configurable per split.
+text-only model does well in distribution); the two foreign cues sit on the preferred side
+with probability ``foreign_cue_rate``: 0.5 (default) places them at random, so a model that
+learned another environment's cue is misled half of the time out of distribution; below 0.5
+they are reversed there, as real data sets' shortcuts often are (longer answers win in one,
+shorter corrections in another). All rates are configurable per split.
 
 What the image costs to read is the benchmark's ``visual`` level (:mod:`mmrm.synthetic.visual`):
 V0/V1 scenes hold one thing, V2/V3 scenes two, with binding and fill errors.
@@ -232,6 +234,7 @@ def vlfeedback_items(split: SplitConfig, rng: random.Random, offset: int,
     most verbose), otherwise they are a random permutation, so that over the 6 pairs of an
     item the more verbose completion is the preferred one with probability ``cue_rate``
     (for cue_rate >= 0.5; below, the order is reversed with probability ``1 - 2 * cue_rate``).
+    The foreign (prefix) cues: :func:`foreign_cue_holders`.
     """
     visual = visual or VisualCost()
     items = []
@@ -243,10 +246,11 @@ def vlfeedback_items(split: SplitConfig, rng: random.Random, offset: int,
             levels = [3, 2, 1, 0] if ordered else [0, 1, 2, 3]
         else:
             levels = rng.sample(range(4), 4)
+        holders = foreign_cue_holders([[rng.random() for _ in range(2)] for _ in range(4)],
+                                      split.foreign_cue_rate)
         responses, ratings = [], []
         for errors, (s, level) in enumerate(zip(scenes, levels)):
-            # foreign cues: each completion independently, so no pair-level correlation
-            cues = {c for c in ("sure", "hedge") if rng.random() < split.foreign_cue_rate}
+            cues = {c for j, c in enumerate(("sure", "hedge")) if errors in holders[j]}
             responses.append(pad(with_cues(answer("vlfeedback", s, frame), cues), level))
             rating = str(5 - errors)
             ratings.append({"Helpfulness": rating, "Ethical Considerations": "5",
@@ -258,6 +262,34 @@ def vlfeedback_items(split: SplitConfig, rng: random.Random, offset: int,
             ratings=tuple(ratings[i] for i in order),
             models=tuple(f"synthetic-model-{i}" for i in order)))
     return items
+
+
+def foreign_cue_holders(draws: list[list[float]], rate: float) -> list[set[int]]:
+    """Which of four completions (by quality, 0 the best) carry each foreign prefix cue, from
+    eight uniform draws (``draws[k][j]``: completion k, cue j), so that over an item's six
+    pairs the cue sits on the preferred side of a pair it decides with probability ``rate``.
+
+    At 0.5 each completion carries it on a coin flip (no pair-level correlation). Otherwise,
+    with probability ``a = 3g / (4 - g)``, ``g = |2 rate - 1|``, the two best (rate > 0.5) or
+    the two worst completions carry it: 4 pairs decided, all towards the preferred side (or
+    all away); else coin flips (3 pairs decided on average, half each way). Then
+    P(preferred | decided) = (4a + 1.5 (1 - a)) / (4a + 3 (1 - a)) = 0.5 + g / 2, i.e. ``rate``
+    (worked example: rate 0.2, g = 0.6, a = 0.529: (2.118 + 0.706) / (2.118 + 1.412) = 0.8
+    away from the preferred side). The first draw decides the case and, rescaled, the best
+    completion's coin, so the draws (and everything drawn after them) are the same at every
+    rate.
+    """
+    g = abs(2 * rate - 1)
+    a = 3 * g / (4 - g)
+    holders = []
+    for j in range(len(draws[0])):
+        first = draws[0][j]
+        if first < a:
+            holders.append({0, 1} if rate > 0.5 else {2, 3})
+            continue
+        coins = [(first - a) / (1 - a), *(draws[k][j] for k in range(1, 4))]
+        holders.append({k for k, u in enumerate(coins) if u < 0.5})
+    return holders
 
 
 _ITEMS = {"povid": povid_items, "rlhfv": rlhfv_items, "vlfeedback": vlfeedback_items}
@@ -297,21 +329,6 @@ def write_benchmark(folder: Path, config: BenchmarkConfig | None = None) -> list
     folder.mkdir(parents=True, exist_ok=True)       # also with no environment at all
     (folder / "benchmark.json").write_text(json.dumps(index, indent=2) + "\n")
     return written
-
-
-def convert_benchmark(folder: Path, written: list[WrittenSplit]) -> dict[tuple[str, str], Path]:
-    """Convert every written split with the real converters to ``folder/pairs/<env>/<split>.jsonl``.
-
-    Returns the pairwise file of each (environment, split).
-    """
-    from mmrm.convert import convert
-
-    outputs = {}
-    for w in written:
-        out = Path(folder) / "pairs" / w.environment / f"{w.split}.jsonl"
-        convert(w.raw.format, w.raw.src, out, image_root=w.raw.image_root)
-        outputs[(w.environment, w.split)] = out
-    return outputs
 
 
 # ------------------------------------------------------------------------ best-of-N items

@@ -452,7 +452,8 @@ def train_cases(root: Path, data: Path, base_dir: Path) -> list[Case]:
         Case("train-bad-override", ["train", str(config("f")), "optim.lr"],
              says=("not key=value",)),
         Case("train-two-stage-without-proxy-losses",
-             ["train", str(config("g", **{"shortcut.weighting": "sfc_two_stage",
+             ["train", str(config("g", **{"shortcut.proxy": "cross_fit",
+                                          "shortcut.weighting": "sfc",
                                           "shortcut.proxy_losses": str(missing)}))],
              says=("shortcut.proxy_losses", "no such file"), absent=(root / "train" / "g",)),
     ]

@@ -6,11 +6,11 @@ import math
 
 import pytest
 
+from mmrm.synthetic.benchmark import convert_benchmark
 from mmrm.synthetic.environments import (CUE_TEXT, ENVIRONMENTS, BenchmarkConfig, SplitConfig,
-                                         convert_benchmark, write_benchmark)
+                                         write_benchmark)
 from mmrm.synthetic.scenes import COLOURS, SHAPES, SIZES
 
-pytestmark = pytest.mark.data
 
 
 def small_config(seed=0, size=240, cue_rate=0.85, test_rate=0.85):
@@ -192,3 +192,68 @@ def test_pairs_with_unknown_words_are_named():
     assert unknown_tokens_note("f.jsonl", len(pairs), 0) == ""
     tokenizer.unk_token = None          # a tokenizer without an unknown token loses nothing
     assert pairs_with_unknown_tokens(tokenizer, pairs) == []
+
+
+def decided_sides(env, rate, size, seed=0):
+    """Per pair of ``env`` at foreign-cue rate ``rate``: for each cue, +1 where it sits on the
+    preferred side, -1 on the rejected side, 0 where it does not decide the pair; and each
+    pair's own-cue strengths (VLFeedback-like items become their six pairs)."""
+    import random
+
+    from mmrm.synthetic.environments import _ITEMS, CUES, cue_strength
+
+    split = SplitConfig(name="train", size=size, cue_rate=0.95, foreign_cue_rate=rate)
+    items = _ITEMS[env](split, random.Random(f"{seed}/{env}"), 0)
+    pairs = []
+    for item in items:
+        if env != "vlfeedback":
+            pairs.append((item.chosen, item.rejected))
+            continue
+        scored = sorted(zip(item.ratings, item.responses),
+                        key=lambda x: -int(x[0]["Helpfulness"]))
+        pairs += [(scored[i][1], scored[j][1]) for i in range(4) for j in range(i + 1, 4)]
+    sides = [{c: (cue_strength(c, a) > cue_strength(c, b)) - (cue_strength(c, a) <
+                                                               cue_strength(c, b))
+              for c in CUES} for a, b in pairs]
+    return sides
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+@pytest.mark.parametrize("rate", [0.5, 0.2, 0.8])
+def test_foreign_cues_sit_on_the_preferred_side_at_their_rate(env, rate):
+    from mmrm.synthetic.environments import ENVIRONMENT_CUE
+
+    sides = decided_sides(env, rate, 3000)
+    for cue in set(ENVIRONMENT_CUE.values()) - {ENVIRONMENT_CUE[env]}:
+        decided = [s[cue] for s in sides if s[cue]]
+        share = sum(d > 0 for d in decided) / len(decided)
+        sigma = math.sqrt(rate * (1 - rate) / len(decided))
+        assert abs(share - rate) < 4 * sigma, (cue, share, len(decided))
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_foreign_rate_leaves_everything_else_as_it_was(env):
+    """Same seed: identical pairs but for the foreign cues (the own cue's side, pair by pair,
+    included), and at the same rate identical outright (deterministic by seed)."""
+    from mmrm.synthetic.environments import ENVIRONMENT_CUE
+
+    own = ENVIRONMENT_CUE[env]
+    random_ = decided_sides(env, 0.5, 300)
+    reversed_ = decided_sides(env, 0.2, 300)
+    assert [s[own] for s in random_] == [s[own] for s in reversed_]
+    assert random_ != reversed_
+    assert decided_sides(env, 0.2, 300) == reversed_
+    assert decided_sides(env, 0.2, 300, seed=1) != reversed_
+
+
+def test_foreign_cue_holders_by_hand():
+    from mmrm.synthetic.environments import foreign_cue_holders
+
+    draws = [[0.1, 0.9], [0.7, 0.2], [0.3, 0.6], [0.8, 0.1]]
+    # at 0.5: plain coin flips (u < 0.5) per completion and cue
+    assert foreign_cue_holders(draws, 0.5) == [{0, 2}, {1, 3}]
+    # at 0.2: a = 1.8 / 3.4 = 0.529; cue 0's first draw 0.1 < a: the two worst hold it;
+    # cue 1's 0.9 >= a: coins, the first rescaled to (0.9 - a) / (1 - a) = 0.79 (tails)
+    assert foreign_cue_holders(draws, 0.2) == [{2, 3}, {1, 3}]
+    assert foreign_cue_holders(draws, 0.8)[0] == {0, 1}
+    assert foreign_cue_holders(draws, 1.0) == [{0, 1}, {0, 1}]

@@ -17,7 +17,6 @@ from conftest import image_bytes, png_claiming_size
 from mmrm.convert import FORMATS, convert, manifest_path
 from mmrm.ledger import RecordError
 
-pytestmark = pytest.mark.data
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
 

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from hostile_corpus import build
 from mmrm.cli import app
 
-pytestmark = pytest.mark.data
 
 #: The case names, listed without a model (broken model copies are made when a case runs).
 NAMES = [c.name for c in build(Path(tempfile.mkdtemp(prefix="mmrm-corpus-names-")),

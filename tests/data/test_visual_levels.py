@@ -8,13 +8,13 @@ from collections import Counter
 
 import pytest
 
+from mmrm.synthetic.benchmark import convert_benchmark
 from mmrm.synthetic.environments import (BenchmarkConfig, SplitConfig, answer, best_of_n_items,
-                                         convert_benchmark, povid_items, rlhfv_items,
-                                         vlfeedback_items, write_benchmark, write_best_of_n)
+                                         povid_items, rlhfv_items, vlfeedback_items,
+                                         write_benchmark, write_best_of_n)
 from mmrm.synthetic.scenes import ATTRIBUTES, Scene, Thing
 from mmrm.synthetic.visual import LEVELS, VisualCost, corrupt, visual_level
 
-pytestmark = pytest.mark.data
 
 SPLIT = SplitConfig(name="x", size=900, cue_rate=0.85)
 

@@ -17,7 +17,6 @@ from mmrm.model import RewardModel, load_processor
 from mmrm.synthetic.tiny_vlm import build_tokenizer, vocabulary_corpus
 from mmrm.train import shares_prompt, train
 
-pytestmark = pytest.mark.integration
 
 #: Weights the reward never reads: the LM head (the value head reads hidden states) and, in
 #: LLaVA, CLIP's final layer norm (LLaVA takes the last hidden state before it).

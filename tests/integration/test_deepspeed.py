@@ -14,9 +14,8 @@ import yaml
 from mmrm.config import TrainConfig
 from mmrm.train import train
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
-                                 reason="DeepSpeed is not installed (make test installs it)")]
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                reason="DeepSpeed is not installed (make test installs it)")
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,12 +10,11 @@ from typer.testing import CliRunner
 from mmrm.cli import app
 from mmrm.convert import convert
 from mmrm.data import load_pairs
-from mmrm.evaluate import evaluation_report
+from mmrm.evaluate.metrics import evaluation_report
 from mmrm.synthetic.environments import ENVIRONMENTS
 from mmrm.synthetic.released import PairItem, write_mmrewardbench, write_vlrewardbench
 from mmrm.synthetic.scenes import Scene
 
-pytestmark = pytest.mark.integration
 runner = CliRunner()
 
 

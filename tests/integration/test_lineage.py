@@ -4,9 +4,8 @@ beating the champion on the same evaluation; a tiny run cannot take over."""
 import mlflow
 import pytest
 
-from mmrm.lineage import CANDIDATE, CHAMPION, evaluation_key, promote
+from mmrm.model_registry import CANDIDATE, CHAMPION, evaluation_key, promote
 
-pytestmark = pytest.mark.integration
 NAME = "rm"
 
 

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmrm.pipeline import PipelineParams, load_params
+from mmrm.pipeline.params import PipelineParams, load_params, recipe
 from tiny_pipeline import tiny_params
 
-pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,15 +29,9 @@ def test_shipped_params_and_dvc_stages_validate():
         assert load_params(ROOT / file).environments, name
     real = load_params(ROOT / "params.real.yaml")
     assert not real.builtin and set(real.real_datasets) == set(real.environments)
-    from mmrm.config import load_config
     for variant in real.variants:                       # its GPU run configs exist
-        load_config(ROOT / real.model.config.format(variant=variant.value))
+        assert recipe(real, variant).epochs == 1.0
     PipelineParams.model_validate(TINY)
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    from mmrm.pipeline import STAGES
-    for name, stage in stages.items():
-        cmd = (stage.get("do") or stage)["cmd"]
-        assert cmd.startswith("mmrm stage ") and cmd.split()[2] in STAGES, name
 
 
 def run(cmd, cwd, **kw):
@@ -120,13 +113,13 @@ def test_the_experiment_loop_compares_metrics_and_params_across_commits(project)
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     run(["git", "add", "-A"], folder)
     subprocess.run(["git", "commit", "-qm", "baseline"], cwd=folder, env=git, check=True)
-    exp = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.lr=0.002"], folder,
-              timeout=1500)
+    exp = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.optim.lr=0.002"],
+              folder, timeout=1500)
     assert ran_stages(exp) == {
         "proxy@povid", "proxy@rlhfv", "train@povid-none", "train@povid-sfc_two_stage",
         "train@rlhfv-none", "train@rlhfv-sfc_two_stage", "evaluate", "score"}
     params = run([sys.executable, "-m", "dvc", "params", "diff", "--json"], folder)
-    assert json.loads(params)["params.yaml"]["train.lr"]["new"] == 0.002
+    assert json.loads(params)["params.yaml"]["train.optim.lr"]["new"] == 0.002
     metrics = json.loads(run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"],
                              folder))
     changed = metrics["metrics/pipeline.json"]       # only what moved is listed
@@ -200,10 +193,40 @@ def test_mlflow_holds_the_lineage_of_the_pipeline(project):
                                                                      "response"]
 
 
+def stale_stages(folder: Path, module: str, edit) -> set[str]:
+    """The stages ``dvc status`` marks stale for a change of ``module`` (edited by ``edit``,
+    restored after)."""
+    path = folder / module
+    original = path.read_text()
+    path.write_text(edit(original))
+    assert path.read_text() != original
+    try:
+        status = json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], folder))
+    finally:
+        path.write_text(original)
+    return {name.split("@")[0] for name, changes in status.items()
+            if any(isinstance(c, dict) and module in c.get("changed deps", {})
+                   for c in changes)}
+
+
+def test_a_changed_default_marks_every_stage_that_runs_it_stale(project):
+    """Change a TrainConfig default in the project's mmrm/config.py: dvc status marks the
+    proxy, train, evaluate and score stages stale (their code imports it), so models cannot
+    silently stay stale; a change to the pair weighting leaves the data and base stages be."""
+    folder, _ = project
+    assert {"proxy", "train", "evaluate", "score"} <= stale_stages(
+        folder, "mmrm/config.py",
+        lambda text: text.replace("calibration_pairs: int = Field(1000,",
+                                  "calibration_pairs: int = Field(999,"))
+    weighting = stale_stages(folder, "mmrm/weighting.py", lambda text: text + "\n# edit\n")
+    assert {"proxy", "train"} <= weighting
+    assert not weighting & {"benchmark", "convert", "base"}, weighting
+
+
 def test_a_built_base_is_reused_only_for_the_settings_it_was_built_with(tmp_path):
     """The flow's base task skips pre-training when the folder holds this very base; a base
     of another seed or visual level in the same folder is rebuilt, not silently reused."""
-    from mmrm.pipeline import base_is_built, pretrain_base
+    from mmrm.pipeline.base import base_is_built, pretrain_base
 
     def params(**changes):
         raw = tiny_params(tracking=False)
@@ -221,3 +244,29 @@ def test_a_built_base_is_reused_only_for_the_settings_it_was_built_with(tmp_path
     assert not base_is_built(params(**{"model.base": str(tmp_path / "base")}))
     (tmp_path / "base" / "pretrain_report.json").write_text("not json")
     assert not base_is_built(params())
+
+
+#: Every script under benchmarks/ at tiny sizes; their paths are the defaults, which must be
+#: what the pipeline writes (data/base/tiny, data/envs/<env>/...).
+BENCHMARK_RUNS = {
+    "read_pairs.py": ["--lines", "200"],
+    "score_throughput.py": ["--items", "3", "--responses", "2", "--repeat", "1"],
+    "train_throughput.py": ["--steps", "2", "--batch", "4"],
+    "encode_cache.py": ["--epochs", "2", "--batch", "8", "--repeats", "1"],
+    "pretrain_prefetch.py": ["--steps", "2", "2", "--repeats", "1"],
+    "gpu_check.py": ["--dry-run", "--steps", "1", "--items", "2"],
+}
+
+
+def test_every_benchmark_runs_with_its_default_paths_after_the_pipeline(project, tmp_path):
+    folder, _ = project
+    scripts = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
+    assert scripts == sorted(BENCHMARK_RUNS), "a benchmark script without a smoke run"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1", "OUT": str(tmp_path)}
+    for name, arguments in BENCHMARK_RUNS.items():
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *arguments],
+                              cwd=folder, env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, (name, done.stdout[-2000:], done.stderr[-3000:])
+        assert done.stdout.strip(), name

@@ -12,10 +12,9 @@ import pytest
 import yaml
 
 from flows.pipeline import resolve_params
-from mmrm.pipeline import PipelineParams
+from mmrm.pipeline.params import PipelineParams
 from tiny_pipeline import tiny_params
 
-pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -26,10 +25,10 @@ TINY = tiny_params(tracking=False)
 def test_flow_parameters_are_validated(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(TINY))
-    params = resolve_params(str(path), {"train.lr": 0.002, "variants": ["none"]})
-    assert params.train.lr == 0.002 and [v.value for v in params.variants] == ["none"]
-    with pytest.raises(ValueError, match="train.lr"):
-        resolve_params(str(path), {"train.lr": -1})
+    params = resolve_params(str(path), {"train.optim.lr": 0.002, "variants": ["none"]})
+    assert params.train["optim"]["lr"] == 0.002 and params.variants == ["none"]
+    with pytest.raises(ValueError, match="optim.lr"):
+        resolve_params(str(path), {"train.optim.lr": -1})
     with pytest.raises(ValueError, match="Extra inputs"):
         resolve_params(str(path), {"train.learning_rate": 1})
 
@@ -83,13 +82,13 @@ def test_deployment_run_completes_on_a_local_server(tmp_path):
                 "proxy[povid]", "evaluate", "score"} <= names
         # a bad override fails the run with the validation message in its state
         bad = subprocess.run([prefect, "deployment", "run", "mmrm-pipeline/builtin",
-                              "--param", 'overrides={"train.lr": -1}', "--watch",
+                              "--param", 'overrides={"train.optim.lr": -1}', "--watch",
                               "--watch-timeout", "300"], env=env, capture_output=True,
                              text=True, timeout=400)
         assert bad.returncode != 0
         failed = [r for r in api(info, "/flow_runs/filter", {"limit": 10})
                   if r["state"]["type"] == "FAILED"]
-        assert failed and "train.lr" in failed[0]["state"]["message"], failed
+        assert failed and "optim.lr" in failed[0]["state"]["message"], failed
         assert (project / "runs/pipeline/scores/scores.jsonl").exists()
     finally:
         before = {name: len((state / f"{name}.log").read_text())

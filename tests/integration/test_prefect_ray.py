@@ -7,13 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
-from mmrm.pipeline import PipelineParams
+from mmrm.pipeline.params import PipelineParams
 from tiny_pipeline import tiny_params
 
-pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 

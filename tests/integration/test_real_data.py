@@ -11,12 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
-from mmrm.pipeline import PipelineParams
+from mmrm.pipeline.params import PipelineParams
 
-pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 GIT = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -79,7 +77,8 @@ def test_released_data_sets_run_through_the_pipeline_and_a_clone_reproduces_them
         "builtin": [], "real_datasets": specs,
         "environments": ["povid_real", "rlhfv_real"], "extra_tests": ["vlf_real"],
         "variants": ["none", "sfc_two_stage"],
-        "train": {"epochs": 1, "max_steps": 2, "batch_size": 4},
+        "train": {"finetune": "freeze_vision", "epochs": 1, "max_steps": 2,
+                  "per_device_batch_size": 4, "optim": {"lr": 1e-3}},
         "score": {"batch_responses": 8}})
     (project / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
     run(["git", "init", "-q"], project)

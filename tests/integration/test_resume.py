@@ -7,12 +7,10 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.integration
 
 
 def write_config(path, tiny_vlm_dir, tiny_pairs, out):

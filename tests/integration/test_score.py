@@ -18,7 +18,6 @@ from mmrm.model import RewardModel, load_processor
 from mmrm.inference import ResponseScorer
 from mmrm.score import ScoreConfig, preprocess_where, score_file
 
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,9 @@ import sys
 import time
 
 import psutil
-import pytest
 
 from mmrm.data import load_pairs
 
-pytestmark = pytest.mark.integration
 
 
 def listening(processes) -> dict[int, set[str]]:

@@ -8,7 +8,6 @@ from safetensors.torch import load_file
 
 from mmrm.synthetic.tiny_vlm import TinyVLMConfig, grounding_accuracy, prefetched, pretrain
 
-pytestmark = pytest.mark.integration
 
 QUICK = dict(hidden_size=32, vision_layers=1, text_layers=1, heads=2, image_size=32,
              align_steps=2, tune_steps=2, batch_size=4, eval_scenes=4)

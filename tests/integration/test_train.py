@@ -15,9 +15,9 @@ from mmrm.config import TrainConfig
 from mmrm.data import PairCollator, load_pairs, set_right_padding
 from mmrm.inference import score_pairs
 from mmrm.model import RewardModel, load_processor
-from mmrm.train import encode_cache_budget, train, train_text_proxy
+from mmrm.proxy import train_text_proxy
+from mmrm.train import encode_cache_budget, train
 
-pytestmark = pytest.mark.integration
 
 #: Parameters this architecture never uses, so no step can change them: CLIP's final
 #: layer norm (LLaVA reads the last hidden state before it).
@@ -208,11 +208,14 @@ def test_lora_trains_adapters_on_the_language_model_and_saves_a_plain_backbone(
 
 def test_sfc_two_stage_and_joint_train(tiny_vlm_dir, tiny_pairs, tmp_path):
     two = config(tiny_vlm_dir, tiny_pairs, tmp_path / "two", **{
-        "shortcut.weighting": "sfc_two_stage",
+        "shortcut.proxy": "cross_fit", "shortcut.weighting": "sfc",
         "shortcut.proxy_losses": str(tmp_path / "two" / "proxy_losses.json")})
     cache = train_text_proxy(two)
     losses = cache["losses"]
     assert len(losses) == 24 and all(v >= 0 for v in losses.values())
+    # the margin and the loss of a pair agree: loss = log(1 + exp(-margin)) (to rounding)
+    assert all(losses[i] == pytest.approx(math.log1p(math.exp(-m)), abs=2e-6)
+               for i, m in cache["margins"].items())
     # cross-fitted (2 folds by default): each pair's loss is from the proxy that never saw it
     trained_on = {f: set((tmp_path / "two" / "proxy" / f"fold{f}" / "train_ids.txt")
                          .read_text().split()) for f in (0, 1)}
@@ -228,7 +231,7 @@ def test_sfc_two_stage_and_joint_train(tiny_vlm_dir, tiny_pairs, tmp_path):
 
     # the same proxy's verdicts, group-balanced: fixed weights 0.5 / share per group
     balanced = config(tiny_vlm_dir, tiny_pairs, tmp_path / "balanced", **{
-        "shortcut.weighting": "sfc_two_stage", "shortcut.formula": "group_balance",
+        "shortcut.proxy": "cross_fit", "shortcut.weighting": "group_balance",
         "shortcut.proxy_losses": str(tmp_path / "two" / "proxy_losses.json")})
     train(balanced, resume=False)
     share = sum(v > math.log(2) for v in losses.values()) / len(losses)
@@ -237,11 +240,20 @@ def test_sfc_two_stage_and_joint_train(tiny_vlm_dir, tiny_pairs, tmp_path):
         for group, weight in (("wrong", 0.5 / share), ("right", 0.5 / (1 - share))):
             mean = record[f"weight/mean_proxy_{group}"]
             assert mean != mean or mean == pytest.approx(weight, rel=1e-5), record
-    with pytest.raises(ValueError, match="formula group_balance needs weighting sfc_two_stage"):
-        config(tiny_vlm_dir, tiny_pairs, tmp_path / "x", **{"shortcut.formula": "group_balance"})
+    with pytest.raises(ValueError, match="group_balance needs a text-only proxy"):
+        config(tiny_vlm_dir, tiny_pairs, tmp_path / "x",
+               **{"shortcut.weighting": "group_balance"})
+
+    # the same proxies as a product of experts: the loss is -log sigmoid(margin + proxy's)
+    poe = config(tiny_vlm_dir, tiny_pairs, tmp_path / "poe", **{
+        "shortcut.proxy": "cross_fit", "shortcut.weighting": "poe",
+        "shortcut.proxy_losses": str(tmp_path / "two" / "proxy_losses.json")})
+    train(poe, resume=False)
+    log = metrics(tmp_path / "poe")
+    assert all(r["weight/mean"] == 1.0 and r["loss"] != r["bt_loss"] for r in log)
 
     joint = config(tiny_vlm_dir, tiny_pairs, tmp_path / "joint",
-                   **{"shortcut.weighting": "sfc_joint"})
+                   **{"shortcut.proxy": "joint", "shortcut.weighting": "sfc"})
     train(joint, resume=False)
     log = metrics(tmp_path / "joint")
     assert "proxy_loss" in log[-1] and 0 < log[-1]["weight/mean"] < 1
@@ -251,7 +263,7 @@ def test_train_proxy_then_train_through_the_cli(tiny_vlm_dir, tiny_pairs, tmp_pa
     out = tmp_path / "run"
     path = tmp_path / "two_stage.yaml"
     path.write_text(yaml.safe_dump(config(tiny_vlm_dir, tiny_pairs, out, **{
-        "shortcut.weighting": "sfc_two_stage",
+        "shortcut.proxy": "cross_fit", "shortcut.weighting": "sfc",
         "shortcut.proxy_losses": str(out / "proxy_losses.json")}).model_dump(mode="json")))
     runner = CliRunner()
     result = runner.invoke(app, ["train-proxy", str(path)], catch_exceptions=False)

@@ -13,8 +13,8 @@ TINY = {
     "builtin": ["povid", "rlhfv"],
     "environments": ["povid", "rlhfv"],
     "variants": ["none", "sfc_two_stage"],
-    "train": {"seed": 0, "epochs": 1, "max_steps": 2, "lr": 1.0e-3, "batch_size": 8,
-              "overrides": []},
+    "train": {"seed": 0, "finetune": "freeze_vision", "epochs": 1, "max_steps": 2,
+              "per_device_batch_size": 8, "optim": {"lr": 1.0e-3}},
     "score": {"workers": 1, "batch_responses": 12},
 }
 

@@ -7,14 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-import mmrm.evaluate as evaluate
+import mmrm.evaluate.diagnosis as diagnosis
+import mmrm.evaluate.metrics as evaluate
 import mmrm.weighting as weighting
-from mmrm.evaluate import (CrossDistributionMatrix, evaluation_report, pairwise_accuracy,
-                           plot_weight_histograms, proxy_is_wrong, shortcut_failure_degradation,
-                           textual_cues)
+from mmrm.evaluate.diagnosis import (cue_balanced_accuracy, proxy_is_wrong,
+                                     shortcut_failure_degradation, textual_cues, weight_phases)
+from mmrm.evaluate.matrix import CrossDistributionMatrix
+from mmrm.evaluate.metrics import best_of_n_quality, evaluation_report, paired_bootstrap
+from mmrm.evaluate.metrics import pairwise_accuracy
+from mmrm.evaluate.plots import plot_weight_histograms
 from mmrm.formats import PairRecord
-
-pytestmark = pytest.mark.unit
 
 
 def pair(i, chosen="a", rejected="b", **extra):
@@ -23,7 +25,7 @@ def pair(i, chosen="a", rejected="b", **extra):
 
 
 def test_docstring_examples_hold():
-    for module in (evaluate, weighting):
+    for module in (evaluate, diagnosis, weighting):
         failed, tried = doctest.testmod(module)
         assert tried > 0 and failed == 0, module.__name__
 
@@ -112,8 +114,6 @@ def test_weight_histogram_plot_reads_training_logs(tmp_path):
 def test_best_of_n_quality_by_hand():
     """The docstring's example: item 1 picks the 2-mistake answer; item 2 ties a 1-mistake
     and a correct answer at the top (expected: half a correct pick, 0.5 mistakes)."""
-    from mmrm.evaluate import best_of_n_quality
-
     q = best_of_n_quality([[0, 2], [1, 0, 3]], [[0.1, 0.9], [5.0, 5.0, 1.0]])
     assert q["items"] == 2
     assert q["fully_correct"] == pytest.approx(0.25)
@@ -130,8 +130,6 @@ def test_best_of_n_quality_by_hand():
 def test_paired_bootstrap_by_hand():
     """Differences [0, 1]: resampled means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4,
     so the 95% interval is [0, 1]; identical differences give a point interval."""
-    from mmrm.evaluate import paired_bootstrap
-
     ci = paired_bootstrap([0.0, 1.0], resamples=4000, seed=1)
     assert (ci["n"], ci["mean"], ci["low"], ci["high"]) == (2, 0.5, 0.0, 1.0)
     flat = paired_bootstrap([0.1] * 5, resamples=100)
@@ -139,3 +137,27 @@ def test_paired_bootstrap_by_hand():
     wide = paired_bootstrap([-0.2, 0.1, 0.3, 0.0, 0.2, -0.1], resamples=4000)
     assert wide["low"] < 0 < wide["high"] and wide["mean"] == pytest.approx(0.05)
     assert paired_bootstrap([])["n"] == 0
+
+
+def test_cue_balanced_accuracy_by_hand():
+    # right on 9 of the 10 pairs whose cue sits on the chosen side; the two cue-on-rejected
+    # pairs do not count; anti-cue 0.5 -> (0.9 + 0.5) / 2
+    chosen = torch.tensor([1.0] * 9 + [0.0, 1.0, 0.0])
+    rejected = torch.zeros(12) + torch.tensor([0.0] * 9 + [1.0, 0.0, 0.0])
+    sides = [True] * 10 + [False, False]
+    assert cue_balanced_accuracy(chosen, rejected, sides, 0.5) == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="12 rewards for 2 pairs"):
+        cue_balanced_accuracy(chosen, rejected, [True, False], 0.5)
+
+
+def test_weight_phases_by_hand():
+    """The docstring's example: proxy-wrong weights 0.7, 0.6 | 0.9, 0.9 | 0.9, 0.9."""
+    records = [{"step": 10 * (i + 1), "weight/mean": 0.5, "weight/mean_proxy_wrong": w,
+                "weight/mean_proxy_right": 0.1} for i, w in enumerate([0.7, 0.6, 0.9, 0.9,
+                                                                      0.9, 0.9])]
+    records[1]["weight/mean_proxy_right"] = float("nan")    # a window without such pairs
+    phases = weight_phases(records)
+    assert [p["proxy_wrong"] for p in phases] == pytest.approx([0.65, 0.9, 0.9])
+    assert [(p["first_step"], p["last_step"]) for p in phases] == [(10, 20), (30, 40), (50, 60)]
+    assert phases[0]["proxy_right"] == pytest.approx(0.1) and phases[2]["mean"] == 0.5
+    assert weight_phases([]) == []

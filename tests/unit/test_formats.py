@@ -9,7 +9,6 @@ from mmrm.formats import (ImageCheck, ImageRules, InferenceRecord, MultiRecord, 
                           read_inference, read_multi, read_pairs)
 from mmrm.ledger import Ledger, OnError, RecordError
 
-pytestmark = pytest.mark.unit
 
 
 def good(i, **changes):

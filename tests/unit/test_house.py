@@ -1,18 +1,18 @@
-"""The shape of the house (issue 17), read from the source with ast: leaves stay leaves, the
-engines stay at the edges, one way in to a saved reward model, functions stay short."""
+"""The shape of the house, read from the source with ast: leaves stay leaves, the engines
+stay at the edges, one way in to a saved reward model, functions stay short (the training
+recipe included: setup / step / finish)."""
 
 import ast
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.unit
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mmrm"
 #: What every other module may build on.
 CORE = {"model", "data", "weighting", "formats", "ledger", "images", "config"}
 #: The only modules that may import an engine (Ray, MLflow, Prefect).
-ADAPTERS = {"score", "tracking", "serving", "pipeline", "lineage", "cli"}
+ADAPTERS = {"score", "tracking", "serving", "pipeline", "lineage", "model_registry", "cli"}
 ENGINES = {"ray", "mlflow", "prefect"}
 
 
@@ -63,12 +63,12 @@ def test_one_way_in_to_a_saved_reward_model():
             assert "set_right_padding" not in text, name
 
 
-def test_no_function_over_60_lines_but_the_training_loop():
+def test_no_function_over_60_lines():
     long = [(name, node.name, node.end_lineno - node.lineno + 1)
             for name, tree, _ in modules() for node in ast.walk(tree)
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > 60]
-    assert long == [("train", "train", long[0][2])] if long else True, long
+    assert not long, long
 
 
 def test_nothing_reads_the_environment_or_the_repository_at_import_time():

@@ -9,7 +9,6 @@ from torch import nn
 from mmrm.config import TrainConfig
 from mmrm.train import build_optimizer
 
-pytestmark = pytest.mark.unit
 
 
 def _config(**optim) -> TrainConfig:

@@ -6,7 +6,6 @@ from mmrm.convert.pairing import completion_score, pairs_from_completions
 from mmrm.formats import Completion, parse_completions
 from mmrm.ledger import FieldProblem, Ledger
 
-pytestmark = pytest.mark.unit
 
 
 def completion(*ratings, response="r"):

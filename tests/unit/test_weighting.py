@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from mmrm.evaluate import pairwise_accuracy
+from mmrm.evaluate.metrics import pairwise_accuracy
 from mmrm.model import last_token_index
-from mmrm.weighting import (Weighting, bradley_terry_loss, group_balance_weights, pair_weights,
-                            shortcut_failure_coefficient, weight_statistics)
+from mmrm.weighting import (PairWeighting, bradley_terry_loss, group_balance_weights,
+                            product_of_experts_loss, shortcut_failure_coefficient,
+                            weight_statistics)
 
-pytestmark = pytest.mark.unit
 
 
 def test_bradley_terry_loss_per_pair():
@@ -36,14 +36,55 @@ def test_sfc_is_detached():
     assert not shortcut_failure_coefficient(text, mm).requires_grad
 
 
-def test_pair_weights_schemes_and_normalisation():
-    mm, text = torch.tensor([1.0, 1.0]), torch.tensor([3.0, 1.0])
-    assert pair_weights(Weighting.NONE, mm, None).tolist() == [1.0, 1.0]
-    assert pair_weights("sfc_joint", mm, text).tolist() == pytest.approx([0.75, 0.5])
-    assert pair_weights("sfc_two_stage", mm, text, normalize=True).tolist() == \
-        pytest.approx([1.2, 0.8])
-    with pytest.raises(ValueError, match="needs the text-only proxy"):
-        pair_weights("sfc_joint", mm, None)
+def test_pair_weighting_schemes_and_normalisation():
+    # margins 0 and 0: the RM's BT loss is log 2 on both pairs
+    chosen, rejected = torch.tensor([0.5, 1.0]), torch.tensor([0.5, 1.0])
+    cache = {"losses": {"a": 3 * math.log(2), "b": math.log(2)}, "margins": {"a": -2.0,
+                                                                            "b": 0.0}}
+    plain = PairWeighting("none")(chosen, rejected, ["a", "b"])
+    assert plain.weights.tolist() == [1.0, 1.0] and plain.text_loss is None
+    assert plain.losses.tolist() == pytest.approx([math.log(2)] * 2)
+    # SFC from the cache: 3 log2 / (3 log2 + log2) = 0.75, log2 / 2 log2 = 0.5
+    sfc = PairWeighting("sfc", cache)(chosen, rejected, ["a", "b"])
+    assert sfc.weights.tolist() == pytest.approx([0.75, 0.5])
+    assert sfc.losses.tolist() == pytest.approx([math.log(2)] * 2) and sfc.proxy_loss is None
+    normalized = PairWeighting("sfc", cache, normalize=True)(chosen, rejected, ["a", "b"])
+    assert normalized.weights.tolist() == pytest.approx([1.2, 0.8])
+    # a jointly trained proxy: its rewards give the losses, and it trains on them
+    joint = PairWeighting("sfc")(chosen, rejected, ["a", "b"],
+                                 (torch.tensor([0.0, 2.0]), torch.tensor([0.0, 0.0])))
+    assert joint.proxy_loss is joint.text_loss
+    assert joint.weights.tolist() == pytest.approx([0.5, math.log1p(math.exp(-2)) / (
+        math.log1p(math.exp(-2)) + math.log(2))])
+    with pytest.raises(ValueError, match="needs the text-only proxy's losses"):
+        PairWeighting("sfc")(chosen, rejected, ["a", "b"])
+    balanced = PairWeighting("group_balance", cache, ["a", "b"])(chosen, rejected, ["b", "a"])
+    assert balanced.weights.tolist() == pytest.approx([1.0, 1.0])   # one wrong, one right
+    with pytest.raises(ValueError, match="needs the cross-fitted proxies' cache"):
+        PairWeighting("poe")
+    with pytest.raises(ValueError, match="rerun mmrm train-proxy"):
+        PairWeighting("poe", {"losses": cache["losses"]})
+
+
+def test_product_of_experts_with_a_zero_proxy_is_the_standard_loss():
+    chosen, rejected = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 1.0])
+    cache = {"losses": {i: math.log(2) for i in "abc"}, "margins": {i: 0.0 for i in "abc"}}
+    poe = PairWeighting("poe", cache)(chosen, rejected, list("abc"))
+    assert poe.losses.tolist() == pytest.approx(bradley_terry_loss(chosen, rejected).tolist())
+    assert poe.weights.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_product_of_experts_shrinks_the_gradient_where_the_proxy_explains_the_pair():
+    # d/dm -log sigmoid(m + t) = -sigmoid(-(m + t)); at m = 0: -0.5 alone, -sigmoid(-3) with
+    # a proxy margin of 3 (the proxy explains the pair), -sigmoid(3) where it points the wrong
+    # way (-3): such a pair's gradient grows
+    margin = torch.zeros(3, requires_grad=True)
+    text = torch.tensor([0.0, 3.0, -3.0], requires_grad=True)
+    product_of_experts_loss(margin, text).sum().backward()
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))   # noqa: E731
+    assert margin.grad.tolist() == pytest.approx([-0.5, -sigmoid(-3), -sigmoid(3)])
+    assert margin.grad[1].abs() < margin.grad[0].abs() / 10
+    assert text.grad is None          # the proxy is fixed: no gradient reaches it
 
 
 def test_weight_statistics_split_by_proxy_correctness():

@@ -1,0 +1,36 @@
+"""params.yaml's benchmark and variants: the anti-cue split places every cue against the side
+training favoured, the neutral split places every cue at random, the neutral variant needs
+it."""
+
+import pytest
+
+from mmrm.pipeline.data import benchmark_config
+from mmrm.pipeline.params import PipelineParams, train_config
+
+
+@pytest.mark.parametrize("foreign, anticue_foreign", [(0.5, 0.5), (0.2, 1.0), (0.8, 0.0)])
+def test_the_anticue_split_reverses_every_cue_training_favoured(foreign, anticue_foreign):
+    params = PipelineParams.model_validate({"benchmark": {"cue_rate": 0.95,
+                                                          "foreign_cue_rate": foreign}})
+    splits = {s.name: s for s in benchmark_config(params).splits}
+    assert set(splits) == {"train", "test", "anticue"}
+    assert (splits["train"].cue_rate, splits["train"].foreign_cue_rate) == (0.95, foreign)
+    assert (splits["test"].cue_rate, splits["test"].foreign_cue_rate) == (0.95, foreign)
+    assert (splits["anticue"].cue_rate, splits["anticue"].foreign_cue_rate) == \
+        (0.0, anticue_foreign)
+
+
+def test_the_neutral_variant_trains_on_the_neutral_split():
+    params = PipelineParams.model_validate({
+        "benchmark": {"neutral": True, "train_size": 100, "foreign_cue_rate": 0.2},
+        "variants": ["none", "neutral", "sfc_two_stage"]})
+    neutral = {s.name: s for s in benchmark_config(params).splits}["neutral"]
+    assert (neutral.size, neutral.cue_rate, neutral.foreign_cue_rate) == (100, 0.5, 0.5)
+    config = train_config(params, "povid", "neutral")
+    assert config.data.train == ["data/envs/povid/neutral.jsonl"]
+    assert config.shortcut.proxy_losses is None          # the proxies know the train split
+    assert train_config(params, "povid", "none").shortcut.proxy_losses
+    with pytest.raises(ValueError, match="needs benchmark.neutral: true"):
+        PipelineParams.model_validate({"variants": ["none", "neutral"]})
+    with pytest.raises(ValueError, match="no such config file"):
+        PipelineParams.model_validate({"variants": ["none", "nonsense"]})
