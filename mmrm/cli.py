@@ -17,6 +17,7 @@ from mmrm.formats import (ImageCheck, ImageRules, InferenceRecord, MultiRecord, 
                           read_records)
 from mmrm.images import DEFAULT_MAX_PIXELS
 from mmrm.ledger import Ledger, OnError, RecordError
+from mmrm.outputs import refuse_overwriting_inputs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Shortcut-aware multimodal reward models: data, training, evaluation.")
@@ -331,7 +332,8 @@ def stage(
                        f"{', '.join(known[arg]) or '(none)'}", err=True)
             raise typer.Exit(code=2)
     typer.echo(f"stage {chosen.name} {' '.join(arguments.values())}".rstrip())
-    result = chosen.run(loaded, **arguments)
+    with _user_errors():
+        result = chosen.run(loaded, **arguments)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "matrix"}, indent=2,
                           default=str))
     if chosen.name == "evaluate":
@@ -413,8 +415,12 @@ def eval_command(
     from mmrm.model import check_reward_model
 
     with _user_errors():
+        named = _named_paths(data, "data set")
+        refuse_overwriting_inputs(named.values(), {
+            "--out": out, **{f"--plots {name}.png": plots / f"{name}.png"
+                             for name in named if plots is not None}})
         check_reward_model(model, trust_remote_code)      # before any conversion or loading
-        files = _eval_files(_named_paths(data, "data set"), format, work, on_error)
+        files = _eval_files(named, format, work, on_error)
         scorer, collator = load_reward_model(model, trust_remote_code=trust_remote_code)
         reports = {}
         for name, path in files.items():
@@ -449,10 +455,12 @@ def matrix(
 
     with _user_errors():
         models = _named_paths(model, "model")
+        tests = _named_paths(test, "test")
+        refuse_overwriting_inputs(tests.values(), {f"--out {name}": out / name for name in
+                                                   ("matrix.json", "matrix.md", "matrix.png")})
         for folder in models.values():
             check_reward_model(folder)            # every one before the first is evaluated
-        result = cross_distribution(models, _named_paths(test, "test"),
-                                    batch_size=batch_size, progress=True)
+        result = cross_distribution(models, tests, batch_size=batch_size, progress=True)
     paths = result.write(out)
     typer.echo(result.to_markdown())
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -484,6 +492,8 @@ def diagnose(
         typer.echo("error: give exactly one of --proxy DIR or --config CONFIG", err=True)
         raise typer.Exit(code=2)
     with _user_errors():
+        refuse_overwriting_inputs([data, test], {f"--out {name}": out / name for name in
+                                                 ("diagnosis.json", "diagnosis.md")})
         if proxy is None:
             proxy = _train_diagnosis_proxy(config, data, out)
         test = test or data
@@ -552,7 +562,7 @@ def _user_errors():
     code 2 instead of a traceback."""
     try:
         yield
-    except (RecordError, ValueError, FileNotFoundError) as err:
+    except (RecordError, ValueError, OSError) as err:   # OSError: unreadable, read-only, ...
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from None
 

@@ -63,9 +63,10 @@ class Finetune(str, Enum):
 
 
 class Strict(BaseModel):
-    """The one base of mmrm's configs: unknown keys are errors."""
+    """The one base of mmrm's configs: unknown keys are errors, and so are infinite and NaN
+    numbers (``optim.lr: .inf`` would train to NaN)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class OptimConfig(Strict):
@@ -342,15 +343,57 @@ def shipped_configs() -> list[str]:
                   if group.is_dir() for f in group.iterdir() if f.name.endswith(".yaml"))
 
 
+class ConfigYAMLError(yaml.MarkedYAMLError):
+    """Valid YAML that is not a valid config: a key given twice, an alias."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML as mmrm's configs are written: a key given twice in one mapping is an error (a
+    second ``optim:`` block would silently replace the first), and so are anchors and
+    aliases (a few hundred bytes of nested aliases expand to gigabytes)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigYAMLError("while reading a config", None, "aliases (*name) are not "
+                                  "supported in mmrm configs", mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigYAMLError(
+                    "while reading a config", None, f"key {key!r} given twice (first on line "
+                    f"{seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file through :class:`StrictLoader`; a problem is ``file:line: problem``."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot be read: {err}") from None
+    try:
+        return yaml.load(text, Loader=StrictLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        kind = "not a valid config" if isinstance(err, ConfigYAMLError) else "not valid YAML"
+        raise ValueError(f"{where}: {kind}: {err.problem}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+
+
 def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
                 cls: type[C] = TrainConfig) -> C:
     """Load and validate a YAML config (a path or a shipped name); errors name the file and
-    the dotted key."""
+    the dotted key (a key given twice, or an alias, names the line)."""
     path = config_path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return validate(cls, apply_overrides(raw, overrides or []), path)

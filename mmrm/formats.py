@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -42,7 +43,76 @@ class ImageCheck(str, Enum):
     DECODE = "decode"    # ... and it decodes fully
 
 
+# --------------------------------------------------------------------------- strict JSON
+
+class JSONObject(dict):
+    """A decoded JSON object that remembers the keys its text gave more than once (a plain
+    ``json.loads`` keeps the last silently: a record with ``chosen`` twice would train with
+    its labels swapped)."""
+
+    twice: tuple[str, ...] = ()
+
+
+def _object(pairs: list[tuple[str, Any]]) -> JSONObject:
+    obj = JSONObject()
+    twice = []
+    for key, value in pairs:
+        if key in obj:
+            twice.append(key)
+        obj[key] = value
+    obj.twice = tuple(twice)
+    return obj
+
+
+#: The one JSON decoder of mmrm's readers: objects remember duplicate keys.
+STRICT_JSON = json.JSONDecoder(object_pairs_hook=_object)
+
+
+def duplicate_key(value: Any, prefix: str = "") -> str | None:
+    """The dotted name of the first key given twice anywhere in a decoded value, or None."""
+    if isinstance(value, JSONObject) and value.twice:
+        return prefix + value.twice[0]
+    children = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        found = duplicate_key(child, f"{prefix}{key}.")
+        if found:
+            return found
+    return None
+
+
+def decode_json(text: str, start: int = 0) -> tuple[Any, int]:
+    """``STRICT_JSON.raw_decode`` whose failures are one-line problems: malformed text, nesting
+    past Python's recursion limit, an integer over its digit limit, a key given twice.
+
+    Raises:
+        FieldProblem: on ``<line>`` (the record as a whole) or on the duplicated key.
+        json.JSONDecodeError: malformed text (the caller knows the line and column).
+    """
+    try:
+        value, end = STRICT_JSON.raw_decode(text, start)
+    except RecursionError:
+        raise FieldProblem("<line>", "JSON nested too deeply to read", "too_deep") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as err:        # e.g. "Exceeds the limit (4300 digits) for integer ..."
+        raise FieldProblem("<line>", f"a number that cannot be read ({err})",
+                           "bad_number") from None
+    try:
+        twice = duplicate_key(value)
+    except RecursionError:
+        raise FieldProblem("<line>", "JSON nested too deeply to read", "too_deep") from None
+    if twice:
+        raise FieldProblem(twice, "given twice (a record with a duplicate key is ambiguous)",
+                           "duplicate_key")
+    return value, end
+
+
 # --------------------------------------------------------------------------- field checks
+
+#: A lone UTF-16 surrogate (an escaped ``\ud800`` decodes to one): not text, and no UTF-8
+#: writer can write it back.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 def text_field(obj: dict, key: str, *, prefix: str = "", optional: bool = False) -> str | None:
     """A required non-blank string field."""
@@ -58,6 +128,8 @@ def text_field(obj: dict, key: str, *, prefix: str = "", optional: bool = False)
         raise FieldProblem(name, "empty", "empty_text")
     if "\x00" in value:
         raise FieldProblem(name, "contains a NUL character", "nul_character")
+    if _SURROGATE.search(value):
+        raise FieldProblem(name, "contains a lone UTF-16 surrogate (not text)", "surrogate")
     return value
 
 
@@ -253,11 +325,16 @@ def iter_jsonl(path: Path, ledger: Ledger) -> Iterator[tuple[int, dict]]:
                                        "invalid_utf8"))
                 continue
             try:
-                obj = json.loads(line)
+                obj, end = decode_json(line, len(line) - len(line.lstrip()))
+                if line[end:].strip():
+                    raise json.JSONDecodeError("Extra data", line, end)
             except json.JSONDecodeError as err:
                 ledger.bad(RecordError(path, line_no, "<line>", f"malformed JSON: {err.msg} at "
                                                                 f"column {err.colno}",
                                        "malformed_json"))
+                continue
+            except FieldProblem as problem:
+                ledger.bad(RecordError.at(path, line_no, problem))
                 continue
             if not isinstance(obj, dict):
                 ledger.bad(RecordError(path, line_no, "<line>", f"expected a JSON object, got "

@@ -125,6 +125,12 @@ def inspect_image(source: bytes | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 class ImageStore:
     """Writes each distinct image once into ``folder``, named by the sha256 of its bytes.
 
+    New images are staged in ``folder/.staging<pid>/`` and moved into ``folder`` by
+    :meth:`publish` when the run that wrote them succeeds; :meth:`remove_created` drops the
+    staging folder instead. A run killed before either leaves only a staging folder, which the
+    next run (holding the folder's lock) removes: the folder never holds an image that no
+    finished run wrote.
+
     Args:
         folder: where images go (created on first write).
         relative_to: folder the returned paths are relative to (the output file's folder).
@@ -139,7 +145,9 @@ class ImageStore:
         self.max_pixels = max_pixels
         self.decode = decode
         self._known: dict[str, str] = {}  # sha256 -> relative path
-        self._created: list[Path] = []     # files this store wrote (rolled back on failure)
+        self._created: list[Path] = []     # images this store adds (staged until publish)
+        self.inputs: list[Path] = []       # image files it read (never to be overwritten)
+        self.staging = self.folder / f".staging{os.getpid()}"
         self._made_folder = False
 
     def add_bytes(self, data: bytes, field: str = "image") -> str:
@@ -152,7 +160,7 @@ class ImageStore:
         info = inspect_image(data, max_pixels=self.max_pixels, decode=self.decode, field=field)
         target = self._target(digest, info)
         if not target.exists():
-            _atomic_write_bytes(target, data)
+            _atomic_write_bytes(self._staged(target), data)
             self._created.append(target)
         return self._remember(digest, target)
 
@@ -160,13 +168,14 @@ class ImageStore:
         """Store an image file (hard link when possible, else copy)."""
         if not path.is_file():
             raise FieldProblem(field, f"image not found: {str(path)!r}", "image_missing")
+        self.inputs.append(path)
         digest = sha256_file(path)
         if digest in self._known:
             return self._known[digest]
         info = inspect_image(path, max_pixels=self.max_pixels, decode=self.decode, field=field)
         target = self._target(digest, info)
         if not target.exists():
-            _link_or_copy(path, target)
+            _link_or_copy(path, self._staged(target))
             self._created.append(target)
         return self._remember(digest, target)
 
@@ -179,13 +188,31 @@ class ImageStore:
         names = sorted(Path(p).name for p in self._known.values())
         return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
-    def remove_created(self) -> None:
-        """Undo this store's writes: the images it added, and its folder if it made it."""
-        for path in self._created:
-            path.unlink(missing_ok=True)
+    def publish(self) -> None:
+        """Move the staged images into the folder (the run that wrote them succeeded)."""
+        for target in self._created:
+            os.replace(self._staged(target), target)
         self._created.clear()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def remove_created(self) -> None:
+        """Undo this store's writes: the images it staged, and its folder if it made it."""
+        self._created.clear()
+        shutil.rmtree(self.staging, ignore_errors=True)
         if self._made_folder and self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()
+
+    def remove_abandoned(self) -> list[Path]:
+        """Staging folders of runs that were killed (call it holding the folder's lock: no
+        other run is writing there)."""
+        found = [p for p in self.folder.glob(".staging*") if p != self.staging and p.is_dir()]
+        for path in found:
+            shutil.rmtree(path, ignore_errors=True)
+        return found
+
+    def _staged(self, target: Path) -> Path:
+        self.staging.mkdir(parents=True, exist_ok=True)
+        return self.staging / target.name
 
     def _target(self, digest: str, info: ImageInfo) -> Path:
         if not self.folder.is_dir():

@@ -325,6 +325,11 @@ def check_model_folder(path: str | Path) -> Path:
                          f"only; download the model there first)")
     if not (path / "config.json").is_file():
         raise ValueError(f"{path}: no config.json, not a Hugging Face model folder")
+    pickles = sorted(p.name for p in path.glob("*.bin"))
+    if pickles and not any(p.name != VALUE_HEAD for p in path.glob("*.safetensors")):
+        raise ValueError(f"{path / pickles[0]}: pickle weights (loading them can run code); "
+                         f"mmrm loads safetensors only: save the model with "
+                         f"safe_serialization=True (transformers' default)")
     return path
 
 
@@ -359,9 +364,8 @@ def check_reward_model(path: str | Path, trust_remote_code: bool = False) -> Rew
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     if shapes != {"weight": (1, hidden), "bias": (1,)}:
         raise ValueError(f"{head}: expected weight (1, {hidden}) and bias (1,), found {shapes}")
-    if not any(p.name != VALUE_HEAD and p.suffix in (".safetensors", ".bin")
-               for p in path.iterdir()):
-        raise ValueError(f"{path}: no backbone weights (*.safetensors or *.bin)")
+    if not any(p.name != VALUE_HEAD and p.suffix == ".safetensors" for p in path.iterdir()):
+        raise ValueError(f"{path}: no backbone weights (*.safetensors)")
     return config
 
 
@@ -399,7 +403,8 @@ def _load_backbone(path, dtype, trust_remote_code, attn_implementation):
     from transformers import AutoModelForImageTextToText
 
     path = check_model_folder(path)
-    kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": True}
+    kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": True,
+              "use_safetensors": True}          # never unpickle a .bin beside them
     if dtype is not None:
         kwargs["dtype"] = dtype
     if attn_implementation is not None:

@@ -50,6 +50,7 @@ from mmrm.images import sha256_file
 from mmrm.inference import ResponseScorer, encode_groups
 from mmrm.ledger import Ledger, OnError, RecordError
 from mmrm.model import RewardConfig
+from mmrm.outputs import exclusive, refuse_overwriting_inputs
 
 __all__ = ["ScoreConfig", "ResponseScorer", "score_file", "start_ray", "preprocess_where",
            "model_digest"]
@@ -90,6 +91,8 @@ def _open_run(config: ScoreConfig) -> ScoreState:
     """A fresh state, or the saved one (after truncating the outputs to its byte counts)."""
     out, errors = Path(config.output), config.errors_path
     state_path = out.with_name(out.name + STATE_SUFFIX)
+    refuse_overwriting_inputs([Path(config.input)], {"OUTPUT": out, "--errors": errors,
+                                                     "OUTPUT's state": state_path})
     digest = sha256_file(config.input)
     identity = {"model_digest": model_digest(config.model), "dtype": config.dtype,
                 "normalize": config.normalize}
@@ -105,6 +108,13 @@ def _open_run(config: ScoreConfig) -> ScoreState:
             raise ValueError(f"{out}: was scored with another {', '.join(changed)}; mixing "
                              f"scores would be wrong: remove it and {state_path} to start over, "
                              f"or choose another output")
+        for path, size in ((out, state.output_bytes), (errors, state.errors_bytes)):
+            have = path.stat().st_size if path.is_file() else None
+            if have is None or have < size:
+                raise ValueError(f"{state_path}: records {size} bytes of {path}, which "
+                                 f"{'is missing' if have is None else f'has {have}'}: the "
+                                 f"state does not match its output; remove {state_path} (and "
+                                 f"what is left of the outputs) to start over")
         for path, size in ((out, state.output_bytes), (errors, state.errors_bytes)):
             with open(path, "ab") as f:
                 f.truncate(size)
@@ -222,17 +232,31 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
 
     Returns:
         The counts of this call (items scored, skipped, read) and the workers seen.
-    """
-    import ray
-    from ray.util import ActorPool
 
-    from mmrm.model import check_reward_model, load_processor, read_reward_config
+    Raises:
+        ValueError: an output that is the input, another process writing the same output
+            (it holds OUTPUT's lock), or a state that does not match its output.
+    """
+    from mmrm.model import check_reward_model
 
     where = preprocess_where(config)
     check_reward_model(config.model, config.trust_remote_code)   # before Ray starts
-    state = _open_run(config)
-    if state.complete:
-        return {"items_scored": 0, "already_complete": True, **asdict(state)}
+    out = Path(config.output)
+    with exclusive(out, str(out)):
+        state = _open_run(config)
+        if state.complete:
+            return {"items_scored": 0, "already_complete": True, **asdict(state)}
+        return _score_run(config, state, where, progress, show_bar)
+
+
+def _score_run(config: ScoreConfig, state: ScoreState, where: str, progress, show_bar
+               ) -> dict:
+    """The Ray part of :func:`score_file`: actors, the driver's loop, the totals."""
+    import ray
+    from ray.util import ActorPool
+
+    from mmrm.model import load_processor, read_reward_config
+
     started_ray = not ray.is_initialized()
     if started_ray:
         start_ray(config.address or os.environ.get("RAY_ADDRESS") or None)

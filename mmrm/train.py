@@ -145,13 +145,22 @@ def load_proxy_cache(path: str | Path, pairs) -> dict:
     if not isinstance(losses, dict) or not all(isinstance(v, (int, float))
                                                for v in losses.values()):
         raise ValueError(f"shortcut.proxy_losses: {path}: expected {{pair id: loss}}")
+    # a BT loss is finite and >= 0; a margin finite (NaN or -50 would train a NaN model, or
+    # weigh pairs by -5e13)
+    bad = next(((k, v) for k, v in losses.items() if not math.isfinite(v) or v < 0), None)
+    margins = cache.get("margins") if isinstance(cache.get("margins"), dict) else {}
+    bad = bad or next(((k, v) for k, v in margins.items()
+                       if not isinstance(v, (int, float)) or not math.isfinite(v)), None)
+    if bad:
+        raise ValueError(f"shortcut.proxy_losses: {path}: pair {bad[0]!r}: {bad[1]!r} is not "
+                         f"a finite loss >= 0 (or a finite margin): rerun mmrm train-proxy")
     missing = [p.id for p in pairs if p.id not in losses]
     if missing:
         raise ValueError(f"{path}: no proxy loss for {len(missing)} training pairs "
                          f"(e.g. {missing[:3]}); was the proxy run on the same data?")
     found = {"losses": losses}
-    if isinstance(cache.get("margins"), dict):
-        found["margins"] = cache["margins"]
+    if margins:
+        found["margins"] = margins
     return found
 
 
@@ -200,6 +209,10 @@ def encode_cache_budget(config: TrainConfig, pairs: int) -> float:
     over the data would only fill it."""
     steps_per_epoch, total_steps = planned_steps(config, pairs)
     return config.encode_cache_mib if total_steps > steps_per_epoch else 0.0
+
+
+class NonFiniteLoss(ValueError):
+    """Training produced a NaN or infinite loss: the run stops before saving a final model."""
 
 
 @dataclass
@@ -271,6 +284,7 @@ def setup(config: TrainConfig, tracker: Tracker, log, resume: bool) -> Recipe:
     from accelerate import Accelerator
 
     pairs, cache = training_inputs(config)     # bad input fails here, not mid-run
+    checkpoint = resumable_checkpoint(config) if resume else None
     weighting = PairWeighting(config.shortcut.weighting, cache, [p.id for p in pairs],
                               eps=config.shortcut.eps, normalize=config.shortcut.normalize)
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
@@ -295,8 +309,8 @@ def setup(config: TrainConfig, tracker: Tracker, log, resume: bool) -> Recipe:
     run = Recipe(config, tracker, log, accelerator, processor, pairs, weighting, modules,
                  accelerator.unwrap_model(modules), optimizer, scheduler, loader, generator,
                  total_steps, step_delay=float(os.environ.get(STEP_DELAY_ENV) or 0))
-    if resume:
-        restore(run)
+    if checkpoint is not None:
+        restore(run, checkpoint)
     open_run_folder(run)
     modules.train()
     return run
@@ -328,11 +342,44 @@ def build_models(config: TrainConfig, accelerator, processor, pairs: int
     return TrainedModels(reward_model, proxy), collator
 
 
-def restore(run: Recipe) -> None:
-    """Continue from the newest complete checkpoint in the run folder, if there is one."""
-    checkpoint = latest_checkpoint(run.out)
+#: Run-config keys a resumed run may change (how long, how often to log and save, what to
+#: test at the end); any other difference from the checkpoint's config is refused.
+RESUMABLE_CHANGES = ("max_steps", "epochs", "save_steps", "save_total_limit", "log_steps",
+                     "dataloader_num_workers", "eval_batch_size", "calibration_pairs",
+                     "encode_cache_mib", "data.eval")
+
+
+def config_changes(saved: dict, config: TrainConfig) -> list[str]:
+    """The keys where ``config`` differs from a checkpoint's saved config, less those a
+    resumed run may change: ``key: saved -> now``."""
+    now = flatten(config.model_dump(mode="json"))
+    before = flatten(saved)
+    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(before))
+            if before.get(k) != now.get(k) and not any(k == r or k.startswith(r + ".")
+                                                       for r in RESUMABLE_CHANGES)]
+
+
+def resumable_checkpoint(config: TrainConfig) -> Path | None:
+    """The newest complete checkpoint in ``output_dir``, if there is one, provided it was made
+    with this config (less :data:`RESUMABLE_CHANGES`); one made otherwise is refused with the
+    keys that differ."""
+    out = Path(config.output_dir)
+    checkpoint = latest_checkpoint(out)
     if checkpoint is None:
-        return
+        return None
+    saved = checkpoint / CONFIG_FILE
+    changes = config_changes(json.loads(saved.read_text()), config) if saved.exists() \
+        else ["(the checkpoint has no train_config.json)"]
+    if changes:
+        more = "; ..." if len(changes) > 6 else ""
+        raise ValueError(f"{out}: its checkpoint {checkpoint.name} was made with another "
+                         f"config ({'; '.join(changes[:6])}{more}): give another output_dir, "
+                         f"or --no-resume to start over there")
+    return checkpoint
+
+
+def restore(run: Recipe, checkpoint: Path) -> None:
+    """Continue from ``checkpoint`` (:func:`resumable_checkpoint`)."""
     run.accelerator.load_state(str(checkpoint))
     state = json.loads((checkpoint / STATE_FILE).read_text())
     run.step, run.epoch, run.skip_batches = state["step"], state["epoch"], state["batch_in_epoch"]
@@ -368,6 +415,10 @@ def train_step(run: Recipe, batch: dict, batch_in_epoch: int) -> bool:
         loss = (terms.weights * terms.losses).mean()                  # reduce
         if terms.proxy_loss is not None:
             loss = loss + terms.proxy_loss.mean()     # the proxy learns plain BT, same step
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"the loss became {loss.item()} at step {run.step + 1} "
+                                f"(optim.lr {run.config.optim.lr}): the run stops, nothing "
+                                f"is saved as final (checkpoints before it are kept)")
         accelerator.backward(loss)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(modules.parameters(), run.config.optim.max_grad_norm)

@@ -17,6 +17,7 @@ from mmrm.convert.povid import convert_povid
 from mmrm.convert.rlhfv import convert_rlaifv, convert_rlhfv
 from mmrm.convert.sink import manifest_path
 from mmrm.convert.vlfeedback import convert_multi_completion, convert_vlfeedback
+from mmrm.outputs import refuse_overwriting_inputs
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,9 @@ def check_paths(fmt: Format, src: Path, out: Path) -> None:
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise ValueError(f"{out}: cannot be written, {parent} is a file")
-    sources = {p.resolve() for p in ([src] if src.is_file() else src.rglob("*"))}
-    targets = [out, manifest_path(out)]
-    clobbered = [t for t in targets if t.resolve() in sources]
-    if clobbered:
-        raise ValueError(f"{clobbered[0]}: OUT would overwrite the source {src}; choose "
-                         f"another output")
+    files = [src] if src.is_file() else [p for p in src.rglob("*") if p.is_file()]
+    refuse_overwriting_inputs(files, {"OUT": out, "OUT's manifest": manifest_path(out)})
+    sources = {p.resolve() for p in files}
     images = (out.parent / "images").resolve()
     if any(s.is_relative_to(images) for s in sources):
         raise ValueError(f"{src}: lies in {images}, where OUT's images are written; choose "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mmrm.convert.sink import PairSink
 from mmrm.convert.sources import iter_parquet_rows, parquet_files
-from mmrm.formats import id_field, text_field
+from mmrm.formats import decode_json, id_field, text_field
 from mmrm.ledger import FieldProblem
 
 
@@ -39,9 +39,14 @@ def rlhfv_text(row: dict) -> dict:
         raise FieldProblem("text", f"expected a JSON string, got {type(raw).__name__}",
                            "wrong_type")
     try:
-        text = json.loads(raw)
+        text, end = decode_json(raw, len(raw) - len(raw.lstrip()))
+        if raw[end:].strip():
+            raise json.JSONDecodeError("Extra data", raw, end)
     except json.JSONDecodeError as err:
         raise FieldProblem("text", f"malformed JSON: {err.msg}", "malformed_json") from None
+    except FieldProblem as problem:
+        field = "text" if problem.field == "<line>" else f"text.{problem.field}"
+        raise FieldProblem(field, problem.problem, problem.reason) from None
     if not isinstance(text, dict):
         raise FieldProblem("text", "expected a JSON object", "wrong_type")
     return {key: text_field(text, key, prefix="text.")

@@ -25,6 +25,7 @@ from mmrm import __version__
 from mmrm.formats import PairRecord
 from mmrm.images import DEFAULT_MAX_PIXELS, ImageStore, sha256_file
 from mmrm.ledger import FieldProblem, Ledger, OnError, RecordError
+from mmrm.outputs import exclusive, refuse_overwriting_inputs
 
 
 def manifest_path(out: Path) -> Path:
@@ -87,21 +88,52 @@ class PairSink:
         self.record_pairs = Ledger(on_error=self.records.on_error)
 
     def __enter__(self) -> PairSink:
+        self._made = [p for p in (self.out.parent, *self.out.parent.parents) if not p.exists()]
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.out.parent, self.out.name)
-        remove_stale_temporaries(self.images.folder, "")
-        self._file = open(self._tmp, "w", encoding="utf-8")
+        # one converter at a time per output folder: its images/ are shared, and a failed
+        # run's rollback must not delete images another run wrote and recorded
+        self._lock = exclusive(self.out.parent, f"pairs into {self.out.parent}")
+        try:
+            self._lock.__enter__()
+            remove_stale_temporaries(self.out.parent, self.out.name)
+            remove_stale_temporaries(self.images.folder, "")
+            if self.images.folder.is_dir():
+                self.images.remove_abandoned()
+            self._file = open(self._tmp, "w", encoding="utf-8")
+        except BaseException:
+            self._release(failed=True)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._file.close()
-        if exc_type is not None:
-            # no partial output: neither the JSONL nor the images this run added
+        try:
+            if exc_type is None:
+                # an OUT that is one of the images read (or a hard link to one) would be
+                # replaced by the JSONL: refused before it is published
+                existing = {name: path for name, path in (("OUT", self.out), (
+                    "OUT's manifest", manifest_path(self.out))) if path.exists()}
+                if existing:      # an image read is a file that exists
+                    refuse_overwriting_inputs(self.images.inputs, existing)
+                self.images.publish()
+                os.replace(self._tmp, self.out)
+                self.manifest = self._write_manifest()
+        except BaseException:
+            self._release(failed=True)
+            raise
+        self._release(failed=exc_type is not None)
+
+    def _release(self, failed: bool) -> None:
+        """Drop the lock; after a failure, what this run wrote (no partial output: neither
+        the JSONL nor the images it added, nor the folders it made for them)."""
+        if failed:
             self._tmp.unlink(missing_ok=True)
             self.images.remove_created()
-            return
-        os.replace(self._tmp, self.out)
-        self.manifest = self._write_manifest()
+        self._lock.__exit__(None, None, None)
+        if failed:
+            for folder in self._made:          # innermost first; only if left empty
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
 
     @contextlib.contextmanager
     def record(self, path: Path, position: int, unit: str = "line") -> Iterator[None]:

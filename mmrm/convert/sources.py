@@ -14,7 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmrm.ledger import Ledger, RecordError
+from mmrm.formats import decode_json
+from mmrm.ledger import FieldProblem, Ledger, RecordError
 
 _WHITESPACE = " \t\n\r"
 
@@ -35,7 +36,6 @@ def iter_json_array(path: Path, ledger: Ledger) -> Iterator[tuple[int, dict]]:
         raise RecordError(path, data.count(b"\n", 0, err.start) + 1, "<file>",
                           f"not valid UTF-8 (byte 0x{data[err.start]:02x})",
                           "invalid_utf8") from None
-    decoder = json.JSONDecoder()
     pos, line = _skip_ws(text, 0, 1)
     if pos >= len(text) or text[pos] != "[":
         raise RecordError(path, line, "<file>", "expected a JSON array ('[')", "malformed_json")
@@ -43,14 +43,11 @@ def iter_json_array(path: Path, ledger: Ledger) -> Iterator[tuple[int, dict]]:
     if pos < len(text) and text[pos] == "]":
         return
     while True:
-        try:
-            obj, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as err:
-            raise RecordError(path, err.lineno, "<element>", f"malformed JSON: {err.msg} at "
-                                                             f"column {err.colno}",
-                              "malformed_json") from None
+        obj, end, problem = _element(path, text, pos, line)
         ledger.read += 1
-        if isinstance(obj, dict):
+        if problem is not None:                 # a key given twice: this element only
+            ledger.bad(RecordError.at(path, line, problem))
+        elif isinstance(obj, dict):
             yield line, obj
         else:
             ledger.bad(RecordError(path, line, "<element>", f"expected a JSON object, got "
@@ -65,6 +62,27 @@ def iter_json_array(path: Path, ledger: Ledger) -> Iterator[tuple[int, dict]]:
             return
         raise RecordError(path, line, "<file>", "expected ',' or ']' between array elements",
                           "malformed_json")
+
+
+def _element(path: Path, text: str, pos: int, line: int):
+    """The array element at ``pos``: ``(value, end, None)``, or ``(None, end, problem)`` for
+    an element whose only fault is a key given twice (it can be skipped).
+
+    Raises:
+        RecordError: text that cannot be read past (malformed, nested too deeply, a number
+            too long): nothing after it can be found reliably.
+    """
+    try:
+        obj, end = decode_json(text, pos)
+        return obj, end, None
+    except json.JSONDecodeError as err:
+        raise RecordError(path, err.lineno, "<element>", f"malformed JSON: {err.msg} at "
+                                                         f"column {err.colno}",
+                          "malformed_json") from None
+    except FieldProblem as problem:
+        if problem.reason != "duplicate_key":
+            raise RecordError.at(path, line, problem) from None
+        return None, json.JSONDecoder().raw_decode(text, pos)[1], problem
 
 
 def _skip_ws(text: str, pos: int, line: int) -> tuple[int, int]:

@@ -81,6 +81,8 @@ def score_pairs_file(model, collator: PairCollator, path: str | Path, batch_size
                      image_root: str | Path | None = None, progress: bool = False):
     """Read a pairwise file and score it: ``(pairs, chosen_rewards, rejected_rewards)``."""
     pairs = load_pairs(path, image_root=Path(image_root) if image_root else None)
+    if not pairs:       # an accuracy of no pairs is NaN: a report of nothing
+        raise ValueError(f"{path}: no pairs to evaluate")
     bar = _progress_bar(len(pairs), f"scoring {Path(path).name}") if progress else None
     chosen, rejected = score_pairs(model, collator, pairs, batch_size,
                                    bar.update if bar is not None else None)

@@ -42,6 +42,8 @@ class Case:
             resume.
         prepare: makes the case's files that need the model (broken copies of it); the
             rest is written by :func:`build`, so the corpus lists its cases without a model.
+        between: run after ``before`` and before the command (e.g. deletes what a finished
+            run wrote, leaving its state behind).
         check: a callable run on success (e.g. that a fixed image loads upright).
     """
 
@@ -54,6 +56,7 @@ class Case:
     ledger: Path | None = None
     before: list[str] | None = None
     prepare: object = field(default=None, repr=False)
+    between: object = field(default=None, repr=False)
     check: object = field(default=None, repr=False)
 
 
@@ -100,7 +103,9 @@ def build(root: Path, model_dir: Path, base_dir: Path) -> list[Case]:
     (root / "outside.png").write_bytes(png((0, 200, 0)))
     return (pair_cases(root, data) + path_cases(root, data) + release_cases(root)
             + image_fix_cases(root, data) + score_cases(root, data, model_dir)
-            + model_cases(root, data, model_dir) + train_cases(root, data, base_dir))
+            + model_cases(root, data, model_dir) + train_cases(root, data, base_dir)
+            + output_cases(root, data, model_dir) + strict_json_cases(root, data)
+            + config_cases(root, data, base_dir))
 
 
 def convert_args(src: Path, out: Path, fmt="pairs", *extra) -> list[str]:
@@ -324,8 +329,11 @@ def score_cases(root: Path, data: Path, model_dir: Path) -> list[Case]:
         Case("score-bad-items-skip", score(root / "scored" / "skip.jsonl", "--on-error",
                                            "skip", src=bad_items), exit_code=0,
              says=("lines read 4 = written 1 + skipped 3",)),
+        Case("score-output-is-the-input",
+             score(items, src=items), says=(str(items), "overwrite"), unchanged=(items,)),
         Case("score-output-exists-without-state",
-             score(items, src=items), says=(str(items), "exists"), unchanged=(items,)),
+             score(data / "good.jsonl", src=items), says=(str(data / "good.jsonl"), "exists"),
+             unchanged=(data / "good.jsonl",)),
     ]
 
 
@@ -366,6 +374,9 @@ def model_cases(root: Path, data: Path, model_dir: Path) -> list[Case]:
     def drop(*names):
         return lambda folder: [(folder / n).unlink() for n in names]
 
+    def pickle_weights(folder):       # a .bin instead of the safetensors: unpickling runs code
+        (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+
     def drop_weights(folder):
         for p in folder.iterdir():
             if p.suffix in (".safetensors", ".bin") and p.name != "value_head.safetensors":
@@ -392,6 +403,8 @@ def model_cases(root: Path, data: Path, model_dir: Path) -> list[Case]:
         "wrong_shape_value_head": (broken("wrong_shape_value_head", wrong_shape),
                                    "value_head.safetensors", "expected weight"),
         "no_weights": (broken("no_weights", drop_weights), "", "no backbone weights"),
+        "pickle_weights": (broken("pickle_weights", pickle_weights), "pytorch_model.bin",
+                           "pickle weights"),
         "no_config_json": (broken("no_config_json", drop("config.json")), "",
                            "no config.json"),
         "no_such_folder": (root / "models" / "does_not_exist", "", "no such model folder"),
@@ -462,3 +475,196 @@ def train_cases(root: Path, data: Path, base_dir: Path) -> list[Case]:
 if __name__ == "__main__":
     for case in build(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])):
         print(f"{case.name}: mmrm {' '.join(case.args)}")
+
+
+# --------------------------------------------------------------------------- issue 32's kinds
+
+def output_cases(root: Path, data: Path, model_dir: Path) -> list[Case]:
+    """Kind 1 (an output that is an input) and kind 2 (state that does not match its
+    output): refused before anything is opened for writing, inputs unchanged."""
+    import os
+
+    items = data / "items.jsonl"          # written by score_cases
+    pairs = jsonl(data / "out_pairs.jsonl", [pair(0), pair(1)])
+    alias = data / "items_hardlink.jsonl"
+    symlink = data / "pairs_symlink.jsonl"
+
+    def links():
+        if not alias.exists():
+            os.link(items, alias)
+        if not symlink.exists():
+            symlink.symlink_to(pairs)
+    picture = data / "picture.png"
+    picture.write_bytes(png((10, 10, 200)))
+    uses_picture = jsonl(data / "uses_picture.jsonl", [pair(0, img_path="picture.png")])
+    state_gone, truncated = root / "scored" / "gone.jsonl", root / "scored" / "short.jsonl"
+    score = lambda out, *extra: ["score", str(model_dir), str(items), str(out),  # noqa: E731
+                                 "--chunk-items", "1", *extra]
+    tests_dir = root / "matrix_out"
+    tests_dir.mkdir(exist_ok=True)
+    matrix_json = jsonl(tests_dir / "matrix.json", [pair(0)])
+    empty = jsonl(data / "empty_eval.jsonl", [])
+    return [
+        Case("score-errors-file-is-the-input", score(root / "scored" / "e1.jsonl", "--errors",
+                                                     str(items)),
+             says=(str(items), "overwrite", "--errors"), unchanged=(items,),
+             absent=(root / "scored" / "e1.jsonl",)),
+        Case("score-errors-file-hard-links-the-input",
+             score(root / "scored" / "e2.jsonl", "--errors", str(alias)),
+             says=(str(alias), "overwrite"), unchanged=(items,), prepare=links),
+        Case("score-errors-file-is-the-output", score(root / "scored" / "e3.jsonl", "--errors",
+                                                      str(root / "scored" / "e3.jsonl")),
+             says=("given as both OUTPUT and --errors",)),
+        Case("eval-empty-file", ["eval", str(model_dir), f"t={empty}"],
+             says=(str(empty), "no pairs to evaluate")),
+        Case("eval-out-is-the-data", ["eval", str(model_dir), f"t={pairs}", "--out",
+                                      str(pairs)],
+             says=(str(pairs), "overwrite", "--out"), unchanged=(pairs,)),
+        Case("eval-out-is-a-symlink-to-the-data",
+             ["eval", str(model_dir), f"t={pairs}", "--out", str(symlink)],
+             says=("overwrite",), unchanged=(pairs,), prepare=links),
+        Case("matrix-out-overwrites-a-test-file",
+             ["matrix", "--model", f"povid/none={model_dir}", "--test", f"povid={matrix_json}",
+              "--out", str(tests_dir)], says=(str(matrix_json), "overwrite"),
+             unchanged=(matrix_json,)),
+        Case("convert-out-is-an-image-it-reads",
+             convert_args(uses_picture, picture), says=(str(picture), "overwrite"),
+             unchanged=(picture, uses_picture)),
+        Case("convert-out-hard-links-the-source",
+             convert_args(items, alias, "pairs"), says=("overwrite",), unchanged=(items,),
+             prepare=links),
+        Case("score-state-without-its-output", score(state_gone), before=score(state_gone),
+             between=lambda: state_gone.unlink(),
+             says=(f"{state_gone}.state.json", "is missing", "does not match its output"),
+             absent=(state_gone,)),
+        Case("score-state-longer-than-its-output", score(truncated), before=score(truncated),
+             between=lambda: truncated.write_bytes(truncated.read_bytes()[:5]),
+             says=("has 5", "does not match its output")),
+    ]
+
+
+def strict_json_cases(root: Path, data: Path) -> list[Case]:
+    """Kinds 3 and 8 in records: a key given twice, nesting past the recursion limit, an
+    integer past the digit limit, a lone surrogate; refused with file:line, or counted."""
+    good = json.dumps(pair(1))
+    twice = good[:-1] + ', "chosen": "It is blue."}'          # chosen given twice
+    rows = {
+        "duplicate_key": (twice, "chosen", "given twice"),
+        "nested_too_deep": ('{"id": "p1", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                            "<line>", "nested too deeply"),
+        "huge_integer": ('{"id": "p1", "n": ' + "9" * 5000 + "}", "<line>",
+                         "number that cannot be read"),
+        "lone_surrogate": (good.replace("It is red.", "It is \\ud800 red."), "chosen",
+                           "surrogate"),
+    }
+    cases = []
+    for name, (row, fld, problem) in rows.items():
+        src = jsonl(data / f"strict_{name}.jsonl", [pair(0), row, pair(2)])
+        out = root / "out" / f"strict_{name}" / "pairs.jsonl"
+        cases.append(Case(f"pairs-{name}-raise", convert_args(src, out),
+                          says=(f"{src}:2: {fld}: ", problem), absent=(out, out.parent),
+                          unchanged=(src,)))
+        skip = root / "out" / f"strict_{name}_skip" / "pairs.jsonl"
+        cases.append(Case(f"pairs-{name}-skip", convert_args(src, skip, "pairs", "--on-error",
+                                                             "skip"),
+                          exit_code=0, says=("skipped 1",),
+                          ledger=skip.with_name("pairs.manifest.json")))
+        cases.append(Case(f"validate-{name}", ["validate", str(src), "--images", "none"],
+                          exit_code=1, says=(f"{src}:2: {fld}",)))
+    povid = data / "povid_twice.json"
+    povid.write_text('[{"id": "a", "image": "img.png", "conversations": [], "id": "b"}]')
+    out = root / "out" / "povid_twice" / "pairs.jsonl"
+    cases.append(Case("povid-duplicate-key-skipped",
+                      convert_args(povid, out, "povid", "--on-error", "skip",
+                                   "--image-root", str(data)),
+                      exit_code=0, says=("skipped 1",), ledger=manifest_of(out)))
+    deep = data / "povid_deep.json"
+    deep.write_text("[" + "[" * 100_000 + "]" * 100_000 + "]")
+    out = root / "out" / "povid_deep" / "pairs.jsonl"
+    cases.append(Case("povid-nested-too-deep", convert_args(deep, out, "povid",
+                                                            "--on-error", "skip"),
+                      says=(f"{deep}:1", "nested too deeply"), absent=(out.parent,)))
+    return cases
+
+
+def manifest_of(out: Path) -> Path:
+    return out.with_name(out.stem + ".manifest.json")
+
+
+def config_cases(root: Path, data: Path, base_dir: Path) -> list[Case]:
+    """Kinds 3, 4, 5, 6 and 8 in configs and runs: duplicate keys, aliases, non-finite and
+    out-of-range numbers, NaN losses, resume under another config, a stage's missing file."""
+    good = jsonl(data / "cfg_train.jsonl", [pair(k, id=f"c{k}") for k in range(4)])
+    configs = root / "configs"
+    configs.mkdir(exist_ok=True)
+
+    def config(name, extra="", **changes) -> Path:
+        raw = {"model": str(base_dir), "output_dir": str(root / "train" / name),
+               "data": {"train": [str(good)]}, "max_steps": 1, "per_device_batch_size": 2,
+               "calibration_pairs": 0}
+        raw.update(changes)
+        path = configs / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw) + extra)
+        return path
+
+    twice = config("twice", extra="optim:\n  lr: 0.5\n", optim={"lr": 0.001})
+    bomb_yaml = configs / "alias_bomb.yaml"
+    bomb_yaml.write_text("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(9)))
+    losses = root / "losses"
+    losses.mkdir(exist_ok=True)
+    ids = [f"c{k}" for k in range(4)]
+    (losses / "nan.json").write_text(json.dumps({"losses": {i: float("nan") for i in ids}}))
+    (losses / "negative.json").write_text(json.dumps({"losses": {i: -50.0 for i in ids}}))
+    cross_fit = {"proxy": "cross_fit", "weighting": "sfc"}
+    resumed = config("resumed", save_steps=1)
+    params = configs / "stage_params.yaml"
+    envs = root / "stage_envs"
+    (envs / "povid").mkdir(parents=True, exist_ok=True)
+    shutil.copy(good, envs / "povid" / "train.jsonl")
+    (envs / "povid" / "img.png").write_bytes(png())
+    params.write_text(yaml.safe_dump({
+        "builtin": ["povid"], "environments": ["povid"], "variants": ["none"],
+        "train": {"max_steps": 1, "per_device_batch_size": 2},
+        "paths": {"base": str(base_dir), "envs": str(envs), "runs": str(root / "stage_runs")},
+        "tracking": {"enabled": False}}))
+    dup_params = configs / "dup_params.yaml"
+    dup_params.write_text("variants: [none]\ntrain: {epochs: 1}\ntrain: {epochs: 4}\n")
+    return [
+        Case("train-config-block-given-twice", ["train", str(twice)],
+             says=(f"{twice}:", "'optim' given twice")),
+        Case("params-train-given-twice", ["stage", "evaluate", "--params", str(dup_params)],
+             says=(f"{dup_params}:3", "'train' given twice")),
+        Case("train-config-alias-bomb", ["train", str(bomb_yaml)],
+             says=(f"{bomb_yaml}:2", "aliases")),
+        Case("train-lr-infinite", ["train", str(config("inf_lr", optim={"lr": float("inf")}))],
+             says=("optim.lr", "finite"), absent=(root / "train" / "inf_lr",)),
+        Case("train-weight-decay-infinite",
+             ["train", str(config("inf_wd", optim={"weight_decay": float("inf")}))],
+             says=("optim.weight_decay", "finite")),
+        Case("train-sfc-eps-infinite",
+             ["train", str(config("inf_eps", shortcut={"eps": float("inf")}))],
+             says=("shortcut.eps", "finite")),
+        Case("train-proxy-losses-nan",
+             ["train", str(config("nan_losses", shortcut={
+                 **cross_fit, "proxy_losses": str(losses / "nan.json")}))],
+             says=(str(losses / "nan.json"), "not a finite loss"),
+             absent=(root / "train" / "nan_losses",)),
+        Case("train-proxy-losses-negative",
+             ["train", str(config("negative_losses", shortcut={
+                 **cross_fit, "proxy_losses": str(losses / "negative.json")}))],
+             says=(str(losses / "negative.json"), "-50.0", "not a finite loss")),
+        Case("train-loss-becomes-nan", ["train", str(config("exploding", max_steps=3,
+                                                            optim={"lr": 1e30}))],
+             says=("the loss became", "at step", "nothing is saved as final"),
+             absent=(root / "train" / "exploding" / "final",)),
+        Case("train-resume-under-another-config",
+             ["train", str(resumed), "seed=7", "optim.lr=0.5"], before=["train", str(resumed)],
+             says=(f"{root / 'train' / 'resumed'}", "checkpoint-1", "seed: 0 -> 7",
+                   "optim.lr", "--no-resume")),
+        Case("stage-train-missing-eval-file",
+             ["stage", "train", "--env", "povid", "--variant", "none", "--params", str(params)],
+             says=("data.eval.povid", "no such file")),
+    ]

@@ -36,6 +36,8 @@ def test_hostile_input_is_refused_or_counted_cleanly(corpus, name):
     if case.before is not None:
         first = invoke(case.before)
         assert first.exit_code == 0, first.output
+    if case.between is not None:
+        case.between()
     sources = {path: path.read_bytes() for path in case.unchanged}
     result = invoke(case.args)
     message = " ".join(result.output.split())      # line wraps do not split a file name
@@ -60,5 +62,5 @@ def test_hostile_input_is_refused_or_counted_cleanly(corpus, name):
 def test_the_corpus_covers_every_kind_of_input():
     kinds = {n.split("-")[0] for n in NAMES}
     assert kinds >= {"pairs", "multi", "validate", "convert", "rlhfv", "povid", "vlfeedback",
-                     "images", "score", "eval", "train"}
-    assert len(NAMES) >= 70
+                     "images", "score", "eval", "train", "matrix", "params", "stage"}
+    assert len(NAMES) >= 130

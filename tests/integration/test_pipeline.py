@@ -170,17 +170,24 @@ def test_mlflow_holds_the_lineage_of_the_pipeline(project):
             folder / "data/envs" / env / "train.jsonl")
         assert r.data.tags["mlflow.source.git.commit"]
 
-    champion = mlflow.pyfunc.load_model("models:/mmrm-reward-model@champion")
+    uri = "models:/mmrm-reward-model@champion"
+    champion = mlflow.pyfunc.load_model(uri, model_config={"image_root": str(folder)})
     pair = json.loads(open(folder / "data/envs/povid/test.jsonl").readline())
     image = str(folder / "data/envs/povid" / pair["img_path"])
     rows = pd.DataFrame(
         [{"prompt": pair["prompt"], "img_path": image, "response": pair["chosen"]},
          {"prompt": pair["prompt"], "img_path": image, "response": pair["rejected"]}])
-    rewards = champion.predict(rows, params={"image_root": str(folder)})
+    rewards = champion.predict(rows)
     assert len(rewards) == 2 and all(isinstance(r, float) for r in rewards)
-    # the image rules hold behind the registry too: a path outside the root is refused
-    with pytest.raises(Exception, match="is outside the data root"):
-        champion.predict(rows, params={"image_root": str(folder / "data" / "benchmark" / "raw")})
+    # the image rules hold behind the registry too, and their root is the server's: a path
+    # outside it is refused, and a request cannot widen it
+    narrow = mlflow.pyfunc.load_model(uri, model_config={
+        "image_root": str(folder / "data" / "benchmark" / "raw")})
+    for params in (None, {"image_root": "/"}):
+        with pytest.raises(Exception, match="is outside the data root"):
+            narrow.predict(rows, params=params)
+    with pytest.raises(Exception, match="row 1: response"):
+        champion.predict(rows.assign(response=["fine", ""]))
     version = mlflow.MlflowClient().get_model_version_by_alias("mmrm-reward-model", "champion")
     assert version.tags["mmrm.model_dir"].startswith(str((folder / "runs/pipeline/models")
                                                          .resolve()))
