@@ -298,6 +298,51 @@ def score(
                f"{totals['ledger']['written']} + skipped {totals['ledger']['skipped']}")
 
 
+@app.command(help="Serve a reward model over HTTP on Ray Serve, for RL loops: POST /score "
+                  "(mmrm's items, images as base64 or paths under --image-root), POST "
+                  "/get_reward (OpenRLHF's remote reward model, plus an optional images "
+                  "list), GET /health, GET /info. Listens on 127.0.0.1 unless --host says "
+                  "otherwise (then --token-file is required). Runs until interrupted.")
+def serve(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Saved RM folder, or a "
+                                         "registry URI: models:/mmrm-reward-model@champion")],
+    host: Annotated[str, typer.Option(help="Address the HTTP proxy listens on.")] =
+        "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    replicas: Annotated[int, typer.Option(help="Model replicas (Ray actors).")] = 1,
+    address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster to join (default: a local one on 127.0.0.1).")] = None,
+    token_file: Annotated[Optional[Path], typer.Option(
+        help="File with the bearer token (required for a non-loopback --host).")] = None,
+    image_root: ImageRootOption = None,
+    dtype: Annotated[Dtype, typer.Option(help="Weights on the replicas.")] = Dtype.fp32,
+    normalize: Annotated[bool, typer.Option(
+        help="Rewards as (r - mean) / std of the model's training rewards.")] = False,
+    threads: Annotated[int, typer.Option(help="torch threads per replica.")] = 1,
+    gpus_per_replica: Annotated[float, typer.Option(help="GPUs per replica.")] = 0.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body (MiB).")] = 8.0,
+    max_items: Annotated[int, typer.Option(help="Items or queries per request.")] = 256,
+    max_responses: Annotated[int, typer.Option(help="Responses per item.")] = 64,
+    max_image_pixels: Annotated[int, typer.Option(
+        help="Decompression-bomb cap (width x height).")] = 25_000_000,
+    request_timeout: Annotated[float, typer.Option(
+        help="Seconds a request may take end to end.")] = 60.0,
+) -> None:
+    from mmrm.config import ServeConfig, validate
+    from mmrm.serve import resolve_model, serve_model
+
+    with _user_errors():
+        config = validate(ServeConfig, dict(
+            model=resolve_model(model), host=host, port=port, replicas=replicas,
+            address=address, token_file=str(token_file) if token_file else None,
+            image_root=str(image_root) if image_root else None, dtype=dtype.value,
+            normalize=normalize, threads=threads, gpus_per_replica=gpus_per_replica,
+            max_body_bytes=int(max_body_mb * (1 << 20)), max_items=max_items,
+            max_responses=max_responses, max_image_pixels=max_image_pixels,
+            request_timeout_s=request_timeout), "mmrm serve")
+        serve_model(config, log=typer.echo)
+
+
 @app.command(help="Run one pipeline stage from params.yaml (what `dvc repro` and the Prefect "
                   "flow call): benchmark, convert --env E, convert-real --name N, split --name "
                   "N, base, proxy --env E, train --env E --variant V, evaluate, score.")

@@ -270,6 +270,40 @@ class ScoreConfig(Strict):
         return out.with_name(out.name.removesuffix(".jsonl") + ".errors.jsonl")
 
 
+class ServeConfig(Strict):
+    """A reward server (``mmrm serve``): the model, where it listens, and its limits."""
+
+    model: str = Field(description="Saved reward model folder (a registry URI is resolved "
+                       "to one first).")
+    host: str = Field("127.0.0.1", description="Where Serve's HTTP proxy listens; a "
+                      "non-loopback host needs token_file.")
+    port: int = Field(8000, ge=1, le=65535)
+    token_file: str | None = Field(None, description="A file holding the bearer token every "
+                                   "request but /health must carry.")
+    replicas: int = Field(1, ge=1, description="Model replicas (Ray actors).")
+    address: str | None = Field(None, description="Ray cluster to join (default: a local "
+                                "one on 127.0.0.1).")
+    image_root: str | None = Field(None, description="Root of img_path in /score items "
+                                   "(default: images only as base64).")
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    normalize: bool = Field(False, description="Rewards as (r - mean) / std of the model's "
+                            "training rewards.")
+    threads: int = Field(1, ge=1, description="torch threads per CPU replica.")
+    gpus_per_replica: float = Field(0.0, ge=0)
+    max_body_bytes: int = Field(8 << 20, ge=1024, description="Largest request body.")
+    max_items: int = Field(256, ge=1, description="Items (or queries) per request.")
+    max_responses: int = Field(64, ge=1, description="Responses per item.")
+    max_image_pixels: int = Field(25_000_000, ge=1, description="Decompression-bomb cap "
+                                  "(width x height).")
+    request_timeout_s: float = Field(60.0, gt=0, description="End-to-end limit of a request "
+                                     "(Serve's proxy answers when it passes).")
+    batch_requests: int = Field(32, ge=1, description="Concurrent requests one replica "
+                                "scores together.")
+    batch_responses: int = Field(128, ge=1, description="Responses per forward pass.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at "
+                                      "once (more wait in Serve's queue).")
+
+
 C = TypeVar("C", bound=BaseModel)
 
 

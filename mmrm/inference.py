@@ -164,7 +164,8 @@ def encode_group(processor, items: list[dict], share_prefix: bool = True) -> dic
                            preprocess_images_once, split_prompts, stack_sequences)
 
     n = len(items[0]["responses"])
-    images = [load_image(Path(it["image_file"])) for it in items]
+    images = [it["image"] if it.get("image") is not None else load_image(Path(it["image_file"]))
+              for it in items]
     split = split_prompts(processor, [it["prompt"] for it in items],
                           [[it["responses"][k] for it in items] for k in range(n)]
                           ) if share_prefix else None

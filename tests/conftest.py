@@ -112,3 +112,9 @@ def trained_runs(tiny_vlm_dir, tiny_pairs, tmp_path_factory):
             log=lambda line: None)
         runs[weighting] = out
     return runs
+
+
+@pytest.fixture
+def decompression_bomb() -> bytes:
+    """A valid PNG whose header claims 100,000 x 100,000 pixels."""
+    return png_claiming_size(100_000, 100_000)

@@ -262,6 +262,8 @@ BENCHMARK_RUNS = {
     "encode_cache.py": ["--epochs", "2", "--batch", "8", "--repeats", "1"],
     "pretrain_prefetch.py": ["--steps", "2", "2", "--repeats", "1"],
     "gpu_check.py": ["--dry-run", "--steps", "1", "--items", "2"],
+    "serve_load.py": ["--requests", "8", "--responses", "2", "--concurrency", "2",
+                      "--repeats", "1"],
 }
 
 

@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "mmrm"
 #: What every other module may build on.
 CORE = {"model", "data", "weighting", "formats", "ledger", "images", "config"}
 #: The only modules that may import an engine (Ray, MLflow, Prefect).
-ADAPTERS = {"score", "tracking", "serving", "pipeline", "lineage", "model_registry", "cli"}
+ADAPTERS = {"score", "serve", "tracking", "serving", "pipeline", "lineage", "model_registry",
+            "cli"}
 ENGINES = {"ray", "mlflow", "prefect"}
 
 
