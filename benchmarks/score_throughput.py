@@ -39,26 +39,8 @@ from mmrm.data import conversation, load_image, load_pairs  # noqa: E402
 from mmrm.model import WEIGHT_DTYPES, RewardModel, load_processor  # noqa: E402
 from mmrm.inference import ResponseScorer  # noqa: E402
 from mmrm.score import ScoreConfig, score_file  # noqa: E402
-from mmrm.synthetic.tiny_vlm import (TinyVLMConfig, build_model, build_processor,  # noqa: E402
-                                     build_tokenizer, vocabulary_corpus)
-
-#: ``--random-base`` shapes (vision tower and language model share the width).
-SHAPES = {
-    "llava-small": TinyVLMConfig(image_size=224, patch_size=14, hidden_size=128,
-                                 vision_layers=2, text_layers=2, heads=2),
-    "1b": TinyVLMConfig(image_size=336, patch_size=14, hidden_size=2048, vision_layers=4,
-                        text_layers=12, heads=16),
-}
-
-
-def random_base(shape: str, folder: Path) -> Path:
-    """A randomly initialised LLaVA-style base of ``SHAPES[shape]`` saved to ``folder``."""
-    config = SHAPES[shape].model_copy(update={"attention_prior": False})
-    tokenizer = build_tokenizer(vocabulary_corpus())
-    build_model(tokenizer, config).save_pretrained(folder)
-    build_processor(tokenizer, config).save_pretrained(folder)
-    return folder
-
+from mmrm.synthetic.tiny_vlm import BENCHMARK_SHAPES as SHAPES  # noqa: E402
+from mmrm.synthetic.tiny_vlm import random_base  # noqa: E402
 
 def write_items(pairs_file: Path, out: Path, items: int, responses: int) -> list[dict]:
     """Items of ``responses`` answers from the pairs' texts, written to ``out`` with image

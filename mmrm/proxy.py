@@ -19,12 +19,25 @@ from mmrm.weighting import bradley_terry_loss
 
 def proxy_config(config: TrainConfig, fold: int | None = None) -> TrainConfig:
     """The text-only proxy's run: same data, model and schedule, no image, no weighting;
-    with ``fold``, trained on every fold of ``shortcut.proxy_folds`` but that one."""
+    with ``fold``, trained on every fold of ``shortcut.proxy_folds`` but that one.
+
+    A fold's proxy sees (k - 1) / k of the pairs for the run's epochs, so (k - 1) / k of its
+    steps; a run bounded by ``max_steps`` instead gives each fold (k - 1) / k of them too
+    (rounded up), as its epochs would (k proxies of ``max_steps`` each would train the proxy
+    stage k times longer than the epochs-bounded runs of the pipeline do).
+
+    What only a reward model needs is left out: no reward statistics (a proxy's rewards are
+    never normalised) and no end-of-run tests (its losses on the training pairs are what the
+    stage uses; the evaluate stage tests the proxies on the test split itself)."""
     changes = {"mode": config.shortcut.proxy_mode.value, "shortcut": {},
-               "output_dir": str(Path(config.output_dir) / "proxy")}
+               "output_dir": str(Path(config.output_dir) / "proxy"),
+               "calibration_pairs": 0, "data.eval": {}}
     if fold is not None:
+        k = config.shortcut.proxy_folds
         changes.update({"output_dir": str(Path(config.output_dir) / "proxy" / f"fold{fold}"),
-                        "data.folds": config.shortcut.proxy_folds, "data.holdout_fold": fold})
+                        "data.folds": k, "data.holdout_fold": fold})
+        if config.max_steps:
+            changes["max_steps"] = -(-config.max_steps * (k - 1) // k)
     return with_overrides(config, changes, "proxy")
 
 

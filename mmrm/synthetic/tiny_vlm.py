@@ -596,3 +596,27 @@ def _answer_yes_no(model, processor, config: TinyVLMConfig, questions: list) -> 
         said_yes = (logits[:, yes] > logits[:, no]).tolist()
         correct += [answer == truth for answer, (_, _, truth, _) in zip(said_yes, chunk)]
     return correct
+
+
+#: Randomly initialised LLaVA-style shapes for measuring speed and memory at the image sizes
+#: users train (the tiny base's vocabulary and chat template; untrained weights do the same
+#: work): ``llava-small`` 256 image tokens (224 px, 14 px patches), ``llava-576`` 576 (336
+#: px), both 128 wide; ``1b`` a 1.0B-parameter model with 576 image tokens (for a GPU).
+BENCHMARK_SHAPES = {
+    "llava-small": TinyVLMConfig(image_size=224, patch_size=14, hidden_size=128,
+                                 vision_layers=2, text_layers=2, heads=2),
+    "llava-576": TinyVLMConfig(image_size=336, patch_size=14, hidden_size=128,
+                               vision_layers=2, text_layers=2, heads=2),
+    "1b": TinyVLMConfig(image_size=336, patch_size=14, hidden_size=2048, vision_layers=4,
+                        text_layers=12, heads=16),
+}
+
+
+def random_base(shape: str, folder: Path) -> Path:
+    """A randomly initialised LLaVA-style base of ``BENCHMARK_SHAPES[shape]`` in ``folder``
+    (a Hugging Face model folder, as :func:`pretrain` writes, without the pre-training)."""
+    config = BENCHMARK_SHAPES[shape].model_copy(update={"attention_prior": False})
+    tokenizer = build_tokenizer(vocabulary_corpus())
+    build_model(tokenizer, config).save_pretrained(folder)
+    build_processor(tokenizer, config).save_pretrained(folder)
+    return Path(folder)

@@ -258,7 +258,8 @@ def test_a_built_base_is_reused_only_for_the_settings_it_was_built_with(tmp_path
 BENCHMARK_RUNS = {
     "read_pairs.py": ["--lines", "200"],
     "score_throughput.py": ["--items", "3", "--responses", "2", "--repeat", "1"],
-    "train_throughput.py": ["--steps", "2", "--batch", "4"],
+    "train_throughput.py": ["--steps", "2", "--batch", "4", "--repeats", "1", "--runs",
+                           "baseline", "none", "poe"],
     "encode_cache.py": ["--epochs", "2", "--batch", "8", "--repeats", "1"],
     "pretrain_prefetch.py": ["--steps", "2", "2", "--repeats", "1"],
     "gpu_check.py": ["--dry-run", "--steps", "1", "--items", "2"],

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from transformers import AutoModelForImageTextToText
 from typer.testing import CliRunner
 
 from mmrm.cli import app
-from mmrm.config import TrainConfig
+from mmrm.config import TrainConfig, with_overrides
 from mmrm.data import PairCollator, load_pairs, set_right_padding
 from mmrm.inference import score_pairs
 from mmrm.model import RewardModel, load_processor
@@ -359,3 +360,24 @@ def test_encoding_cache_is_kept_only_where_pairs_are_read_again():
     assert budget(max_steps=3, gradient_accumulation_steps=2) == 0
     assert budget(max_steps=4, gradient_accumulation_steps=2) == 64
     assert budget(epochs=3, encode_cache_mib=0) == 0
+
+
+def test_a_proxy_trains_the_same_without_what_only_a_reward_model_needs(tiny_vlm_dir,
+                                                                       tiny_pairs, tmp_path):
+    """The proxy stage skips the reward statistics and end-of-run tests (only a reward model
+    needs them): its losses step by step and its weights are those of the run with them."""
+    from mmrm.proxy import proxy_config
+
+    base = config(tiny_vlm_dir, tiny_pairs, tmp_path / "p", max_steps=None, epochs=1,
+                  **{"shortcut.proxy": "cross_fit", "shortcut.weighting": "sfc",
+                     "shortcut.proxy_losses": str(tmp_path / "p.json")})
+    lean = proxy_config(base, fold=0)
+    assert lean.calibration_pairs == 0 and lean.data.eval == {}
+    assert (lean.epochs, lean.max_steps, lean.data.holdout_fold) == (1, None, 0)
+    full = with_overrides(lean, {"calibration_pairs": 1000, "data.eval": base.data.eval,
+                                 "output_dir": str(tmp_path / "full")})
+    train(lean, resume=False)
+    train(full, resume=False)
+    lean_out, full_out = Path(lean.output_dir), Path(full.output_dir)
+    assert [r["loss"] for r in metrics(lean_out)] == [r["loss"] for r in metrics(full_out)]
+    assert not changed_tensors(lean_out / "final", full_out / "final")[0]

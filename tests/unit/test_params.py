@@ -34,3 +34,18 @@ def test_the_neutral_variant_trains_on_the_neutral_split():
         PipelineParams.model_validate({"variants": ["none", "neutral"]})
     with pytest.raises(ValueError, match="no such config file"):
         PipelineParams.model_validate({"variants": ["none", "nonsense"]})
+
+
+def test_a_cross_fitted_fold_trains_its_share_of_the_steps():
+    """k folds: each proxy sees (k - 1) / k of the pairs, so of the steps: with epochs by
+    itself, with max_steps by the same share (rounded up)."""
+    from mmrm.config import TrainConfig
+    from mmrm.proxy import proxy_config
+
+    raw = {"model": "m", "output_dir": "o", "data": {"train": ["a.jsonl"]}, "epochs": 4}
+    by_epochs = proxy_config(TrainConfig.model_validate(raw), fold=0)
+    assert (by_epochs.epochs, by_epochs.max_steps, by_epochs.data.holdout_fold) == (4, None, 0)
+    by_steps = TrainConfig.model_validate({**raw, "max_steps": 7,
+                                           "shortcut": {"proxy_folds": 3}})
+    assert proxy_config(by_steps, fold=2).max_steps == 5          # ceil(7 * 2 / 3)
+    assert proxy_config(by_steps).max_steps == 7                   # one proxy: all of them
