@@ -65,6 +65,8 @@ def criteria(rows: list[dict]) -> dict[str, dict[str, float]] | None:
     """The SFC-free rule's slacks per environment of one cell (None where a method is
     missing): standard anti-cue <= its ID - 0.30; proxy within 0.05 of the standard ID;
     neutral OOD >= standard OOD + 0.10; neutral ID >= standard ID - 0.05."""
+    if not rows:
+        return None
     out = {}
     for env in sorted({r["env"] for r in rows}):
         none = [r for r in rows if r["env"] == env and r["method"] == "none"]

@@ -81,3 +81,8 @@ def test_one_tiny_replicate_of_both_phases_then_nothing_to_do(tmp_path, monkeypa
     assert sweep.tasks(sweep.parse_args(args), grid) == []
     with pytest.raises(SystemExit, match="made with extra overrides"):
         sweep.tasks(sweep.parse_args([*args, "--set", "train.seed=3"]), grid)
+
+
+def test_a_cell_without_results_is_missing_not_an_error():
+    assert report.criteria([]) is None
+    assert report.choose_default({"V1-c0.95-f0.5-fresh": None}) == {}
