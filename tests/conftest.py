@@ -1,10 +1,7 @@
 """Shared test set-up: quiet threads, offline hubs, tiers by folder, builders of real image
 bytes, a tiny base and benchmark."""
 
-import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 # Must be set before torch or numpy start their thread pools (see the brief: small matmuls
@@ -18,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+from imagebytes import image_bytes, png_claiming_size  # noqa: E402
 
 #: Each test folder is a tier (``-m unit`` is ``make test-fast``); a test is marked by where it
 #: lies, so a new file cannot be left out of its tier.
@@ -30,27 +27,6 @@ def pytest_collection_modifyitems(config, items):
         folder = Path(str(item.fspath)).parent.name
         if folder in TIERS:
             item.add_marker(folder)
-
-
-def image_bytes(colour=(200, 30, 30), size=(8, 6), fmt="PNG") -> bytes:
-    """Real encoded image bytes (PNG or JPEG) of a plain colour."""
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def png_claiming_size(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height: a decompression bomb that costs nothing here.
-
-    The IHDR chunk of a real 1x1 PNG is rewritten with the claimed size and a correct CRC,
-    so any reader that trusts the header would try to allocate width*height pixels.
-    """
-    data = bytearray(image_bytes(size=(1, 1)))
-    ihdr = data.index(b"IHDR")
-    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[ihdr:ihdr + 17])) & 0xFFFFFFFF
-    data[ihdr + 17:ihdr + 21] = struct.pack(">I", crc)
-    return bytes(data)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import image_bytes, png_claiming_size
+from imagebytes import image_bytes, png_claiming_size
 from mmrm.convert import FORMATS, convert, manifest_path
 from mmrm.ledger import RecordError
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import png_claiming_size
+from imagebytes import png_claiming_size
 from mmrm.formats import (ImageCheck, ImageRules, InferenceRecord, MultiRecord, PairRecord,
                           read_inference, read_multi, read_pairs)
 from mmrm.ledger import Ledger, OnError, RecordError
