@@ -32,6 +32,9 @@ def register_reward_model(model_dir: str | Path, registered_name: str,
     info = mlflow.pyfunc.log_model(     # a model from code: no pickled objects
         name="reward_model", python_model=mmrm.serving.__file__,
         artifacts={"reward_model": str(model_dir)}, signature=mmrm.serving.signature(),
+        # the server's settings, empty = the defaults; MLflow lets load_model(model_config=)
+        # override only the keys logged here
+        model_config=dict.fromkeys(mmrm.serving.SERVER_SETTINGS, ""),
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                           f"transformers=={transformers.__version__}", "mmrm"],
         registered_model_name=registered_name)

@@ -37,6 +37,7 @@ class Stage:
     outs: tuple[str, ...] = ()
     params: tuple[str, ...] = ()                # params.yaml sections it depends on
     after: tuple[str, ...] = ()                 # stages whose outputs it reads
+    after_every: tuple[str, ...] = ()           # ... every run of them, whatever its fan-out
     metrics: tuple[str, ...] = ()               # small numbers-only files kept in git
     plots: tuple[str, ...] = ()
     reuse: Callable[[PipelineParams], bool] | None = None   # the flow skips it when true
@@ -69,7 +70,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", training.train_variant, over=("environments", "variants"),
           deps=("{paths.base}", "{paths.envs}", "{paths.runs}/proxy/{env}"),
           params=("train", "model", "extra_tests"),
-          outs=("{paths.runs}/models/{env}/{variant}",), after=("proxy",)),
+          outs=("{paths.runs}/models/{env}/{variant}",), after=("proxy",),
+          after_every=("convert", "split")),     # every environment's test set: its evals
     Stage("evaluate", evaluation.evaluate,
           deps=("{paths.runs}/models", "{paths.runs}/proxy", "{paths.envs}",
                 "{paths.benchmark}/best_of_n"),
@@ -102,11 +104,13 @@ def upstream(stage: Stage, arguments: dict[str, str], params: PipelineParams
              ) -> Iterator[tuple[Stage, dict[str, str]]]:
     """The runs this run of ``stage`` waits for: each run of the stages in ``after`` whose
     arguments agree with its own where they share a name (``train[povid/none]`` waits for
-    ``proxy[povid]`` only; ``evaluate`` for every ``train``)."""
-    for name in stage.after:
+    ``proxy[povid]`` only; ``evaluate`` for every ``train``), and every run of the stages
+    in ``after_every`` (``train[povid/none]`` evaluates on every environment's test set)."""
+    for name in stage.after + stage.after_every:
         before = BY_NAME[name]
         for other in instances(params, before):
-            if all(other[k] == arguments[k] for k in other.keys() & arguments.keys()):
+            if name in stage.after_every or all(
+                    other[k] == arguments[k] for k in other.keys() & arguments.keys()):
                 yield before, other
 
 

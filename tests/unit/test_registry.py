@@ -70,9 +70,43 @@ def test_the_graph_of_the_flow_waits_for_what_each_run_reads():
     trains = instances(params, stage("train"))
     assert len(trains) == 4 and trains[0] == {"env": "povid", "variant": "none"}
     waits = [(s.name, a) for s, a in upstream(stage("train"), trains[0], params)]
-    assert waits == [("proxy", {"env": "povid"})]
+    assert waits == [("proxy", {"env": "povid"}), ("convert", {"env": "povid"}),
+                     ("convert", {"env": "rlhfv"})]      # its evaluation reads every test set
     assert len(list(upstream(stage("evaluate"), {}, params))) == 4
     assert [(s.name, a) for s, a in upstream(stage("convert"), {"env": "rlhfv"}, params)] == \
         [("benchmark", {})]
     with pytest.raises(ValueError, match="no stage 'nope'; stages: benchmark"):
         stage("nope")
+
+
+def filled(template: str, params: PipelineParams, arguments: dict[str, str]) -> str:
+    for key, value in params.paths.model_dump().items():
+        template = template.replace(f"{{paths.{key}}}", str(value))
+    for key, value in arguments.items():
+        template = template.replace(f"{{{key}}}", value)
+    return template
+
+
+def overlap(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def test_every_run_waits_for_every_run_that_writes_what_it_reads():
+    params = PipelineParams.model_validate({"builtin": ["povid", "rlhfv", "vlfeedback"],
+                                            "environments": ["povid", "rlhfv", "vlfeedback"],
+                                            "variants": ["none", "sfc_two_stage"]})
+    runs = [(s, a) for s in STAGES for a in instances(params, s)]
+    key = lambda s, a: (s.name, tuple(sorted(a.items())))     # noqa: E731
+    for each, arguments in runs:
+        waited, todo = set(), [(each, arguments)]
+        while todo:                                          # upstream, transitively
+            for before in upstream(*todo.pop(), params):
+                if key(*before) not in waited:
+                    waited.add(key(*before))
+                    todo.append(before)
+        reads = [filled(d, params, arguments) for d in each.deps]
+        for other, theirs in runs:
+            writes = [filled(o, params, theirs) for o in other.outs]
+            if other is not each and any(overlap(r, w) for r in reads for w in writes):
+                assert key(other, theirs) in waited, \
+                    f"{each.name}{arguments} reads what {other.name}{theirs} writes"
