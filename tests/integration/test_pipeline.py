@@ -262,7 +262,7 @@ BENCHMARK_RUNS = {
                            "baseline", "none", "poe"],
     "encode_cache.py": ["--epochs", "2", "--batch", "8", "--repeats", "1"],
     "pretrain_prefetch.py": ["--steps", "2", "2", "--repeats", "1"],
-    "gpu_check.py": ["--dry-run", "--steps", "1", "--items", "2"],
+    "gpu_check.py": None,       # builds its own inputs: its dry run is test_gpu_check.py
     "serve_load.py": ["--requests", "8", "--responses", "2", "--concurrency", "2",
                       "--repeats", "1"],
 }
@@ -275,6 +275,8 @@ def test_every_benchmark_runs_with_its_default_paths_after_the_pipeline(project,
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "OMP_NUM_THREADS": "1", "OUT": str(tmp_path)}
     for name, arguments in BENCHMARK_RUNS.items():
+        if arguments is None:
+            continue
         done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *arguments],
                               cwd=folder, env=env, capture_output=True, text=True,
                               timeout=900)
