@@ -145,7 +145,7 @@ def validate(
     try:
         for _ in read_records(path, _RECORD_TYPES[kind], images=rules, ledger=ledger):
             ledger.written += 1
-    except (RecordError, FileNotFoundError) as err:
+    except (RecordError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from None
     typer.echo(json.dumps({"file": str(path), "kind": kind.value, **ledger.as_dict()},
@@ -400,7 +400,8 @@ def dvc_yaml(
         verdict = "up to date" if same else "differs from the registry: run mmrm dvc-yaml"
         typer.echo(f"{path}: {verdict}")
         raise typer.Exit(code=0 if same else 1)
-    path.write_text(text)
+    with _user_errors():
+        path.write_text(text)
     typer.echo(f"wrote {path}")
 
 
@@ -464,6 +465,8 @@ def eval_command(
         refuse_overwriting_inputs(named.values(), {
             "--out": out, **{f"--plots {name}.png": plots / f"{name}.png"
                              for name in named if plots is not None}})
+        if out is not None:                 # a folder that cannot be made: before any work
+            out.parent.mkdir(parents=True, exist_ok=True)
         check_reward_model(model, trust_remote_code)      # before any conversion or loading
         files = _eval_files(named, format, work, on_error)
         scorer, collator = load_reward_model(model, trust_remote_code=trust_remote_code)
@@ -480,8 +483,8 @@ def eval_command(
                 plot_reward_margins(chosen, rejected, plots / f"{name}.png", f"{model} on {name}")
     text = json.dumps({"model": str(model), "datasets": reports}, indent=2)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+        with _user_errors():
+            out.write_text(text + "\n")
     typer.echo(text)
 
 
@@ -505,8 +508,9 @@ def matrix(
                                                    ("matrix.json", "matrix.md", "matrix.png")})
         for folder in models.values():
             check_reward_model(folder)            # every one before the first is evaluated
+        out.mkdir(parents=True, exist_ok=True)    # a folder that cannot be made: before any work
         result = cross_distribution(models, tests, batch_size=batch_size, progress=True)
-    paths = result.write(out)
+        paths = result.write(out)
     typer.echo(result.to_markdown())
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -539,6 +543,7 @@ def diagnose(
     with _user_errors():
         refuse_overwriting_inputs([data, test], {f"--out {name}": out / name for name in
                                                  ("diagnosis.json", "diagnosis.md")})
+        out.mkdir(parents=True, exist_ok=True)    # a folder that cannot be made: before any work
         if proxy is None:
             proxy = _train_diagnosis_proxy(config, data, out)
         test = test or data
@@ -555,9 +560,9 @@ def diagnose(
         report = diagnose_pairs(pairs, text_c, text_r, mm_scores, load_pairs(data), top)
     report = {"data": str(data), "test": str(test), "proxy": str(proxy),
               "model": str(model) if model else None, **report}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "diagnosis.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "diagnosis.md").write_text(diagnosis_markdown(report))
+    with _user_errors():
+        (out / "diagnosis.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "diagnosis.md").write_text(diagnosis_markdown(report))
     typer.echo(diagnosis_markdown(report))
     typer.echo(f"wrote {out / 'diagnosis.json'}, {out / 'diagnosis.md'}")
 

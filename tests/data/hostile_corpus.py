@@ -504,7 +504,21 @@ def output_cases(root: Path, data: Path, model_dir: Path) -> list[Case]:
     tests_dir.mkdir(exist_ok=True)
     matrix_json = jsonl(tests_dir / "matrix.json", [pair(0)])
     empty = jsonl(data / "empty_eval.jsonl", [])
+    folder = data / "a_folder.jsonl"          # an input that is a folder: an OS error
+    folder.mkdir(exist_ok=True)
+    blocker = data / "a_file.txt"             # an output under a file: another
+    blocker.write_text("not a folder\n")
     return [
+        Case("validate-input-is-a-folder", ["validate", str(folder)],
+             says=(str(folder), "Is a directory")),
+        Case("eval-data-is-a-folder", ["eval", str(model_dir), f"t={folder}"],
+             says=(str(folder), "Is a directory")),
+        Case("eval-out-under-a-file", ["eval", str(model_dir), f"t={pairs}", "--out",
+                                       str(blocker / "report.json")],
+             says=(str(blocker),), unchanged=(blocker,)),
+        Case("matrix-out-under-a-file",
+             ["matrix", "--model", f"povid/none={model_dir}", "--test", f"povid={pairs}",
+              "--out", str(blocker / "matrix")], says=(str(blocker), "Not a directory")),
         Case("score-errors-file-is-the-input", score(root / "scored" / "e1.jsonl", "--errors",
                                                      str(items)),
              says=(str(items), "overwrite", "--errors"), unchanged=(items,),
