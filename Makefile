@@ -12,6 +12,9 @@ TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 DEEPSPEED   ?= deepspeed>=0.15
 PYTEST_ARGS ?=
+# make test runs the test files on this many pytest-xdist workers (each file whole on one,
+# so a module's fixtures are built once); 1 runs them in this process, one after another
+TEST_WORKERS ?= 2
 
 # Quiet, predictable CPU threads (small matmuls slow down 10-20x with busy-waiting OpenMP
 # threads), no hub downloads, no telemetry.
@@ -74,9 +77,11 @@ prefect-run: $(STAMP)
 services-down:
 	$(BIN)/python scripts/services.py stop all
 
-# every tier (tests/{unit,data,integration} and the studies' tests); the 25 slowest listed
+# every tier (tests/{unit,data,integration} and the studies' tests), a file per worker at a
+# time with one torch thread each; the 25 slowest listed
+test: export OMP_NUM_THREADS := 1
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=25 $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit tests/unit $(PYTEST_ARGS)
