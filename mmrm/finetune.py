@@ -30,11 +30,22 @@ def apply_finetune(model: RewardModel, config: TrainConfig) -> RewardModel:
         setattr(model.backbone.model, name, get_peft_model(getattr(model.backbone.model, name),
                                                            lora))
     if config.gradient_checkpointing:
-        model.backbone.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model.backbone)
     if config.torch_compile:
         compile_backbone(model)
     return model
+
+
+def enable_checkpointing(backbone) -> None:
+    """Non-reentrant activation (gradient) checkpointing, by the name the installed
+    transformers has: ``activation_checkpointing_enable`` from 5.x on, where
+    ``gradient_checkpointing_enable`` is a deprecated alias to be removed in v6; the old name
+    before (4.57, the oldest version the project supports)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(backbone, "activation_checkpointing_enable"):
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def compile_backbone(model: RewardModel) -> RewardModel:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -128,9 +129,13 @@ def test_gradient_checkpointing_trains_whole_sequences_to_the_same_losses(
     losses = {}
     for checkpointing in (False, True):
         out = tmp_path / f"checkpointing-{checkpointing}"
-        train(config(tiny_vlm_dir, tiny_pairs, out, gradient_checkpointing=checkpointing),
-              resume=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(config(tiny_vlm_dir, tiny_pairs, out, gradient_checkpointing=checkpointing),
+                  resume=False)
         losses[checkpointing] = [r["loss"] for r in metrics(out)]
+        # the deprecated name (removed in transformers v6) is not what turns it on
+        assert not [w for w in caught if "gradient_checkpointing_enable" in str(w.message)]
     changed, names = changed_tensors(tiny_vlm_dir, tmp_path / "checkpointing-True" / "final")
     assert unchanged_used(changed, names) == set()
     # recomputed activations, whole sequences instead of the shared prompt: same run
