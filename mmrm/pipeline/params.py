@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from mmrm.config import (ProxySource, Strict, TrainConfig, apply_overrides, load_config,
                          with_overrides)
 from mmrm.synthetic.environments import ENVIRONMENTS
+from mmrm.synthetic.visual import LevelName
 
 
 class BestOfNParams(Strict):
@@ -20,8 +21,8 @@ class BestOfNParams(Strict):
 
 class BenchmarkParams(Strict):
     seed: int = 0
-    visual: str = Field("V0", description="Visual-cost level (mmrm.synthetic.visual); the "
-                        "base is pre-trained for the same level.")
+    visual: LevelName = Field("V0", description="Visual-cost level (mmrm.synthetic.visual); "
+                              "the base is pre-trained for the same level.")
     cue_rate: float = Field(0.85, ge=0, le=1, description="P(own cue on the preferred side) "
                             "in each environment's train and test splits.")
     foreign_cue_rate: float = Field(0.5, ge=0, le=1, description="P(each other "
@@ -37,14 +38,6 @@ class BenchmarkParams(Strict):
                           "`neutral` variant trains on.")
     image_size: int = Field(56, ge=16)
     best_of_n: BestOfNParams = Field(default_factory=BestOfNParams)
-
-    @field_validator("visual")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        from mmrm.synthetic.visual import visual_level
-
-        visual_level(value)
-        return value
 
     @property
     def anticue_foreign_rate(self) -> float:

@@ -37,7 +37,7 @@ from mmrm.config import Strict
 
 from mmrm.synthetic import released
 from mmrm.synthetic.scenes import ATTRIBUTES, Scene, draw
-from mmrm.synthetic.visual import LEVELS, VisualCost, corrupt, visual_level
+from mmrm.synthetic.visual import LEVELS, LevelName, VisualCost, corrupt, visual_level
 
 CUE_TEXT = {
     "sure": "Sure! ",
@@ -74,8 +74,8 @@ class BenchmarkConfig(Strict):
 
     seed: int = Field(0, description="Everything is a function of this seed.")
     image_size: int = Field(56, ge=16, description="Image width and height in pixels.")
-    visual: str = Field("V0", description=f"Visual-cost level: {', '.join(LEVELS)} "
-                                          f"(mmrm.synthetic.visual).")
+    visual: LevelName = Field("V0", description=f"Visual-cost level: {', '.join(LEVELS)} "
+                                                f"(mmrm.synthetic.visual).")
     environments: list[str] = Field(list(ENVIRONMENTS), description="Which environments.")
     splits: list[SplitConfig] = Field(
         default_factory=lambda: [SplitConfig(name="train", size=3000),
@@ -108,12 +108,6 @@ class BenchmarkConfig(Strict):
                     or frame.replace("{}", "").count("}"):
                 raise ValueError(f"{env}: the frame {frame!r} must hold one '{{}}' (the "
                                  f"scene's description) and no other braces")
-        return value
-
-    @field_validator("visual")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        visual_level(value)
         return value
 
 

@@ -42,7 +42,7 @@ from queue import Full, Queue
 from pathlib import Path
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mmrm.config import Strict
@@ -51,7 +51,7 @@ from mmrm.synthetic.environments import (ANSWER_FRAMES, CUE_COUNTERPART, CUE_TEX
                                          POVID_PROMPTS, RLHFV_FRAME_SEVERAL, RLHFV_PROMPTS,
                                          RLHFV_PROMPTS_SEVERAL, VERBOSE_PADDING, VLF_PROMPTS)
 from mmrm.synthetic.scenes import ATTRIBUTES, STYLES, VALUES, Scene, draw
-from mmrm.synthetic.visual import LEVELS, VisualCost, corrupt, visual_level
+from mmrm.synthetic.visual import LEVELS, LevelName, VisualCost, corrupt, visual_level
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<|user|>", "<|assistant|>",
                   "<|end|>"]
@@ -85,9 +85,9 @@ class TinyVLMConfig(Strict):
     """Size and pre-training schedule of the tiny base."""
 
     seed: int = Field(0, description="Seed of weights and of the pre-training scenes.")
-    visual: str = Field("V0", description=f"Visual-cost level ({', '.join(LEVELS)}): the "
-                        "scenes pre-training shows and whether it includes sentence-level "
-                        "matching (mmrm.synthetic.visual).")
+    visual: LevelName = Field("V0", description=f"Visual-cost level ({', '.join(LEVELS)}): "
+                              "the scenes pre-training shows and whether it includes "
+                              "sentence-level matching (mmrm.synthetic.visual).")
     image_size: int = Field(56, description="Input resolution (pixels, square).")
     patch_size: int = Field(8, description="Vision patch size: (56/8)^2 = 49 image tokens.")
     hidden_size: int = Field(64, description="Width of vision tower and language model.")
@@ -112,12 +112,6 @@ class TinyVLMConfig(Strict):
                                                "get 1-3 wrong attributes and the probe "
                                                "predicts the fraction of right ones (else: "
                                                "one wrong attribute, match or not).")
-
-    @field_validator("visual")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        visual_level(value)
-        return value
 
     @property
     def level(self) -> VisualCost:

@@ -31,8 +31,9 @@ benchmark both take the level's name.
 from __future__ import annotations
 
 import random
+from typing import Annotated
 
-from pydantic import ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
 from mmrm.config import Strict
 
@@ -81,6 +82,15 @@ def visual_level(name: str) -> VisualCost:
     if name not in LEVELS:
         raise ValueError(f"unknown visual level {name!r}; known: {', '.join(LEVELS)}")
     return LEVELS[name]
+
+
+def _known_level(name: str) -> str:
+    visual_level(name)
+    return name
+
+
+#: A config field that holds a level's name, checked when the config is read.
+LevelName = Annotated[str, AfterValidator(_known_level)]
 
 
 def corrupt(scene: Scene, rng: random.Random, errors: int = 1, visual: VisualCost | None = None,

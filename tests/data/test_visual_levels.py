@@ -8,11 +8,13 @@ from collections import Counter
 
 import pytest
 
+from mmrm.pipeline.params import BenchmarkParams
 from mmrm.synthetic.benchmark import convert_benchmark
 from mmrm.synthetic.environments import (BenchmarkConfig, SplitConfig, answer, best_of_n_items,
                                          povid_items, rlhfv_items, vlfeedback_items,
                                          write_benchmark, write_best_of_n)
 from mmrm.synthetic.scenes import ATTRIBUTES, Scene, Thing
+from mmrm.synthetic.tiny_vlm import TinyVLMConfig
 from mmrm.synthetic.visual import LEVELS, VisualCost, corrupt, visual_level
 
 
@@ -34,8 +36,9 @@ def test_levels_are_named_and_an_unknown_one_is_refused():
     assert LEVELS["V2"].matched == ("size", "colour") and LEVELS["V3"].matched == ()
     with pytest.raises(ValueError, match="unknown visual level 'V9'"):
         visual_level("V9")
-    with pytest.raises(ValueError, match="unknown visual level"):
-        BenchmarkConfig(visual="V9")
+    for config in (BenchmarkConfig, TinyVLMConfig, BenchmarkParams):
+        with pytest.raises(ValueError, match="unknown visual level 'V9'; known: V0, V1"):
+            config(visual="V9")
 
 
 def test_v0_to_v3_write_the_same_data(tmp_path):
