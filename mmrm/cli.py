@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from mmrm.config import SERVE_MAX_PIXELS
 from mmrm.convert import FORMATS, convert as run_convert
 from mmrm.formats import (ImageCheck, ImageRules, InferenceRecord, MultiRecord, PairRecord,
                           read_records)
@@ -324,7 +325,7 @@ def serve(
     max_items: Annotated[int, typer.Option(help="Items or queries per request.")] = 256,
     max_responses: Annotated[int, typer.Option(help="Responses per item.")] = 64,
     max_image_pixels: Annotated[int, typer.Option(
-        help="Decompression-bomb cap (width x height).")] = 25_000_000,
+        help="Decompression-bomb cap (width x height).")] = SERVE_MAX_PIXELS,
     request_timeout: Annotated[float, typer.Option(
         help="Seconds a request may take end to end.")] = 60.0,
 ) -> None:

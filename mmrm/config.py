@@ -270,6 +270,11 @@ class ScoreConfig(Strict):
         return out.with_name(out.name.removesuffix(".jsonl") + ".errors.jsonl")
 
 
+#: The server's default pixel cap (``mmrm serve``): its images come from requests, so it is
+#: tighter (25 M, a 5k x 5k image) than mmrm.images.DEFAULT_MAX_PIXELS for the user's files.
+SERVE_MAX_PIXELS = 25_000_000
+
+
 class ServeConfig(Strict):
     """A reward server (``mmrm serve``): the model, where it listens, and its limits."""
 
@@ -293,7 +298,7 @@ class ServeConfig(Strict):
     max_body_bytes: int = Field(8 << 20, ge=1024, description="Largest request body.")
     max_items: int = Field(256, ge=1, description="Items (or queries) per request.")
     max_responses: int = Field(64, ge=1, description="Responses per item.")
-    max_image_pixels: int = Field(25_000_000, ge=1, description="Decompression-bomb cap "
+    max_image_pixels: int = Field(SERVE_MAX_PIXELS, ge=1, description="Decompression-bomb cap "
                                   "(width x height).")
     request_timeout_s: float = Field(60.0, gt=0, description="End-to-end limit of a request "
                                      "(Serve's proxy answers when it passes).")
