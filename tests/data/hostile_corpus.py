@@ -10,12 +10,9 @@ them are made under ``OUT_DIR``.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import struct
 import sys
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/, run as a script too
+from imagebytes import image_bytes, png_claiming_size  # noqa: E402
 
 
 @dataclass
@@ -60,21 +60,6 @@ class Case:
     check: object = field(default=None, repr=False)
 
 
-def png(colour=(200, 30, 30), size=(8, 6)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def bomb(width=100_000, height=100_000) -> bytes:
-    data = bytearray(png(size=(1, 1)))
-    ihdr = data.index(b"IHDR")
-    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[ihdr:ihdr + 17])) & 0xFFFFFFFF
-    data[ihdr + 17:ihdr + 21] = struct.pack(">I", crc)
-    return bytes(data)
-
-
 def pair(i, **changes) -> dict:
     record = {"id": f"p{i}", "prompt": "What colour is it?", "img_path": "img.png",
               "chosen": "It is red.", "rejected": "It is blue."}
@@ -97,10 +82,10 @@ def build(root: Path, model_dir: Path, base_dir: Path) -> list[Case]:
     root = Path(root)
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
-    (data / "img.png").write_bytes(png())
+    (data / "img.png").write_bytes(image_bytes())
     (data / "broken.png").write_bytes(b"this is not an image")
-    (data / "bomb.png").write_bytes(bomb())
-    (root / "outside.png").write_bytes(png((0, 200, 0)))
+    (data / "bomb.png").write_bytes(png_claiming_size(100_000, 100_000))
+    (root / "outside.png").write_bytes(image_bytes((0, 200, 0)))
     return (pair_cases(root, data) + path_cases(root, data) + release_cases(root)
             + image_fix_cases(root, data) + score_cases(root, data, model_dir)
             + model_cases(root, data, model_dir) + train_cases(root, data, base_dir)
@@ -225,7 +210,7 @@ def release_cases(root: Path) -> list[Case]:
     no_column = rel / "no_column.parquet"
     pq.write_table(pa.table({"idx": [1, 2]}), no_column)
     bad_text = rel / "bad_text.parquet"
-    pq.write_table(pa.table({"image": [{"bytes": png(), "path": None}],
+    pq.write_table(pa.table({"image": [{"bytes": image_bytes(), "path": None}],
                              "text": ["{not json"], "idx": [0]}), bad_text)
     no_bytes = rel / "no_bytes.parquet"
     pq.write_table(pa.table({"image": [{"bytes": None, "path": "x.png"}],
@@ -242,7 +227,7 @@ def release_cases(root: Path) -> list[Case]:
         {"response": "a", "annotations": {"Helpfulness": {"Rating": "N/A"}}},
         {"response": "b", "annotations": {"Helpfulness": {"Rating": "5"}}}]}])
     (rel / "merged_images").mkdir(exist_ok=True)
-    (rel / "merged_images" / "v1.jpg").write_bytes(png())
+    (rel / "merged_images" / "v1.jpg").write_bytes(image_bytes())
     out = lambda name: root / "out" / name / "pairs.jsonl"   # noqa: E731
     return [
         Case("rlhfv-corrupt-parquet", convert_args(corrupt, out("corrupt"), "rlhfv"),
@@ -472,11 +457,6 @@ def train_cases(root: Path, data: Path, base_dir: Path) -> list[Case]:
     ]
 
 
-if __name__ == "__main__":
-    for case in build(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])):
-        print(f"{case.name}: mmrm {' '.join(case.args)}")
-
-
 # --------------------------------------------------------------------------- issue 32's kinds
 
 def output_cases(root: Path, data: Path, model_dir: Path) -> list[Case]:
@@ -495,7 +475,7 @@ def output_cases(root: Path, data: Path, model_dir: Path) -> list[Case]:
         if not symlink.exists():
             symlink.symlink_to(pairs)
     picture = data / "picture.png"
-    picture.write_bytes(png((10, 10, 200)))
+    picture.write_bytes(image_bytes((10, 10, 200)))
     uses_picture = jsonl(data / "uses_picture.jsonl", [pair(0, img_path="picture.png")])
     state_gone, truncated = root / "scored" / "gone.jsonl", root / "scored" / "short.jsonl"
     score = lambda out, *extra: ["score", str(model_dir), str(items), str(out),  # noqa: E731
@@ -638,7 +618,7 @@ def config_cases(root: Path, data: Path, base_dir: Path) -> list[Case]:
     envs = root / "stage_envs"
     (envs / "povid").mkdir(parents=True, exist_ok=True)
     shutil.copy(good, envs / "povid" / "train.jsonl")
-    (envs / "povid" / "img.png").write_bytes(png())
+    (envs / "povid" / "img.png").write_bytes(image_bytes())
     params.write_text(yaml.safe_dump({
         "builtin": ["povid"], "environments": ["povid"], "variants": ["none"],
         "train": {"max_steps": 1, "per_device_batch_size": 2},
@@ -682,3 +662,8 @@ def config_cases(root: Path, data: Path, base_dir: Path) -> list[Case]:
              ["stage", "train", "--env", "povid", "--variant", "none", "--params", str(params)],
              says=("data.eval.povid", "no such file")),
     ]
+
+
+if __name__ == "__main__":
+    for case in build(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])):
+        print(f"{case.name}: mmrm {' '.join(case.args)}")
