@@ -103,6 +103,42 @@ def with_ray(model_dir: Path, src: Path, work: Path, workers: int, batch: int,
             "preprocess": totals["preprocess"]}
 
 
+def counted_work(run, *args, **kwargs) -> dict:
+    """The work of one call of ``run`` as torch's profiler counts it: FLOPs (of the operators
+    it counts: matrix products, convolutions, elementwise products and sums; not attention)
+    and seconds inside torch operators, which leaves out Python and framework overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        run(*args, **kwargs)
+    events = prof.key_averages()
+    return {"flops": sum(e.flops for e in events),
+            "op_seconds": sum(e.self_cpu_time_total for e in events) / 1e6,
+            "attention_seconds": sum(e.self_cpu_time_total for e in events
+                                     if "scaled_dot_product" in e.key) / 1e6}
+
+
+def compare_counted_work(model_dir: Path, rows: list[dict], batch: int, on: dict) -> dict:
+    """:func:`counted_work` of the naive loop and of the in-process scorer (after a warm-up)."""
+    work = {}
+    for name, run in (("naive", naive_loop), ("in process", in_process)):
+        run(model_dir, rows, batch, **on)
+        work[name] = counted_work(run, model_dir, rows, batch, **on)
+    return work
+
+
+def print_counted_work(work: dict) -> None:
+    """The two runs' work and its ratio: the speed-up the scorer could reach if its time were
+    its operators' alone."""
+    print(f"{'counted work':<28}{'GFLOP':>9}{'op seconds':>12}{'of it attention':>17}")
+    for name, w in work.items():
+        print(f"{name:<28}{w['flops'] / 1e9:>9.2f}{w['op_seconds']:>12.2f}"
+              f"{w['attention_seconds']:>17.2f}")
+    naive, mmrm = work["naive"], work["in process"]
+    print(f"naive / mmrm: {naive['flops'] / mmrm['flops']:.2f}x FLOPs, "
+          f"{naive['op_seconds'] / mmrm['op_seconds']:.2f}x operator time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--base", type=Path, default=Path("data/base/tiny"))
@@ -118,6 +154,10 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(WEIGHT_DTYPES), default="fp32")
     parser.add_argument("--no-ray", action="store_true",
                         help="only the naive loop and the in-process scorer (no Ray installed)")
+    parser.add_argument("--count-work", action="store_true",
+                        help="also count the FLOPs and operator time of the naive loop and the "
+                             "in-process scorer (torch's profiler): the ratio a scorer without "
+                             "overhead would reach")
     args = parser.parse_args()
     torch.set_num_threads(1)
     on = {"device": args.device, "dtype": args.dtype}
@@ -149,6 +189,7 @@ def main() -> None:
                                                          args.batch, attempt, preprocess, **on,
                                                          image_root=args.pairs.parent))
         best = {key: min(r, key=lambda run: run["seconds"]) for key, r in runs.items()}
+        work = compare_counted_work(model_dir, rows, args.batch, on) if args.count_work else None
 
     print(f"{args.random_base or args.base} (random init: {bool(args.random_base)}), "
           f"{params / 1e6:.1f}M parameters, {args.dtype} on {args.device}")
@@ -165,6 +206,8 @@ def main() -> None:
         name = names[key].format(run.get("preprocess"))
         print(f"{name:<52}{run['seconds']:>9.2f}{n / run['seconds']:>13.1f}"
               f"{naive / run['seconds']:>9.2f}x")
+    if work:
+        print_counted_work(work)
     if not args.no_ray:
         one, two = best["ray 1"], best["ray 2"]
         print(f"2 vs 1 workers: {one['seconds'] / two['seconds']:.2f}x (wall incl. Ray start "
