@@ -23,21 +23,27 @@ def register_reward_model(model_dir: str | Path, registered_name: str,
     """Log the saved RM (safetensors + configs) as an MLflow pyfunc model in the active run
     and register a new version of ``registered_name``, tagged with ``tags`` and the model
     directory."""
+    import warnings
+
     import mlflow
     import torch
     import transformers
 
     import mmrm.serving
 
-    info = mlflow.pyfunc.log_model(     # a model from code: no pickled objects
-        name="reward_model", python_model=mmrm.serving.__file__,
-        artifacts={"reward_model": str(model_dir)}, signature=mmrm.serving.signature(),
-        # the server's settings, empty = the defaults; MLflow lets load_model(model_config=)
-        # override only the keys logged here
-        model_config=dict.fromkeys(mmrm.serving.SERVER_SETTINGS, ""),
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                          f"transformers=={transformers.__version__}", "mmrm"],
-        registered_model_name=registered_name)
+    with warnings.catch_warnings():
+        # the signature is given; an input example would make MLflow load the model and
+        # score the example while logging it (its serving-input check), an image included
+        warnings.filterwarnings("ignore", ".*An input example was not provided", UserWarning)
+        info = mlflow.pyfunc.log_model(     # a model from code: no pickled objects
+            name="reward_model", python_model=mmrm.serving.__file__,
+            artifacts={"reward_model": str(model_dir)}, signature=mmrm.serving.signature(),
+            # the server's settings, empty = the defaults; MLflow lets
+            # load_model(model_config=) override only the keys logged here
+            model_config=dict.fromkeys(mmrm.serving.SERVER_SETTINGS, ""),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                              f"transformers=={transformers.__version__}", "mmrm"],
+            registered_model_name=registered_name)
     client = mlflow.MlflowClient()
     version = info.registered_model_version
     for key, value in {**tags, "model_dir": str(Path(model_dir).resolve())}.items():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import mlflow.models
 import mlflow.pyfunc
+import pandas as pd
 
 #: What a request may set; the rest of the behaviour is the server's configuration.
 REQUEST_PARAMS = ("normalize",)
@@ -42,7 +43,9 @@ class RewardModelPyfunc(mlflow.pyfunc.PythonModel):
         self.max_pixels = int(config.get("max_image_pixels") or DEFAULT_MAX_PIXELS)
         self.scorer = ResponseScorer(context.artifacts["reward_model"], threads=0)
 
-    def predict(self, context, model_input, params=None):
+    # a DataFrame hint: MLflow neither wraps predict nor infers a signature from it (the
+    # logged signature is signature() below), and it does not warn that a hint is missing
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         from mmrm.inference import score_items
 
         params = params or {}

@@ -11,6 +11,7 @@ time.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,8 +77,13 @@ class MLflowTracker:
         from mlflow.data.meta_dataset import MetaDataset
 
         path = Path(path).resolve()
-        dataset = MetaDataset(resolve_dataset_source(str(path)), name=name,
-                              digest=file_md5(path))
+        with warnings.catch_warnings():
+            # MLflow registers the same LocalArtifactDatasetSource for the "" and the "file"
+            # scheme and warns that a local path matches both; either resolves it alike
+            warnings.filterwarnings("ignore", "The specified dataset source can be "
+                                    "interpreted in multiple ways", UserWarning)
+            source = resolve_dataset_source(str(path))
+        dataset = MetaDataset(source, name=name, digest=file_md5(path))
         self._mlflow.log_input(dataset, context=context)
 
 

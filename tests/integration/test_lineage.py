@@ -58,3 +58,24 @@ def test_only_a_better_model_on_the_same_evaluation_takes_the_champion(registry,
     version = client.get_model_version_by_alias(NAME, CHAMPION)
     assert version.tags["mmrm.ood_mean"] == "0.850000" and version.tags["mmrm.eval_key"] == full
     assert version.tags["mmrm.decision"].startswith("champion: a higher mean OOD")
+
+
+def test_logging_data_and_registering_a_model_leave_no_mlflow_warnings(registry, tmp_path):
+    """What the pipeline logs to MLflow for every run: a data file as an input, a saved RM as
+    a registered pyfunc. MLflow's nags (a local path that two sources match, no input
+    example, no type hint on predict) are answered or explained, not printed to the user."""
+    import warnings
+
+    from mmrm.model_registry import register_reward_model
+    from mmrm.tracking import MLflowTracker
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"id": "1"}\n')
+    model_dir = tmp_path / "rm"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    with warnings.catch_warnings(record=True) as caught, mlflow.start_run():
+        warnings.simplefilter("always")
+        MLflowTracker().log_dataset(data, name="pairs", context="train")
+        register_reward_model(model_dir, NAME, {"ood": 0.5})
+    assert [str(w.message)[:80] for w in caught if "mlflow" in w.filename] == []
