@@ -78,3 +78,28 @@ def test_cli_names_its_choices_and_version():
     assert "<list[str]>" not in train
     bad = runner.invoke(app, ["stage", "nonsense"])
     assert bad.exit_code == 2 and "nonsense" in bad.output
+
+
+def test_score_and_serve_without_options_build_their_configs_defaults(tmp_path, monkeypatch):
+    """The commands restate ScoreConfig's and ServeConfig's defaults as their options'
+    defaults (for --help): run with none of their options, they build the very config the
+    defaults give, so the two cannot drift apart."""
+    import mmrm.score
+    import mmrm.serve
+    from mmrm.config import ScoreConfig, ServeConfig
+
+    built = {}
+
+    def score_file(config, **_):
+        built["score"] = config
+        return {"already_complete": True, "items_written": 0}
+
+    monkeypatch.setattr(mmrm.score, "score_file", score_file)
+    monkeypatch.setattr(mmrm.serve, "serve_model",
+                        lambda config, **_: built.setdefault("serve", config))
+    paths = [str(tmp_path / name) for name in ("rm", "items.jsonl", "scores.jsonl")]
+    for args in (["score", *paths], ["serve", paths[0]]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert built["score"] == ScoreConfig(model=paths[0], input=paths[1], output=paths[2])
+    assert built["serve"] == ServeConfig(model=paths[0])
