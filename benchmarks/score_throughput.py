@@ -119,12 +119,10 @@ def counted_work(run, *args, **kwargs) -> dict:
 
 
 def compare_counted_work(model_dir: Path, rows: list[dict], batch: int, on: dict) -> dict:
-    """:func:`counted_work` of the naive loop and of the in-process scorer (after a warm-up)."""
-    work = {}
-    for name, run in (("naive", naive_loop), ("in process", in_process)):
-        run(model_dir, rows, batch, **on)
-        work[name] = counted_work(run, model_dir, rows, batch, **on)
-    return work
+    """:func:`counted_work` of the naive loop and of the in-process scorer (after the timed
+    runs, which are their warm-up)."""
+    return {name: counted_work(run, model_dir, rows, batch, **on)
+            for name, run in (("naive", naive_loop), ("in process", in_process))}
 
 
 def print_counted_work(work: dict) -> None:
