@@ -100,7 +100,7 @@ def with_ray(model_dir: Path, src: Path, work: Path, workers: int, batch: int,
                                     preprocess=preprocess, gpus_per_worker=gpus, dtype=dtype,
                                     image_root=str(image_root) if image_root else None))
     return {"seconds": totals["seconds"], "wall": time.perf_counter() - started,
-            "preprocess": totals["preprocess"]}
+            "preprocess": totals["preprocess"], "busy": totals["workers_busy"]}
 
 
 def counted_work(run, *args, **kwargs) -> dict:
@@ -194,7 +194,7 @@ def main() -> None:
     per_worker = "one GPU" if args.device == "cuda" else "1 torch thread"
     print(f"{len(rows)} items x {args.responses} responses = {n} responses, "
           f"batches of {args.batch} responses, {per_worker} per worker, best of {args.repeat}")
-    print(f"{'run':<52}{'seconds':>9}{'responses/s':>13}{'vs naive':>10}")
+    print(f"{'run':<52}{'seconds':>9}{'responses/s':>13}{'vs naive':>10}{'busy':>7}")
     names = {"naive": "naive loop (image per response)", "in process": "mmrm scorer, in process",
              "ray 1": "mmrm score, Ray, 1 worker (preprocess: {})",
              "ray 1 worker": "mmrm score, Ray, 1 worker (preprocess: {})",
@@ -202,8 +202,12 @@ def main() -> None:
     naive = best["naive"]["seconds"]
     for key, run in best.items():
         name = names[key].format(run.get("preprocess"))
+        busy = f"{run['busy']:>7.0%}" if "busy" in run else ""
         print(f"{name:<52}{run['seconds']:>9.2f}{n / run['seconds']:>13.1f}"
-              f"{naive / run['seconds']:>9.2f}x")
+              f"{naive / run['seconds']:>9.2f}x{busy}")
+    if not args.no_ray:
+        print("busy: the share of the run the Ray workers spent in their scoring calls "
+              "(the rest: waiting for the driver, Ray's hand-offs, start and end)")
     if work:
         print_counted_work(work)
     if not args.no_ray:

@@ -294,7 +294,8 @@ def score(
         typer.echo(f"{output} is already complete ({totals['items_written']} items)")
         return
     typer.echo(f"scored {totals['items_scored']} items ({totals['responses']} responses) in "
-               f"{totals['seconds']} s; {totals['items_failed']} bad items -> "
+               f"{totals['seconds']} s (workers busy {totals['workers_busy']:.0%} of it); "
+               f"{totals['items_failed']} bad items -> "
                f"{config.errors_path}; lines read {totals['ledger']['read']} = written "
                f"{totals['ledger']['written']} + skipped {totals['ledger']['skipped']}")
 

@@ -105,8 +105,10 @@ class ResponseScorer:
                 (:func:`encode_groups`); the other items are encoded here.
 
         Returns ``{"results": [{"line", "scores"} | {"line", "error"}], "worker": the
-        incarnation (process) that scored it, "actor": the actor's name}``.
+        incarnation (process) that scored it, "actor": the actor's name, "seconds": the
+        time this call took (its encoding and model calls)}``.
         """
+        started = time.perf_counter()
         if self.batch_delay:
             time.sleep(self.batch_delay)
         results = []
@@ -133,7 +135,8 @@ class ResponseScorer:
                     except Exception as err:  # noqa: BLE001 - reported per item
                         results.append({"line": item["line"],
                                         "error": f"{type(err).__name__}: {err}"})
-        return {"results": results, "worker": self.incarnation, "actor": self.name}
+        return {"results": results, "worker": self.incarnation, "actor": self.name,
+                "seconds": time.perf_counter() - started}
 
     def ready(self) -> str:
         return self.incarnation

@@ -369,7 +369,8 @@ class ScoreRun:
     scored: dict[int, dict] = field(default_factory=dict)
     windows: list[Window] = field(default_factory=list)
     totals: dict = field(default_factory=lambda: {"items_scored": 0, "items_failed": 0,
-                                                  "responses": 0, "workers": set()})
+                                                  "responses": 0, "workers": set(),
+                                                  "worker_seconds": 0.0})
 
     def __post_init__(self):
         # reader errors of lines an earlier call already wrote are not written again
@@ -407,6 +408,7 @@ class ScoreRun:
             self.scored[r["line"]] = r
             self.totals["responses"] += len(r.get("scores", []))
         self.totals["workers"].add(result["worker"])
+        self.totals["worker_seconds"] += result["seconds"]
         owner = next(w for w in self.windows if result["results"][0]["line"] in w.line_set)
         owner.pending -= 1
         if self.progress is not None:
@@ -469,8 +471,15 @@ class ScoreRun:
         _write_state(self.state_path, self.state)
         if self.bar is not None:
             self.bar.close()
+        seconds = time.perf_counter() - self.started
+        # the share of the run the actors spent scoring: well below 1, they waited for the
+        # driver (more preprocessing there than model time, or too few batches in flight)
+        actors = max(len(self.actor_names), 1)
+        busy = self.totals["worker_seconds"] / max(seconds * actors, 1e-9)
         totals = {**self.totals, "workers": sorted(self.totals["workers"]),
-                  "seconds": round(time.perf_counter() - self.started, 3)}
+                  "seconds": round(seconds, 3),
+                  "worker_seconds": round(self.totals["worker_seconds"], 3),
+                  "workers_busy": round(busy, 3)}
         # the reader saw every line of the file; the state counts what every call wrote
         totals["ledger"] = {"read": self.ledger.read, "written": self.state.items_written,
                             "skipped": self.state.items_failed}

@@ -39,6 +39,7 @@ def score_sample(params: PipelineParams) -> dict:
         rate = totals["responses"] / max(totals["seconds"], 1e-9)
         tracker.log_metrics({"score/items": totals["items_scored"],
                              "score/responses_per_second": rate,
+                             "score/workers_busy": totals["workers_busy"],
                              **{f"best_of_n/{k}": v for k, v in quality.items()}})
     write_json(out / "best_of_n.json", {"model": champion["champion"], **quality})
     write_json(params.metrics_dir / "best_of_n.json",

@@ -182,6 +182,21 @@ def test_responses_share_one_image_preprocessing_and_encoding(reward_dir, infere
     assert calls == {"encode": 1, "images": 3, "preprocess": 1}
 
 
+def test_the_totals_count_the_time_the_workers_spent_scoring(ray_cluster, reward_dir,
+                                                            inference_file, tmp_path,
+                                                            monkeypatch):
+    # 30 items of 4 responses, 12 responses per batch: 10 batches, each sleeping 0.1 s in
+    # the actor on top of its scoring
+    monkeypatch.setenv("MMRM_TEST_BATCH_DELAY", "0.1")
+    totals = score_file(config(reward_dir, inference_file, tmp_path / "scores.jsonl",
+                               workers=1, preprocess="driver"))
+    assert totals["worker_seconds"] >= 10 * 0.1
+    # one actor scores one batch at a time, inside the run: busy at most the whole run
+    assert totals["worker_seconds"] <= totals["seconds"]
+    assert totals["workers_busy"] == pytest.approx(
+        totals["worker_seconds"] / totals["seconds"], abs=2e-3)
+
+
 def test_worker_killed_mid_run_loses_nothing(ray_cluster, clean_run, reward_dir,
                                              inference_file, tmp_path, monkeypatch):
     import ray
