@@ -155,7 +155,13 @@ def write_report(results: Path, grid) -> dict:
     default = choose_default(slacks)
     lines = [f"# {results.name}: results ({len(found)} of "
              f"{len(grid.cells) * len(grid.replicates()) * 2} replicate phases)", ""]
-    lines += cost_lines(found) + [""] + rule_lines(slacks, default) + [""]
+    unshared = unshared_proxies(found)
+    lines += cost_lines(found) + [""]
+    lines += [f"Shared-proxy check: the two phases of {len(unshared)} replicate(s) report "
+              f"different proxies (rebuilt between phases): {', '.join(unshared)}.", ""] \
+        if unshared else ["Shared-proxy check: every replicate's two phases report the same "
+                          "proxies.", ""]
+    lines += rule_lines(slacks, default) + [""]
     summary = {}
     for cell in grid.cells:
         reps = replicate_means(cells.get(cell.key, []))
@@ -168,6 +174,20 @@ def write_report(results: Path, grid) -> dict:
     if summary:
         phase_diagram(summary, grid, results / "phase.png")
     return {"default": default, "summary": summary}
+
+
+def unshared_proxies(found: list[dict]) -> list[str]:
+    """Replicates whose two phases report different proxies. A replicate's phases share its
+    data, base and cross-fitted proxies (the sweep reuses them), so their proxy accuracies
+    must agree; where a phase had to rebuild them (its work folder lost between phases, the
+    rebuild on another machine), they may not, and its paired differences then compare RMs
+    grown from different bases: listed, not hidden, not dropped."""
+    phases = defaultdict(dict)
+    for r in found:
+        phases[(cell_key(r["cell"]), r["base_seed"], r["data_seed"])][r["phase"]] = \
+            r["diagnosis"]["proxies"]
+    return [f"{key} b{b}-d{d}" for (key, b, d), got in sorted(phases.items())
+            if len(got) == 2 and len({json.dumps(v, sort_keys=True) for v in got.values()}) > 1]
 
 
 def cost_lines(found: list[dict]) -> list[str]:

@@ -86,3 +86,16 @@ def test_one_tiny_replicate_of_both_phases_then_nothing_to_do(tmp_path, monkeypa
 def test_a_cell_without_results_is_missing_not_an_error():
     assert report.criteria([]) is None
     assert report.choose_default({"V1-c0.95-f0.5-fresh": None}) == {}
+
+
+def test_phases_that_report_different_proxies_are_listed():
+    cell = {"visual": "V1", "cue": 0.95, "foreign": 0.5, "reuse": "fresh"}
+
+    def result(phase, data_seed, accuracy):
+        return {"cell": cell, "base_seed": 0, "data_seed": data_seed, "phase": phase,
+                "diagnosis": {"proxies": {"povid": {"test": accuracy}}}}
+
+    found = [result("sfc-free", 0, 0.95), result("aware", 0, 0.95),
+             result("sfc-free", 1, 0.95), result("aware", 1, 0.94),
+             result("sfc-free", 2, 0.90)]                 # one phase only: nothing to compare
+    assert report.unshared_proxies(found) == ["V1-c0.95-f0.5-fresh b0-d1"]
