@@ -155,12 +155,7 @@ def write_report(results: Path, grid) -> dict:
     default = choose_default(slacks)
     lines = [f"# {results.name}: results ({len(found)} of "
              f"{len(grid.cells) * len(grid.replicates()) * 2} replicate phases)", ""]
-    unshared = unshared_proxies(found)
-    lines += cost_lines(found) + [""]
-    lines += [f"Shared-proxy check: the two phases of {len(unshared)} replicate(s) report "
-              f"different proxies (rebuilt between phases): {', '.join(unshared)}.", ""] \
-        if unshared else ["Shared-proxy check: every replicate's two phases report the same "
-                          "proxies.", ""]
+    lines += cost_lines(found) + [""] + proxy_check_lines(found) + [""]
     lines += rule_lines(slacks, default) + [""]
     summary = {}
     for cell in grid.cells:
@@ -188,6 +183,14 @@ def unshared_proxies(found: list[dict]) -> list[str]:
             r["diagnosis"]["proxies"]
     return [f"{key} b{b}-d{d}" for (key, b, d), got in sorted(phases.items())
             if len(got) == 2 and len({json.dumps(v, sort_keys=True) for v in got.values()}) > 1]
+
+
+def proxy_check_lines(found: list[dict]) -> list[str]:
+    unshared = unshared_proxies(found)
+    if not unshared:
+        return ["Shared-proxy check: every replicate's two phases report the same proxies."]
+    return [f"Shared-proxy check: the two phases of {len(unshared)} replicate(s) report "
+            f"different proxies (rebuilt between phases): {', '.join(unshared)}."]
 
 
 def cost_lines(found: list[dict]) -> list[str]:
