@@ -1,7 +1,9 @@
 """The report of a grid from its result files alone (``results/<grid>/runs/``): per replicate
 and method the means over the environments, the SFC-free default rule, paired differences
 from the standard RM with bootstrap CIs, headroom capture, the weights early / middle / late,
-the cost, and a phase diagram per method. Pre-registered rules: README.md (grid 2)."""
+the cost, a phase diagram per method, and (``predictions.py``) the targets at the default,
+the best non-paper method and which predictions held. Pre-registered rules: README.md
+(grid 2)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
+
+import predictions
 
 ORDER = ("none", "neutral", "sfc_joint", "sfc_two_stage", "group_balance", "poe")
 MEASURES = ("id", "ood", "anticue", "cue_balanced", "bon_correct", "sfd")
@@ -157,18 +161,56 @@ def write_report(results: Path, grid) -> dict:
              f"{len(grid.cells) * len(grid.replicates()) * 2} replicate phases)", ""]
     lines += cost_lines(found) + [""] + proxy_check_lines(found) + [""]
     lines += rule_lines(slacks, default) + [""]
-    summary = {}
+    summary, reps_by_cell = {}, {}
     for cell in grid.cells:
         reps = replicate_means(cells.get(cell.key, []))
         if reps:
             lines += cell_lines(cell.key, reps)
-            summary[cell.key] = cell_summary(reps)
+            summary[cell.key], reps_by_cell[cell.key] = cell_summary(reps), reps
+    looked_up = predictions.Cells(grid, cells, reps_by_cell)
+    non_paper = predictions.best_non_paper(looked_up, default.get("cell", ""))
+    checks = predictions.check_all(looked_up, default, slacks)
+    lines += target_lines(predictions.targets(looked_up, default.get("cell", "")), non_paper)
+    lines += prediction_lines(checks)
     (results / "report.md").write_text("\n".join(lines) + "\n")
     (results / "default.json").write_text(json.dumps(
-        {"default": default, "slacks": slacks}, indent=2, sort_keys=True) + "\n")
+        {"default": default, "slacks": slacks, "best_non_paper": non_paper,
+         "predictions": {c["n"]: c["held"] for c in checks}},
+        indent=2, sort_keys=True) + "\n")
     if summary:
         phase_diagram(summary, grid, results / "phase.png")
-    return {"default": default, "summary": summary}
+    return {"default": default, "summary": summary, "best_non_paper": non_paper,
+            "predictions": checks}
+
+
+def target_lines(targets: list[dict], non_paper: dict) -> list[str]:
+    lines = ["## Targets at the default", ""]
+    if not targets:
+        return lines + ["(the default cell's runs are not all in yet)", ""]
+    lines += ["| method | OOD - none (>= +.10, CI > 0) | ID - none (>= -.02) | headroom "
+              "capture (>= 50%) | best-of-N - none (>= +.10) |", "| --- |" + " --- |" * 4]
+    for t in targets:
+        cols = [f"{fmt(t[k])} {'met' if t['met'][k] else 'missed'}"
+                for k in ("ood", "id", "capture", "bon")]
+        name = f"**{t['method']}** (best)" if t["best"] else t["method"]
+        lines.append(f"| {name} | " + " | ".join(cols) + " |")
+    lines += ["", "The best method is the one with the largest mean paired OOD gain; the "
+              "paper's SFC (`sfc_joint`, `sfc_two_stage`) is reported on its own rows."]
+    if non_paper:
+        lines += ["", f"**Best non-paper method: {non_paper['method']}** (by "
+                      f"{non_paper['by']}; OOD gain " + ", ".join(
+                          f"{m} {g:+.3f}" for m, g in non_paper["ood_gain"].items())
+                  + "; ID - none " + ", ".join(
+                      f"{m} {g:+.3f}" for m, g in non_paper["id_gain"].items()) + ")."]
+    return lines + [""]
+
+
+def prediction_lines(checks: list[dict]) -> list[str]:
+    verdict = {True: "held", False: "did not hold", None: "not decided yet"}
+    lines = ["## The pre-registered predictions", ""]
+    for c in checks:
+        lines.append(f"{c['n']}. *{verdict[c['held']]}*: {c['claim']}. {c['detail']}.")
+    return lines + [""]
 
 
 def unshared_proxies(found: list[dict]) -> list[str]:

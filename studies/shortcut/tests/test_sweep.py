@@ -74,6 +74,10 @@ def test_one_tiny_replicate_of_both_phases_then_nothing_to_do(tmp_path, monkeypa
     assert weights and 0 < weights[0]["mean"] <= 1
     text = (tmp_path / "results" / "report.md").read_text()
     assert "V2-c0.95-f0.2-repeated (1 replicates)" in text and "| poe |" in text
+    # targets and the best non-paper method at the (only) cell; the predictions that speak of
+    # grid 2's eight cells are left undecided, those of the default cell alone (11, 12) not
+    assert "**Best non-paper method: " in text and "(best) |" in text
+    assert text.count("*not decided yet*") == 10 and "\n12. *" in text
     assert json.loads((tmp_path / "results" / "default.json").read_text())["default"]["cell"] \
         == "V2-c0.95-f0.2-repeated"
     assert (tmp_path / "results" / "phase.png").stat().st_size > 1000
