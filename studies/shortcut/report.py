@@ -280,6 +280,9 @@ def cell_lines(key: str, reps: dict) -> list[str]:
         capture = fmt(headroom_capture(reps, m)) if m not in ("none", "neutral") else ""
         lines.append(f"| {m} | " + " | ".join(f"{means[k]:.3f}" for k in MEASURES) + " | "
                      + " | ".join(diffs) + f" | {capture} |")
+    if "neutral" in methods:
+        lines += ["", "ID price of reading the image (neutral ID - none ID, paired): "
+                      f"{fmt(paired(reps, 'neutral', 'id'))}."]
     lines += ["", "Weights (mean over environments and replicates), proxy wrong / right: "
               "early, middle, late; proxy accuracy in sample / out of sample / test:", ""]
     for m in methods:

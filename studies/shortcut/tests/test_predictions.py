@@ -106,6 +106,9 @@ def test_the_made_up_grid_holds_every_prediction():
     assert targets["poe"]["capture"]["mean"] == pytest.approx(0.11 / 0.15)
     assert targets["sfc_two_stage"]["met"]["capture"] is False
     assert "V1-c0.95-f0.5-repeated: 0.400 / 0.250" in checks[1]["detail"]
+    lines = report.cell_lines("V1-c0.95-f0.2-fresh", cells.reps["V1-c0.95-f0.2-fresh"])
+    assert "ID price of reading the image (neutral ID - none ID, paired): -0.110 " \
+        "[-0.110, -0.110]." in lines
 
 
 def break_one(spec, key, method, measure, value):
