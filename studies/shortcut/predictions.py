@@ -9,15 +9,13 @@ while a cell it needs has no results; ``detail`` carries the numbers it was deci
 from __future__ import annotations
 
 import report
+from sweep import AWARE, GRIDS     # the shortcut-aware methods; grid 2's cells
 
-#: The shortcut-aware methods (the neutral RM is the reference, not a method under test).
-AWARE = ("sfc_joint", "sfc_two_stage", "group_balance", "poe")
 #: The methods the best non-paper method is chosen from.
 NON_PAPER = ("group_balance", "poe")
 TIE = 0.005
 #: The cells the predictions speak of, as (visual, foreign rate, reuse).
-CELLS = tuple((v, f, r) for v in ("V1", "V2") for f in (0.5, 0.2)
-              for r in ("repeated", "fresh"))
+CELLS = tuple((c.visual, c.foreign, c.reuse) for c in GRIDS["grid2"].cells)
 
 
 class Cells:
