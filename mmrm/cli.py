@@ -246,6 +246,48 @@ def train_proxy(
     typer.echo(f"proxy accuracy on its training data: {cache['accuracy']:.4f}")
 
 
+@app.command(help="Average two reward models fine-tuned from one base, weight by weight: "
+                  "(1 - ALPHA) A + ALPHA B (WiSE-FT). A and B must be one architecture from "
+                  "one base (refused otherwise). OUT is an ordinary saved reward model; its "
+                  "reward statistics come from A's training pairs where they can be read.")
+def interpolate(
+    a: Annotated[Path, typer.Argument(metavar="A", help="Saved reward model (alpha 0).")],
+    b: Annotated[Path, typer.Argument(metavar="B", help="Saved reward model (alpha 1).")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to write (replaced "
+                                        "whole if it exists).")],
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="B's share.")] = 0.5,
+    calibration_pairs: Annotated[int, typer.Option(min=0, help="A's training pairs scored "
+                                                   "for the reward mean/std (0: A's and B's "
+                                                   "interpolated).")] = 1000,
+) -> None:
+    from mmrm.interpolate import Interpolation, save_interpolated
+    from mmrm.outputs import refuse_overwriting_inputs
+
+    with _user_errors():
+        refuse_overwriting_inputs([a, b], {"OUT": out})
+        for model in (a, b):
+            if out.resolve() in model.resolve().parents:
+                raise ValueError(f"{out} (OUT): holds the input {model}: choose another OUT")
+        mix = Interpolation(a, b)
+        pairs = _training_pairs_of(a)[:calibration_pairs] if calibration_pairs else []
+        save_interpolated(mix, alpha, out, pairs)
+    typer.echo(f"wrote {out} ({1 - alpha:g} x {a} + {alpha:g} x {b}"
+               + (f"; reward statistics from {len(pairs)} of A's training pairs)" if pairs
+                  else "; reward statistics interpolated)"))
+
+
+def _training_pairs_of(model: Path) -> list:
+    """The training pairs a saved reward model's ``train_config.json`` names, where they
+    can still be read (else none)."""
+    from mmrm.data import load_pairs
+
+    try:
+        config = json.loads((model / "train_config.json").read_text())
+        return [p for path in config["data"]["train"] for p in load_pairs(path)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 @app.command(help="Score every response of an inference file with a saved reward model, on "
                   "Ray workers: one output line per input item, in input order, with `scores` "
                   "and `best`. Rerunning with the same OUTPUT resumes where it stopped.")
@@ -347,14 +389,16 @@ def serve(
 
 @app.command(help="Run one pipeline stage from params.yaml (what `dvc repro` and the Prefect "
                   "flow call): benchmark, convert --env E, convert-real --name N, split --name "
-                  "N, base, proxy --env E, train --env E --variant V, evaluate, score.")
+                  "N, base, proxy --env E, train --env E --variant V, derive --env E --variant "
+                  "V, evaluate, score.")
 def stage(
     name: Annotated[StageName, typer.Argument(metavar="STAGE", help="One of: " + ", ".join(
         s.value for s in StageName) + ".")],
     env: Annotated[Optional[str], typer.Option(
         help="Environment (convert, proxy, train): one of the params' sources.")] = None,
     variant: Annotated[Optional[str], typer.Option(
-        help="Variant (train): one of the params' variants.")] = None,
+        help="Variant (train, derive): one of the params' variants (derived_variants).")
+    ] = None,
     dataset: Annotated[Optional[str], typer.Option("--name", help="Real data set "
                                                    "(convert-real, split).")] = None,
     params: Annotated[Path, typer.Option(help="Pipeline params YAML.")] = Path("params.yaml"),
@@ -371,7 +415,8 @@ def stage(
     if missing:
         typer.echo(f"error: stage {chosen.name} needs {' and '.join(missing)}", err=True)
         raise typer.Exit(code=2)
-    known = {"env": [*loaded.builtin, *loaded.real_datasets], "variant": loaded.variants,
+    variants = loaded.derived_variants if chosen.name == "derive" else loaded.variants
+    known = {"env": [*loaded.builtin, *loaded.real_datasets], "variant": variants,
              "name": list(loaded.real_datasets)}
     for arg, value in arguments.items():
         if value not in known[arg]:

@@ -47,6 +47,8 @@ class Weighting(str, Enum):
     SFC = "sfc"                    # the paper's Shortcut-Failure Coefficient, per step
     GROUP_BALANCE = "group_balance"  # JTT-style fixed weights: proxy-wrong / -right pairs half each
     POE = "poe"                    # product of experts: -log sigmoid(margin + proxy margin)
+    CONF_REG = "conf_reg"          # confidence regularization: the standard RM's own
+                                   # confidence as the target, flattened where the proxy is sure
 
 
 #: Settings of earlier releases, and what replaced them (the one line an old config gets).
@@ -118,8 +120,10 @@ class ShortcutConfig(Strict):
                                "folds and frozen: mmrm train-proxy, cached in proxy_losses).")
     weighting: Weighting = Field(Weighting.NONE, description="none | sfc (the paper) | "
                                  "group_balance (fixed JTT-style weights) | poe (product of "
-                                 "experts). All but none need a proxy; group_balance and poe "
-                                 "a fixed one (cross_fit).")
+                                 "experts) | conf_reg (confidence regularization: a teacher's "
+                                 "confidence, flattened where the proxy is sure). All but none "
+                                 "need a proxy; group_balance, poe and conf_reg a fixed one "
+                                 "(cross_fit); conf_reg also a teacher.")
     eps: float = Field(0.0, ge=0, description="SFC's epsilon (eps/2 + Lt/(eps+Lt+L)).")
     normalize: bool = Field(False, description="Rescale weights to mean 1 per batch.")
     proxy_losses: str | None = Field(None, description="cross_fit: the proxies' cached "
@@ -132,6 +136,13 @@ class ShortcutConfig(Strict):
                              "comes from a proxy trained on the other folds, so it is out of "
                              "sample, as the paper's online loss is; 1: one proxy on all "
                              "pairs, scored on its own training pairs.")
+    teacher: str | None = Field(None, description="conf_reg: a saved reward model whose "
+                                "margins on the training pairs are the target (the standard "
+                                "RM of the same data; the pipeline sets the `none` variant of "
+                                "the same environment).")
+    teacher_margins: str | None = Field(None, description="conf_reg: where the teacher's "
+                                        "margins are cached (JSON; made on first use, remade "
+                                        "when the teacher or the pairs change).")
 
     @model_validator(mode="before")
     @classmethod
@@ -158,6 +169,9 @@ class ShortcutConfig(Strict):
                              f"(shortcut.proxy: cross_fit); joint serves sfc")
         if self.proxy is ProxySource.CROSS_FIT and not self.proxy_losses:
             raise ValueError("shortcut.proxy_losses is required with proxy cross_fit")
+        if self.weighting is Weighting.CONF_REG and not (self.teacher and self.teacher_margins):
+            raise ValueError("weighting conf_reg needs shortcut.teacher (a saved standard RM "
+                             "of the same data) and shortcut.teacher_margins (its cache)")
         return self
 
     @property

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import inspect
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -314,6 +315,27 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last position whose mask is 1, per row (right or left padding)."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (attention_mask.long() * (positions + 1)).argmax(-1)
+
+
+#: Files above this size enter the model digest by name, size and modification time only
+#: (hashing an 8B model's 16 GB at every start would cost a minute).
+DIGEST_CONTENT_LIMIT = 64 << 20
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """A digest of a model folder's files: content for the small ones (configs, value head,
+    tokenizer), name + size + mtime for weight shards over :data:`DIGEST_CONTENT_LIMIT`."""
+    from mmrm.images import sha256_file
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        stat = path.stat()
+        h.update(str(path.relative_to(model_dir)).encode() + b"\0")
+        if stat.st_size <= DIGEST_CONTENT_LIMIT:
+            h.update(sha256_file(path).encode())
+        else:
+            h.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return h.hexdigest()
 
 
 def check_model_folder(path: str | Path) -> Path:

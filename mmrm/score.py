@@ -49,7 +49,7 @@ from mmrm.formats import ImageCheck, ImageRules, InferenceRecord, read_inference
 from mmrm.images import sha256_file
 from mmrm.inference import ResponseScorer, encode_groups
 from mmrm.ledger import Ledger, OnError, RecordError
-from mmrm.model import RewardConfig
+from mmrm.model import RewardConfig, model_digest
 from mmrm.outputs import exclusive, refuse_overwriting_inputs
 
 __all__ = ["ScoreConfig", "ResponseScorer", "score_file", "start_ray", "preprocess_where",
@@ -139,25 +139,6 @@ def _read_state(path: Path) -> ScoreState:
     except (ValueError, TypeError) as err:
         raise ValueError(f"{path}: not a scoring state this mmrm can resume ({err}); remove "
                          f"it and the output to start over") from None
-
-
-#: Files above this size enter the model digest by name, size and modification time only
-#: (hashing an 8B model's 16 GB at every start would cost a minute).
-DIGEST_CONTENT_LIMIT = 64 << 20
-
-
-def model_digest(model_dir: str | Path) -> str:
-    """A digest of a model folder's files: content for the small ones (configs, value head,
-    tokenizer), name + size + mtime for weight shards over :data:`DIGEST_CONTENT_LIMIT`."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        stat = path.stat()
-        h.update(str(path.relative_to(model_dir)).encode() + b"\0")
-        if stat.st_size <= DIGEST_CONTENT_LIMIT:
-            h.update(sha256_file(path).encode())
-        else:
-            h.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return h.hexdigest()
 
 
 def _windows(config: ScoreConfig, start_line: int, ledger: Ledger, bad: list[RecordError]

@@ -286,7 +286,7 @@ class RewardService:
             yield chunk
 
     def info(self) -> dict:
-        from mmrm.score import model_digest
+        from mmrm.model import model_digest
 
         limits = {k: getattr(self.config, k) for k in (
             "max_body_bytes", "max_items", "max_responses", "max_image_pixels",

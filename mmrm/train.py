@@ -27,12 +27,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmrm.config import ProxySource, TrainConfig
+from mmrm.config import ProxySource, TrainConfig, Weighting
 from mmrm.data import (PairCollator, load_pairs, pairs_with_unknown_tokens, select_folds,
                        unknown_tokens_note)
 from mmrm.evaluate.metrics import pairwise_accuracy
 from mmrm.finetune import apply_finetune, merge_adapters
-from mmrm.inference import reward_statistics, score_pairs
+from mmrm.inference import load_reward_model, reward_statistics, score_pairs
 from mmrm.model import RewardModel, load_processor, weight_dtype_named
 from mmrm.tracking import NoOpTracker, Tracker, flatten
 from mmrm.weighting import PairTerms, PairWeighting, weight_histogram, weight_statistics
@@ -164,16 +164,66 @@ def load_proxy_cache(path: str | Path, pairs) -> dict:
     return found
 
 
+def pairs_digest(pairs) -> str:
+    """A digest of training pairs' contents (ids, texts, images): a cache made on other
+    pairs under the same ids is not reused."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(json.dumps([p.id, p.prompt, p.chosen, p.rejected, p.img_path]).encode())
+    return h.hexdigest()
+
+
+def teacher_margins(config: TrainConfig, pairs, log=print) -> dict[str, float]:
+    """conf_reg's teacher margins (chosen minus rejected reward of ``shortcut.teacher``) on
+    the training pairs, cached at ``shortcut.teacher_margins`` like the proxies' margins:
+    reused when the cache was made by the same teacher (its digest) on the same pairs,
+    made again otherwise."""
+    from mmrm.model import model_digest
+
+    teacher, path = Path(config.shortcut.teacher), Path(config.shortcut.teacher_margins)
+    identity = {"teacher": str(teacher), "teacher_digest": model_digest(teacher),
+                "pairs_digest": pairs_digest(pairs)}
+    try:
+        cached = json.loads(path.read_text())
+        if {k: cached.get(k) for k in identity} == identity:
+            return cached["margins"]
+    except (OSError, ValueError, KeyError):
+        pass
+    log(f"teacher margins: scoring {len(pairs)} training pairs with {teacher}")
+    model, collator = load_reward_model(teacher, max_length=config.data.max_length)
+    chosen, rejected = score_pairs(model, collator, pairs, config.eval_batch_size)
+    margins = {p.id: round(float(c - r), 6) for p, c, r in zip(pairs, chosen, rejected)}
+    bad = next((k for k, v in margins.items() if not math.isfinite(v)), None)
+    if bad is not None:
+        raise ValueError(f"shortcut.teacher: {teacher}: margin of pair {bad!r} is "
+                         f"{margins[bad]}: the teacher is broken")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**identity, "margins": margins}) + "\n")
+    os.replace(tmp, path)
+    return margins
+
+
 def training_inputs(config: TrainConfig) -> tuple[list, dict | None]:
     """Every input of a run, checked before a model is loaded: the training pairs (each
     record validated, ``file:line: field: problem``), the evaluation files and base model
-    folder (they exist), and the cross-fitted proxies' cache (one entry per pair).
+    folder (they exist), the cross-fitted proxies' cache (one entry per pair) and a
+    conf_reg teacher's folder.
 
     Returns the training pairs (after fold selection) and the proxy cache, if any.
     """
     from mmrm.model import check_model_folder
 
     check_model_folder(config.model)
+    if config.shortcut.teacher:
+        from mmrm.model import check_reward_model
+
+        try:
+            check_reward_model(config.shortcut.teacher)
+        except ValueError as err:
+            raise ValueError(f"shortcut.teacher: {err}") from None
     for name, path in config.data.eval.items():
         if not Path(path).is_file():
             raise ValueError(f"data.eval.{name}: {path}: no such file")
@@ -285,8 +335,11 @@ def setup(config: TrainConfig, tracker: Tracker, log, resume: bool) -> Recipe:
 
     pairs, cache = training_inputs(config)     # bad input fails here, not mid-run
     checkpoint = resumable_checkpoint(config) if resume else None
+    teacher = teacher_margins(config, pairs, log) \
+        if config.shortcut.weighting is Weighting.CONF_REG else None
     weighting = PairWeighting(config.shortcut.weighting, cache, [p.id for p in pairs],
-                              eps=config.shortcut.eps, normalize=config.shortcut.normalize)
+                              eps=config.shortcut.eps, normalize=config.shortcut.normalize,
+                              teacher=teacher)
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
                               gradient_accumulation_steps=config.gradient_accumulation_steps)
     set_seed(config.seed)
@@ -508,9 +561,10 @@ def _batch_stats(loss, terms: PairTerms, chosen, rejected) -> dict:
     stats = {"loss": loss.item(), "bt_loss": terms.bt_loss.mean().item(),
              "accuracy": (chosen > rejected).float().mean().item(),
              "margin": (chosen - rejected).mean().item(), "n": len(terms.bt_loss)}
-    stats.update(weight_statistics(terms.weights, terms.text_loss))
+    # the effective weights: the weights, or a changed loss's share of the BT gradient
+    stats.update(weight_statistics(terms.effective, terms.text_loss))
     if terms.text_loss is not None:
-        stats["weight/hist"] = weight_histogram(terms.weights)
+        stats["weight/hist"] = weight_histogram(terms.effective)
         stats["proxy_loss"] = terms.text_loss.mean().item()
     return stats
 

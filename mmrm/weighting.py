@@ -4,7 +4,14 @@ Losses here return one value per pair; the training loop reduces them, so a weig
 is one object the loop calls (:class:`PairWeighting`, then ``(weights * losses).mean()``),
 not a different loop. Where the text-only proxy's rewards come from (trained jointly, or
 cross-fitted and cached) is ``shortcut.proxy``; how they become weights (SFC, group balance)
-or a different per-pair loss (product of experts) is ``shortcut.weighting``.
+or a different per-pair loss (product of experts, confidence regularization) is
+``shortcut.weighting``.
+
+Every scheme also reports an *effective* weight per pair: how much of the standard
+Bradley-Terry gradient the pair gets (``d loss / d margin`` over ``d BT / d margin``). For
+reweighting schemes it is the weight itself; for the product of experts and confidence
+regularization, which change the loss instead, it is their gradient ratio. Training logs it,
+so a run whose weights collapse (a few pairs carry the loss, or none) shows it.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ import torch.nn.functional as F
 from mmrm.config import ProxySource, Weighting
 
 __all__ = ["Weighting", "ProxySource", "bradley_terry_loss", "shortcut_failure_coefficient",
-           "product_of_experts_loss", "PairTerms", "PairWeighting", "group_balance_weights",
-           "weight_histogram", "weight_statistics", "WEIGHT_BIN_EDGES"]
+           "product_of_experts_loss", "confidence_regularized_target",
+           "confidence_regularization_loss", "PairTerms", "PairWeighting",
+           "group_balance_weights", "weight_histogram", "weight_statistics",
+           "effective_sample_share", "WEIGHT_BIN_EDGES"]
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -58,6 +67,41 @@ def product_of_experts_loss(margin: torch.Tensor, text_margin: torch.Tensor) -> 
     return -F.logsigmoid(margin + text_margin.detach())
 
 
+def confidence_regularized_target(teacher_margin: torch.Tensor,
+                                  proxy_margin: torch.Tensor) -> torch.Tensor:
+    """The probability that the chosen response wins which confidence regularization trains
+    towards (Utama et al., 2020, "Mind the Trade-off", Sec. 3, Eq. 2, for pairs): the
+    teacher's ``p_T = sigmoid(teacher margin)``, flattened by the text-only proxy's
+    confidence ``beta = sigmoid(proxy margin)``::
+
+        s = p_T^(1 - beta) / (p_T^(1 - beta) + (1 - p_T)^(1 - beta))
+          = sigmoid((1 - beta) * teacher margin)
+
+    (the second line since ``p_T / (1 - p_T) = e^(teacher margin)``). Where the proxy is
+    sure the chosen response wins (beta -> 1) the target goes to 1/2: the pair teaches
+    little; where the proxy is wrong (beta -> 0) the target is the teacher's own.
+
+    Worked example: teacher margin 2 (p_T = 0.8808), proxy margin 0 (beta = 1/2): s =
+    sigmoid(1) = 0.7311, i.e. 0.8808^0.5 / (0.8808^0.5 + 0.1192^0.5) = 0.9385 / 1.2838.
+    """
+    beta = torch.sigmoid(proxy_margin.detach())
+    return torch.sigmoid((1 - beta) * teacher_margin.detach())
+
+
+def confidence_regularization_loss(margin: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-pair cross-entropy of ``sigmoid(margin)`` (the reward model's probability that the
+    chosen response wins) against ``target`` (:func:`confidence_regularized_target`)::
+
+        -(s log sigmoid(margin) + (1 - s) log sigmoid(-margin))
+
+    ``target = 1`` gives the Bradley-Terry loss. Its gradient with respect to the margin is
+    ``sigmoid(margin) - s``. Worked example: margin 0, target 0.7311 gives
+    ``-(0.7311 log 0.5 + 0.2689 log 0.5) = log 2 = 0.6931`` and gradient -0.2311.
+    """
+    target = target.detach()
+    return -(target * F.logsigmoid(margin) + (1 - target) * F.logsigmoid(-margin))
+
+
 @dataclass
 class PairTerms:
     """One batch's per-pair terms, as the training loop reduces them:
@@ -69,6 +113,12 @@ class PairTerms:
     bt_loss: torch.Tensor             # the reward model's own Bradley-Terry loss (logged)
     text_loss: torch.Tensor | None    # the proxy's BT loss per pair (logged; SFC's input)
     proxy_loss: torch.Tensor | None   # the jointly trained proxy's loss (with its gradient)
+    effective: torch.Tensor | None = None   # per pair, detached: the share of the standard
+    # BT gradient the pair gets (the weight, or a changed loss's gradient ratio); logged
+
+    def __post_init__(self):
+        if self.effective is None:
+            self.effective = self.weights
 
 
 class PairWeighting:
@@ -81,21 +131,26 @@ class PairWeighting:
             ``margins`` by pair id; None for a joint proxy or none.
         pairs: the run's training pair ids (group balance weighs them once, up front).
         eps, normalize: SFC's epsilon; rescale the weights to mean 1 per batch.
+        teacher: conf_reg's teacher margins by pair id (:func:`mmrm.train.teacher_margins`).
     """
 
     def __init__(self, weighting: Weighting | str, cache: dict | None = None,
-                 pairs: list[str] | None = None, eps: float = 0.0, normalize: bool = False):
+                 pairs: list[str] | None = None, eps: float = 0.0, normalize: bool = False,
+                 teacher: dict[str, float] | None = None):
         self.weighting = Weighting(weighting)
-        self.cache, self.eps, self.normalize = cache, eps, normalize
+        self.cache, self.eps, self.normalize, self.teacher = cache, eps, normalize, teacher
         self.fixed = group_balance_weights({i: cache["losses"][i] for i in pairs}) \
             if self.weighting is Weighting.GROUP_BALANCE else None
         if self.weighting is not Weighting.NONE and self.weighting is not Weighting.SFC \
                 and cache is None:
             raise ValueError(f"weighting {self.weighting.value} needs the cross-fitted "
                              f"proxies' cache (shortcut.proxy: cross_fit)")
-        if self.weighting is Weighting.POE and "margins" not in cache:
-            raise ValueError("weighting poe needs the proxies' margins: rerun mmrm "
-                             "train-proxy (the cache predates them)")
+        if self.weighting in (Weighting.POE, Weighting.CONF_REG) and "margins" not in cache:
+            raise ValueError(f"weighting {self.weighting.value} needs the proxies' margins: "
+                             f"rerun mmrm train-proxy (the cache predates them)")
+        if self.weighting is Weighting.CONF_REG and teacher is None:
+            raise ValueError("weighting conf_reg needs the teacher's margins "
+                             "(shortcut.teacher)")
 
     def __call__(self, chosen: torch.Tensor, rejected: torch.Tensor, ids: list[str],
                  proxy_rewards: tuple[torch.Tensor, torch.Tensor] | None = None) -> PairTerms:
@@ -107,7 +162,8 @@ class PairWeighting:
             proxy_loss = text_loss = bradley_terry_loss(*proxy_rewards)
         elif self.cache is not None:
             text_loss = self._cached("losses", ids, bt_loss)
-        losses, weights = bt_loss, torch.ones_like(bt_loss)
+        losses, weights, effective = bt_loss, torch.ones_like(bt_loss), None
+        margin = (chosen - rejected).detach()
         if self.weighting is Weighting.SFC:
             if text_loss is None:
                 raise ValueError("weighting sfc needs the text-only proxy's losses")
@@ -115,11 +171,23 @@ class PairWeighting:
         elif self.weighting is Weighting.GROUP_BALANCE:
             weights = torch.tensor([self.fixed[i] for i in ids], device=bt_loss.device)
         elif self.weighting is Weighting.POE:
-            losses = product_of_experts_loss(chosen - rejected,
-                                             self._cached("margins", ids, bt_loss))
+            proxy_margin = self._cached("margins", ids, bt_loss)
+            losses = product_of_experts_loss(chosen - rejected, proxy_margin)
+            # d/dm: -sigmoid(-(m + proxy margin)) against BT's -sigmoid(-m)
+            effective = torch.sigmoid(-(margin + proxy_margin)) / torch.sigmoid(-margin)
+        elif self.weighting is Weighting.CONF_REG:
+            target = confidence_regularized_target(
+                torch.tensor([self.teacher[i] for i in ids], device=bt_loss.device),
+                self._cached("margins", ids, bt_loss))
+            losses = confidence_regularization_loss(chosen - rejected, target)
+            # d/dm: sigmoid(m) - s against BT's sigmoid(m) - 1 (negative where the RM is
+            # already more confident than the target: the loss pulls it back)
+            effective = (target - torch.sigmoid(margin)) / torch.sigmoid(-margin)
         if self.normalize and self.weighting is not Weighting.NONE:
             weights = weights / weights.mean().clamp_min(1e-12)
-        return PairTerms(losses, weights, bt_loss, text_loss, proxy_loss)
+        if effective is not None:
+            effective = effective * weights
+        return PairTerms(losses, weights, bt_loss, text_loss, proxy_loss, effective)
 
     def _cached(self, key: str, ids: list[str], like: torch.Tensor) -> torch.Tensor:
         return torch.tensor([self.cache[key][i] for i in ids], device=like.device)
@@ -165,15 +233,17 @@ def weight_histogram(weights: torch.Tensor) -> list[int]:
 
 
 def weight_statistics(weights: torch.Tensor, text_loss: torch.Tensor | None) -> dict[str, float]:
-    """Mean, quantiles and the mean weight where the text-only proxy is wrong vs right.
+    """Mean, mean square, quantiles and the mean weight where the text-only proxy is wrong
+    vs right.
 
     The proxy is wrong on a pair when its loss exceeds ``log 2`` (it scores the rejected
-    response higher).
+    response higher). The mean square gives the effective sample size of any stretch of
+    training (:func:`effective_sample_share`).
     """
     w = weights.detach().float()
     q = torch.quantile(w, torch.tensor([0.1, 0.5, 0.9]))
-    stats = {"weight/mean": w.mean().item(), "weight/p10": q[0].item(),
-             "weight/p50": q[1].item(), "weight/p90": q[2].item()}
+    stats = {"weight/mean": w.mean().item(), "weight/mean_sq": (w * w).mean().item(),
+             "weight/p10": q[0].item(), "weight/p50": q[1].item(), "weight/p90": q[2].item()}
     if text_loss is not None:
         wrong = proxy_wrong(text_loss)
         stats["weight/proxy_wrong_frac"] = wrong.float().mean().item()
@@ -182,3 +252,14 @@ def weight_statistics(weights: torch.Tensor, text_loss: torch.Tensor | None) -> 
         if (~wrong).any():
             stats["weight/mean_proxy_right"] = w[~wrong].mean().item()
     return stats
+
+
+def effective_sample_share(mean: float, mean_sq: float) -> float:
+    """The effective sample size ``(sum w)^2 / sum w^2`` of ``n`` weights as a share of
+    ``n``, from their mean and mean square: ``mean^2 / mean_sq`` (1 when every weight is
+    equal, ``k / n`` when ``k`` pairs share the weight and the rest have none; NaN when every
+    weight is 0).
+
+    Worked example: weights 1, 1, 0, 0 (mean 0.5, mean square 0.5) give 0.5: two of four.
+    """
+    return mean * mean / mean_sq if mean_sq > 0 else float("nan")

@@ -170,15 +170,22 @@ def cue_balanced_accuracy(chosen: torch.Tensor, rejected: torch.Tensor,
 
 def weight_phases(records: Sequence[dict], parts: int = 3) -> list[dict]:
     """The pair weights early, in the middle and late in training (``parts`` consecutive
-    stretches of a run's ``metrics.jsonl`` records): per stretch its steps, the mean weight
-    and the mean weight on the pairs the text-only proxy gets wrong and right (NaN where a
-    run logged no proxy statistics). A weighting whose contrast between the two fades as the
-    RM fits its pairs shows it here.
+    stretches of a run's ``metrics.jsonl`` records): per stretch its steps, the mean weight,
+    the mean weight on the pairs the text-only proxy gets wrong and right (NaN where a run
+    logged no proxy statistics), and the effective sample share ``(sum w)^2 / (n sum w^2)``
+    (:func:`mmrm.weighting.effective_sample_share`; NaN where the run logged no mean
+    squares). The weights are the effective ones: a changed loss's share of the standard
+    gradient (product of experts, confidence regularization). A weighting whose contrast
+    between the two fades as the RM fits its pairs shows it here, and so does a collapse
+    (a few pairs carry the loss: a small share).
 
     Worked example: records at steps 10-60 with ``weight/mean_proxy_wrong`` 0.7, 0.6, 0.9,
-    0.9, 0.9, 0.9 give, in thirds, 0.65, 0.9 and 0.9.
+    0.9, 0.9, 0.9 give, in thirds, 0.65, 0.9 and 0.9; ``weight/mean`` 0.5 and
+    ``weight/mean_sq`` 0.5 throughout give a share of 0.5 in each third.
     """
     import math
+
+    from mmrm.weighting import effective_sample_share
 
     if not records:
         return []
@@ -188,8 +195,11 @@ def weight_phases(records: Sequence[dict], parts: int = 3) -> list[dict]:
         chunk = records[k:k + size]
         phase = {"first_step": chunk[0]["step"], "last_step": chunk[-1]["step"]}
         for key, name in (("weight/mean", "mean"), ("weight/mean_proxy_wrong", "proxy_wrong"),
-                          ("weight/mean_proxy_right", "proxy_right")):
+                          ("weight/mean_proxy_right", "proxy_right"),
+                          ("weight/mean_sq", "mean_sq")):
             values = [r[key] for r in chunk if key in r and r[key] == r[key]]
             phase[name] = sum(values) / len(values) if values else float("nan")
+        phase["ess"] = effective_sample_share(phase["mean"], phase.pop("mean_sq")) \
+            if phase["mean_sq"] == phase["mean_sq"] else float("nan")
         phases.append(phase)
     return phases

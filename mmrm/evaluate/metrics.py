@@ -150,10 +150,62 @@ def best_of_n_quality(errors: Sequence[Sequence[int]], scores: Sequence[Sequence
             "oracle_mean_errors": mean(best_errors)}
 
 
+#: The N of a best-of-N curve (those up to an item's number of candidates).
+CURVE_N = (1, 2, 4, 8, 16, 32, 64)
+
+
+def best_of_n_curve(errors: Sequence[Sequence[int]], scores: Sequence[Sequence[float]],
+                    ns: Sequence[int] = CURVE_N) -> dict[int, dict[str, float]]:
+    """The quality of an RM's pick among N candidates, for each N of ``ns`` up to the
+    smallest item's number of candidates K: its expectation over every N-subset of an item's
+    K candidates, exactly, then the mean over items (``fully_correct``: the pick has no
+    wrong fact; ``mean_errors``). N = 1 is a random candidate; N = K is
+    :func:`best_of_n_quality`'s pick. An RM whose curve falls as N grows is being
+    over-optimized: its highest scores go to what is not quality.
+
+    The candidate at rank r (0 = the highest score) is the pick of an N-subset when the
+    subset holds it and N - 1 of the K - 1 - r below it: ``C(K-1-r, N-1) / C(K, N)``. Tied
+    scores share their ranks' probabilities equally (a random pick among the tied).
+
+    Worked example (``ns = (1, 2, 3)``): one item, errors ``[0, 1, 1]``, scores
+    ``[0.2, 0.9, 0.1]``: N = 1 gives
+    1/3 fully correct; N = 2 picks the 0.9 one whenever it is in (2 of 3 subsets), else the
+    0.2 one (correct): 1/3; N = 3 gives 0.
+    """
+    from math import comb
+
+    if len(errors) != len(scores):
+        raise ValueError(f"{len(errors)} items of errors but {len(scores)} of scores")
+    if not errors:
+        return {}
+    smallest = min(len(e) for e in errors)
+    curve = {}
+    for n in (n for n in ns if n <= smallest):
+        right, wrong_facts = [], []
+        for item_errors, item_scores in zip(errors, scores):
+            k = len(item_errors)
+            order = sorted(range(k), key=lambda i: -item_scores[i])
+            p = [comb(k - 1 - r, n - 1) / comb(k, n) for r in range(k)]
+            r = 0
+            while r < k:                      # tied scores share their ranks' chances
+                end = r
+                while end + 1 < k and item_scores[order[end + 1]] == item_scores[order[r]]:
+                    end += 1
+                shared = sum(p[r:end + 1]) / (end + 1 - r)
+                p[r:end + 1] = [shared] * (end + 1 - r)
+                r = end + 1
+            right.append(sum(pr for pr, i in zip(p, order) if item_errors[i] == 0))
+            wrong_facts.append(sum(pr * item_errors[i] for pr, i in zip(p, order)))
+        curve[n] = {"fully_correct": statistics.fmean(right),
+                    "mean_errors": statistics.fmean(wrong_facts)}
+    return curve
+
+
 def best_of_n_file(model, processor, path: str | Path, items_per_batch: int = 16,
                    image_root: str | Path | None = None) -> dict:
     """:func:`best_of_n_quality` of a saved RM on an inference file whose items carry each
-    response's number of mistakes in ``errors`` (the built-in benchmark's best-of-N sets)."""
+    response's number of mistakes in ``errors`` (the built-in benchmark's best-of-N sets),
+    with its :func:`best_of_n_curve` under ``curve`` (``{N: fully correct}``)."""
     from mmrm.formats import ImageRules, InferenceRecord, read_records
 
     records = list(read_records(path, InferenceRecord, images=ImageRules(
@@ -170,7 +222,10 @@ def best_of_n_file(model, processor, path: str | Path, items_per_batch: int = 16
         chunk = items[start:start + items_per_batch]
         scores += (score_items_shared_prefix(model, processor, chunk)
                    or score_items(model, processor, chunk))
-    return best_of_n_quality([r.extra["errors"] for r in records], scores)
+    errors = [r.extra["errors"] for r in records]
+    curve = best_of_n_curve(errors, scores)
+    return {**best_of_n_quality(errors, scores),
+            "curve": {str(n): v["fully_correct"] for n, v in curve.items()}}
 
 
 def paired_bootstrap(differences: Sequence[float], resamples: int = 10000, level: float = 0.95,

@@ -17,8 +17,9 @@ from mmrm.pipeline.params import PipelineParams
 def benchmark_config(params: PipelineParams):
     """The :class:`~mmrm.synthetic.environments.BenchmarkConfig` these params ask for: per
     builtin environment a train and a test split at the params' cue rates, an anti-cue test
-    split (every cue against the side training favoured), and with ``benchmark.neutral`` a
-    cue-neutral train split (every cue at random)."""
+    split (every cue against the side training favoured), with ``benchmark.neutral`` a
+    cue-neutral train split (every cue at random) and with ``benchmark.val_size`` a
+    validation split drawn like the train split."""
     from mmrm.synthetic.environments import BenchmarkConfig, SplitConfig
 
     b = params.benchmark
@@ -30,6 +31,8 @@ def benchmark_config(params: PipelineParams):
     if b.neutral:
         splits.append(SplitConfig(name="neutral", size=b.train_size, cue_rate=0.5,
                                   foreign_cue_rate=0.5))
+    if b.val_size:            # last: each split draws from its own seed, the others stay
+        splits.append(SplitConfig(name="val", size=b.val_size, **rates))
     return BenchmarkConfig(seed=b.seed, image_size=b.image_size, visual=b.visual,
                            environments=params.builtin, splits=splits)
 

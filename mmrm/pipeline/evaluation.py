@@ -15,8 +15,10 @@ from mmrm.model_registry import evaluation_key, promote
 from mmrm.pipeline import say, write_json
 from mmrm.pipeline.params import PipelineParams
 
-#: The per-model measures averaged per variant into ``metrics/pipeline.json``.
+#: The per-model measures averaged per variant into ``metrics/pipeline.json``, with the
+#: best-of-N curve's points (``bon_n<N>``: the pick among N candidates fully correct).
 VARIANT_MEASURES = ("anticue", "bon_correct", "bon_errors", "bon_oracle", "bon_random")
+CURVE_PREFIX = "bon_n"
 
 
 def evaluate(params: PipelineParams) -> dict:
@@ -24,7 +26,7 @@ def evaluate(params: PipelineParams) -> dict:
     from mmrm.evaluate.matrix import cross_distribution
 
     models = {f"{env}/{v}": params.model_dir(env, v) / "final"
-              for env in params.environments for v in params.variants}
+              for env in params.environments for v in params.all_variants}
     tests = {env: params.pairs(env, "test") for env in params.test_columns}
     with stage_run(params, "evaluate") as tracker:
         say(f"evaluating {len(models)} models on {len(tests)} test sets")
@@ -34,6 +36,8 @@ def evaluate(params: PipelineParams) -> dict:
         metrics = variant_metrics(params, matrix, shortcut)
         for variant, values in metrics.items():
             tracker.log_metrics({f"{variant}/{k}": x for k, x in values.items()})
+            for n, value in curve_points(values).items():   # a curve in MLflow's charts
+                tracker.log_metrics({f"{variant}/best_of_n_curve": value}, step=n)
         chosen = choose_champion(params, matrix, models, tests, tracker)
         write_json(params.metrics_dir / "pipeline.json", metrics)
         params.metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -74,10 +78,12 @@ def variant_metrics(params: PipelineParams, matrix, shortcut: dict) -> dict[str,
     """Per variant, the means over environments of ID, OOD, anti-cue and best-of-N; and
     ``all`` over every model: numbers only, so ``dvc metrics diff`` compares them."""
     metrics = {}
-    for v in params.variants:
+    for v in params.all_variants:
         rows = [f"{env}/{v}" for env in params.environments]
         summaries = [matrix.row_summary(r) for r in rows]
-        keys = [k for k in VARIANT_MEASURES if any(k in shortcut[r] for r in rows)]
+        curve = sorted({k for r in rows for k in shortcut[r] if k.startswith(CURVE_PREFIX)},
+                       key=lambda k: int(k[len(CURVE_PREFIX):]))
+        keys = [k for k in (*VARIANT_MEASURES, *curve) if any(k in shortcut[r] for r in rows)]
         metrics[v] = {"id": statistics.mean(r["id"] for r in summaries),
                       "ood": statistics.mean(r["ood"] for r in summaries),
                       **{key: statistics.mean(shortcut[r][key] for r in rows
@@ -122,8 +128,15 @@ def shortcut_measures(params: PipelineParams, env: str, model_dir: Path,
     report = best_of_n_file(model, collator.processor, items, image_root=root)
     measures.update(bon_correct=report["fully_correct"], bon_errors=report["mean_errors"],
                     bon_random=report["random_fully_correct"],
-                    bon_oracle=report["oracle_fully_correct"])
+                    bon_oracle=report["oracle_fully_correct"],
+                    **{f"{CURVE_PREFIX}{n}": v for n, v in report["curve"].items()})
     return measures
+
+
+def curve_points(measures: dict[str, float]) -> dict[int, float]:
+    """The best-of-N curve in a model's (or variant's) measures: ``{N: fully correct}``."""
+    return {int(k[len(CURVE_PREFIX):]): v for k, v in measures.items()
+            if k.startswith(CURVE_PREFIX)}
 
 
 def proxy_dirs_of(params: PipelineParams, env: str) -> list[Path]:

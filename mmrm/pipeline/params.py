@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from mmrm.config import (ProxySource, Strict, TrainConfig, apply_overrides, load_config,
-                         with_overrides)
+from mmrm.config import (ProxySource, Strict, TrainConfig, Weighting, apply_overrides,
+                         load_config, with_overrides)
 from mmrm.synthetic.environments import ENVIRONMENTS
 from mmrm.synthetic.visual import LevelName
 
@@ -36,6 +36,9 @@ class BenchmarkParams(Strict):
     neutral: bool = Field(False, description="Also write a cue-neutral train split per "
                           "environment (own cue at rate 0.5, train_size pairs): what the "
                           "`neutral` variant trains on.")
+    val_size: int = Field(0, ge=0, description="Pairs per environment's validation split "
+                          "(drawn like the train split, never trained on): what the "
+                          "`interpolated` variant chooses its weights on; 0 writes none.")
     image_size: int = Field(56, ge=16)
     best_of_n: BestOfNParams = Field(default_factory=BestOfNParams)
 
@@ -110,9 +113,37 @@ class TrackingParams(Strict):
     registered_model: str = "mmrm-reward-model"
 
 
+class InterpolationParams(Strict):
+    """The ``interpolated`` derived variant: the standard RM's weights averaged with a
+    shortcut-aware RM's of the same environment (WiSE-FT; :mod:`mmrm.interpolate`), the
+    partner and alpha chosen on validation pairs by :func:`mmrm.interpolate.choose`: reads
+    no test data."""
+
+    partners: list[str] | None = Field(None, description="Variants (of `variants`) whose "
+                                       "RM may be averaged with `none`'s (default: every "
+                                       "shortcut-aware one).")
+    alphas: list[float] = Field([0.2, 0.4, 0.6, 0.8, 1.0],
+                                description="The partner's share of the weights tried (0 "
+                                "is `none` itself, always a candidate).")
+    tolerance: float = Field(0.01, ge=0, description="A candidate's validation accuracy may "
+                             "be at most this far below `none`'s.")
+
+    @field_validator("alphas")
+    @classmethod
+    def _shares(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 <= a <= 1 for a in value):
+            raise ValueError("alphas: shares between 0 and 1, at least one")
+        return value
+
+
 #: Run-config keys the pipeline sets itself in every run (from its paths and sources): a
 #: ``train:`` entry for one of them would be overwritten, so it is refused.
-SET_BY_PIPELINE = ("model", "output_dir", "data.train", "data.eval", "shortcut.proxy_losses")
+SET_BY_PIPELINE = ("model", "output_dir", "data.train", "data.eval", "shortcut.proxy_losses",
+                   "shortcut.teacher", "shortcut.teacher_margins")
+#: The derived variant that is not a run config: ``none`` averaged with a partner.
+INTERPOLATED = "interpolated"
+#: The variant whose RM teaches conf_reg and anchors the interpolation: the standard RM.
+STANDARD = "none"
 #: ``train:`` keys of earlier releases (renamed copies of run-config fields) and their names.
 RENAMED_TRAIN = {"batch_size": "per_device_batch_size", "lr": "optim.lr",
                  "overrides": "the run config's own (dotted) keys, directly under train:"}
@@ -151,7 +182,13 @@ class PipelineParams(Strict):
     variants: list[str] = Field(["none", "sfc_two_stage"], description="Run configs trained "
                                 "per environment: names filled into model.config (the shipped "
                                 "tiny/<variant>: none, sfc_joint, sfc_two_stage, "
-                                "group_balance, poe, neutral).")
+                                "sfc_normalized, group_balance, poe, neutral).")
+    derived_variants: list[str] = Field(default_factory=list, description="Reward models "
+                                        "built after `variants` from the standard RM (`none`) "
+                                        "of the same environment: conf_reg (a run config "
+                                        "whose teacher is `none`) and interpolated (`none`'s "
+                                        "weights averaged with a shortcut-aware variant's).")
+    interpolation: InterpolationParams = Field(default_factory=InterpolationParams)
     model: ModelParams = Field(default_factory=ModelParams)
     train: dict[str, Any] = Field(default_factory=dict, description="The recipe: keys of the "
                                   "run config (nested or dotted, e.g. optim.lr) set in every "
@@ -187,6 +224,9 @@ class PipelineParams(Strict):
             if missing:
                 raise ValueError(f"{key}: {missing} are neither builtin environments nor "
                                  f"real_datasets")
+        if "derived" in sources:
+            raise ValueError("`derived` is not a source name (runs/models/derived/ holds the "
+                             "derived variants)")
         test_only = [e for e in self.environments if e in self.real_datasets
                      and self.real_datasets[e].test_only]
         if test_only:
@@ -202,15 +242,64 @@ class PipelineParams(Strict):
                     raise ValueError(f"variants: {variant} trains on each builtin environment's "
                                      f"{split} split: needs benchmark.neutral: true and no "
                                      f"released environments (here {released})")
+        self._derived()
         proxies = {}
-        for variant in self.variants:        # each run config exists and takes the recipe
+        for variant in self.trained_variants:  # each run config exists and takes the recipe
             shortcut = recipe(self, variant).shortcut
             if shortcut.proxy is ProxySource.CROSS_FIT:
                 proxies[variant] = (shortcut.proxy_mode.value, shortcut.proxy_folds)
+            if (shortcut.weighting is Weighting.CONF_REG) != (variant in self.derived_variants):
+                raise ValueError(f"variants: {variant}: a conf_reg run config is a derived "
+                                 f"variant (its teacher is `none`), and only one is: list it "
+                                 f"under " + ("derived_variants" if variant in self.variants
+                                              else "variants"))
         if len(set(proxies.values())) > 1:
             raise ValueError(f"variants: one proxy stage serves every cross_fit variant, but "
                              f"their proxy_mode / proxy_folds differ: {proxies}")
         return self
+
+    def _derived(self) -> None:
+        both = sorted(set(self.variants) & set(self.derived_variants))
+        if both:
+            raise ValueError(f"derived_variants: {both} are also in variants")
+        if self.derived_variants and STANDARD not in self.variants:
+            raise ValueError(f"derived_variants: {self.derived_variants} are built from the "
+                             f"standard RM: variants must include {STANDARD}")
+        if INTERPOLATED not in self.derived_variants:
+            return
+        partners = self.interpolation_partners
+        if not partners:
+            raise ValueError(f"derived_variants: {INTERPOLATED} needs a shortcut-aware variant "
+                             f"in variants to average {STANDARD} with")
+        foreign = sorted(set(partners) - set(self.variants))
+        if foreign or STANDARD in partners:
+            raise ValueError(f"interpolation.partners: {foreign or [STANDARD]}: partners are "
+                             f"variants other than {STANDARD}")
+        missing = [e for e in self.environments if (e in self.builtin and not
+                   self.benchmark.val_size) or (e in self.real_datasets and
+                                                 not self.real_datasets[e].split.val)]
+        if missing:
+            raise ValueError(f"derived_variants: {INTERPOLATED} chooses on validation pairs: "
+                             f"{missing} have none (benchmark.val_size, or split.val of a "
+                             f"released data set)")
+
+    @property
+    def trained_variants(self) -> list[str]:
+        """Every variant that is a run config: ``variants`` and the derived ones but
+        ``interpolated``."""
+        return [*self.variants, *(v for v in self.derived_variants if v != INTERPOLATED)]
+
+    @property
+    def all_variants(self) -> list[str]:
+        """Every reward model of an environment: ``variants``, then ``derived_variants``."""
+        return [*self.variants, *self.derived_variants]
+
+    @property
+    def interpolation_partners(self) -> list[str]:
+        """The variants ``interpolated`` may average ``none`` with."""
+        if self.interpolation.partners is not None:
+            return list(self.interpolation.partners)
+        return [v for v in self.variants if v != STANDARD and recipe(self, v).shortcut.aware]
 
     # -------------------------------------------------------------- where things lie
     def pairs(self, env: str, split: str) -> Path:
@@ -237,6 +326,10 @@ class PipelineParams(Strict):
         return Path(self.paths.runs) / "proxy" / env
 
     def model_dir(self, env: str, variant: str) -> Path:
+        """A reward model's run folder: ``models/<env>/<variant>``, a derived variant's
+        ``models/derived/<env>/<variant>`` (apart from the models it is built from)."""
+        if variant in self.derived_variants:
+            return Path(self.paths.runs) / "models" / "derived" / env / variant
         return Path(self.paths.runs) / "models" / env / variant
 
     @property
@@ -270,6 +363,10 @@ def train_config(params: PipelineParams, env: str, variant: str) -> TrainConfig:
     # of a standard run on the same pairs (a joint proxy makes its own)
     if config.shortcut.proxy is not ProxySource.JOINT and split == "train":
         changes["shortcut.proxy_losses"] = str(params.proxy_dir(env) / "proxy_losses.json")
+    if config.shortcut.weighting is Weighting.CONF_REG:     # taught by the standard RM
+        changes["shortcut.teacher"] = str(params.model_dir(env, STANDARD) / "final")
+        changes["shortcut.teacher_margins"] = str(params.model_dir(env, variant) /
+                                                  "teacher_margins.json")
     return with_overrides(config, changes, f"params: train {env}/{variant}")
 
 
@@ -277,7 +374,7 @@ def proxy_variant(params: PipelineParams) -> str:
     """The variant whose run config the proxies are cross-fitted from: the first with
     ``shortcut.proxy: cross_fit`` (its proxy mode and folds), else ``none`` (the proxies
     then serve the standard runs' statistics only)."""
-    return next((v for v in params.variants
+    return next((v for v in params.trained_variants
                  if recipe(params, v).shortcut.proxy is ProxySource.CROSS_FIT), "none")
 
 

@@ -23,7 +23,7 @@ from mmrm.pipeline.params import PipelineParams
 
 #: Fan-out over a params field -> the stage function's argument (and `mmrm stage` option).
 ARGUMENT = {"builtin": "env", "environments": "env", "real_datasets": "name",
-            "variants": "variant"}
+            "variants": "variant", "derived_variants": "variant"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class Stage:
     params: tuple[str, ...] = ()                # params.yaml sections it depends on
     after: tuple[str, ...] = ()                 # stages whose outputs it reads
     after_every: tuple[str, ...] = ()           # ... every run of them, whatever its fan-out
+    match: tuple[str, ...] | None = None        # arguments an `after` run must share (None:
+                                                # every argument both have)
     metrics: tuple[str, ...] = ()               # small numbers-only files kept in git
     plots: tuple[str, ...] = ()
     reuse: Callable[[PipelineParams], bool] | None = None   # the flow skips it when true
@@ -72,12 +74,21 @@ STAGES: tuple[Stage, ...] = (
           params=("train", "model", "extra_tests"),
           outs=("{paths.runs}/models/{env}/{variant}",), after=("proxy",),
           after_every=("convert", "split")),     # every environment's test set: its evals
+    # built from the standard RM of the same environment (conf_reg's teacher; interpolated's
+    # anchor), so after every train run of that environment
+    Stage("derive", training.derive_variant, over=("environments", "derived_variants"),
+          deps=("{paths.base}", "{paths.envs}", "{paths.runs}/proxy/{env}",
+                "{paths.runs}/models/{env}"),
+          params=("train", "model", "extra_tests", "interpolation"),
+          outs=("{paths.runs}/models/derived/{env}/{variant}",), after=("train",),
+          match=("env",)),
     Stage("evaluate", evaluation.evaluate,
           deps=("{paths.runs}/models", "{paths.runs}/proxy", "{paths.envs}",
                 "{paths.benchmark}/best_of_n"),
-          params=("environments", "extra_tests", "variants"), outs=("{paths.runs}/matrix",),
+          params=("environments", "extra_tests", "variants", "derived_variants"),
+          outs=("{paths.runs}/matrix",),
           metrics=("{paths.metrics}/pipeline.json",), plots=("{paths.metrics}/matrix.png",),
-          after=("train",)),
+          after=("train", "derive")),
     Stage("score", scoring.score_sample,
           deps=("{paths.runs}/matrix", "{paths.benchmark}/best_of_n"), params=("score",),
           outs=("{paths.runs}/scores",), metrics=("{paths.metrics}/best_of_n.json",),
@@ -104,13 +115,17 @@ def upstream(stage: Stage, arguments: dict[str, str], params: PipelineParams
              ) -> Iterator[tuple[Stage, dict[str, str]]]:
     """The runs this run of ``stage`` waits for: each run of the stages in ``after`` whose
     arguments agree with its own where they share a name (``train[povid/none]`` waits for
-    ``proxy[povid]`` only; ``evaluate`` for every ``train``), and every run of the stages
-    in ``after_every`` (``train[povid/none]`` evaluates on every environment's test set)."""
+    ``proxy[povid]`` only; ``evaluate`` for every ``train``; where the stage names
+    ``match``, only those arguments must agree: ``derive[povid/conf_reg]`` waits for every
+    ``train[povid/...]``), and every run of the stages in ``after_every``
+    (``train[povid/none]`` evaluates on every environment's test set)."""
     for name in stage.after + stage.after_every:
         before = BY_NAME[name]
         for other in instances(params, before):
-            if name in stage.after_every or all(
-                    other[k] == arguments[k] for k in other.keys() & arguments.keys()):
+            shared = other.keys() & arguments.keys()
+            if stage.match is not None:
+                shared &= set(stage.match)
+            if name in stage.after_every or all(other[k] == arguments[k] for k in shared):
                 yield before, other
 
 

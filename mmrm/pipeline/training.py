@@ -1,6 +1,8 @@
-"""The training stages: the cross-fitted text-only proxies of each environment (``proxy``)
-and one reward model per (environment, variant) (``train``), on this machine or through
-``accelerate launch`` on ``model.processes`` GPUs."""
+"""The training stages: the cross-fitted text-only proxies of each environment (``proxy``),
+one reward model per (environment, variant) (``train``), on this machine or through
+``accelerate launch`` on ``model.processes`` GPUs, and the derived variants built from the
+standard RM of the same environment after them (``derive``: conf_reg, whose teacher it is,
+and ``interpolated``, its weights averaged with a shortcut-aware RM's)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from mmrm.config import with_overrides
 from mmrm.lineage import stage_run
 from mmrm.model_registry import register_reward_model
 from mmrm.pipeline import say, write_json
-from mmrm.pipeline.params import PipelineParams, proxy_run_config, train_config
+from mmrm.pipeline.params import (INTERPOLATED, STANDARD, PipelineParams, proxy_run_config,
+                                  train_config)
 
 
 def train_proxy(params: PipelineParams, env: str) -> dict:
@@ -64,6 +67,117 @@ def train_variant(params: PipelineParams, env: str, variant: str) -> dict:
                                   params.tracking.registered_model,
                                   {"environment": env, "variant": variant, **summary})
     return {**result, **summary}
+
+
+def derive_variant(params: PipelineParams, env: str, variant: str) -> dict:
+    """A derived variant of ``env``: ``interpolated`` (:func:`interpolate_variant`), or a run
+    config taught by the standard RM (conf_reg), trained like any variant."""
+    if variant == INTERPOLATED:
+        return interpolate_variant(params, env)
+    return train_variant(params, env, variant)
+
+
+def interpolate_variant(params: PipelineParams, env: str) -> dict:
+    """The standard RM of ``env`` averaged with a shortcut-aware one, the partner and alpha
+    chosen on ``env``'s validation pairs by :func:`mmrm.interpolate.choose` (the accuracy
+    where the cross-fitted proxies are wrong, within ``interpolation.tolerance`` of the
+    standard RM's validation accuracy). Saved as an ordinary reward model in
+    ``final/``, with every candidate's numbers in ``selection.json``."""
+    from mmrm.data import load_pairs
+    from mmrm.interpolate import Interpolation, choose, save_interpolated
+
+    out = params.model_dir(env, INTERPOLATED)
+    standard = params.model_dir(env, STANDARD) / "final"
+    table = interpolation_candidates(params, env)
+    chosen = choose(table, table[0]["val_accuracy"], params.interpolation.tolerance)
+    partner = chosen["partner"] if chosen["partner"] != STANDARD \
+        else params.interpolation_partners[0]
+    say(f"interpolate {env}: {chosen['partner']} at alpha {chosen['alpha']}")
+    with stage_run(params, f"derive/{env}/{INTERPOLATED}") as tracker:
+        tracker.set_tags({"mmrm.environment": env, "mmrm.variant": INTERPOLATED,
+                          "mmrm.model_dir": str(out / "final")})
+        tracker.log_dataset(params.pairs(env, "val"), f"{env}/val", "validation")
+        config = train_config(params, env, STANDARD)
+        calibration = load_pairs(config.data.train[0])[:config.calibration_pairs]
+        save_interpolated(Interpolation(standard, params.model_dir(env, partner) / "final"),
+                          chosen["alpha"], out / "final", calibration,
+                          {"partner": chosen["partner"], "rule": "mmrm.interpolate.choose"})
+        write_json(out / "selection.json", {"chosen": chosen, "candidates": table})
+        tracker.log_params({"interpolation.partner": chosen["partner"],
+                            "interpolation.alpha": chosen["alpha"]})
+        tracker.log_metrics({"val/accuracy": chosen["val_accuracy"],
+                             "val/proxy_wrong_accuracy": chosen["val_proxy_wrong_accuracy"]})
+        tracker.log_artifact(out / "selection.json")
+        result = evaluate_saved(out / "final", params)
+        summary = id_ood(result, env, params.test_columns)
+        tracker.log_metrics({**result, **summary, "ID": summary["iid_mean"],
+                             "OOD": summary["ood_mean"]})
+        write_json(out / "result.json", result)
+        if params.tracking.enabled:
+            register_reward_model(out / "final", params.tracking.registered_model,
+                                  {"environment": env, "variant": INTERPOLATED, **summary})
+    return {**result, **summary, "partner": chosen["partner"], "alpha": chosen["alpha"]}
+
+
+def interpolation_candidates(params: PipelineParams, env: str) -> list[dict]:
+    """Every candidate of the interpolation rule on ``env``'s validation pairs: the standard
+    RM itself (alpha 0, first), then each partner at each of ``interpolation.alphas``, with
+    its validation accuracy and its accuracy where the text-only proxies are wrong."""
+    import torch
+
+    from mmrm.data import PairCollator, load_pairs
+    from mmrm.evaluate.diagnosis import proxy_margins
+    from mmrm.evaluate.metrics import pairwise_accuracy
+    from mmrm.inference import score_pairs
+    from mmrm.interpolate import Interpolation
+    from mmrm.model import load_processor
+    from mmrm.pipeline.evaluation import proxy_dirs_of
+
+    standard = params.model_dir(env, STANDARD) / "final"
+    config = train_config(params, env, STANDARD)
+    val = load_pairs(params.pairs(env, "val"))
+    proxies = proxy_dirs_of(params, env)
+    if not proxies:
+        raise ValueError(f"{params.proxy_dir(env)}: no proxies: the interpolation rule needs "
+                         f"them to find the validation pairs text alone gets wrong")
+    wrong = proxy_margins(proxies, val) <= 0
+    say(f"interpolate {env}: {len(val)} validation pairs, {int(wrong.sum())} of them wrong "
+        f"for the text-only proxies")
+    processor = load_processor(standard)
+    table = []
+
+    def measure(model, partner: str, alpha: float) -> None:
+        collator = PairCollator(processor, config.mode, config.data.max_length,
+                                share_prompt=model.shares_prompt)
+        chosen, rejected = score_pairs(model, collator, val, config.eval_batch_size)
+        table.append({"partner": partner, "alpha": alpha,
+                      "val_accuracy": pairwise_accuracy(chosen, rejected),
+                      "val_proxy_wrong_accuracy": pairwise_accuracy(chosen[wrong],
+                                                                    rejected[wrong])
+                      if bool(wrong.any()) else float("nan")})
+        say(f"  {partner} alpha {alpha:.2f}: val {table[-1]['val_accuracy']:.4f}, where the "
+            f"proxy is wrong {table[-1]['val_proxy_wrong_accuracy']:.4f}")
+
+    with torch.no_grad():
+        for partner in params.interpolation_partners:
+            mix = Interpolation(standard, params.model_dir(env, partner) / "final")
+            if not table:
+                measure(mix.at(0.0), STANDARD, 0.0)
+            for alpha in (a for a in params.interpolation.alphas if a > 0):
+                measure(mix.at(alpha), partner, alpha)
+    return table
+
+
+def evaluate_saved(model_dir: Path, params: PipelineParams) -> dict[str, float]:
+    """``eval/<env>/accuracy`` of a saved reward model on every test column (what a
+    training run reports of itself)."""
+    from mmrm.data import load_pairs
+    from mmrm.evaluate.metrics import pairwise_accuracy
+    from mmrm.inference import load_reward_model, score_pairs
+
+    model, collator = load_reward_model(model_dir)
+    return {f"eval/{e}/accuracy": pairwise_accuracy(*score_pairs(
+        model, collator, load_pairs(params.pairs(e, "test")))) for e in params.test_columns}
 
 
 def id_ood(result: dict, env: str, environments: list[str]) -> dict[str, float]:

@@ -5,16 +5,17 @@ one small JSON per replicate, under ``results/<grid>/runs/`` (committed: a grid 
 resumes across sessions and machines). The report (``results/<grid>/report.md``,
 ``phase.png``, ``default.json``) is made from those files alone.
 
-    python studies/shortcut/sweep.py grid2 [--jobs 1] [--work runs/study]
+    python studies/shortcut/sweep.py grid3 [--jobs 1] [--work runs/study]
     python studies/shortcut/sweep.py grid2 --phase sfc-free     # none, proxy, neutral only
-    python studies/shortcut/sweep.py grid2 --report-only
+    python studies/shortcut/sweep.py grid3 --report-only
 
-The grid, the recipe, the default rule and the predictions are pre-registered in README.md.
+Each grid, its recipe, its rules and its predictions are pre-registered in README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -38,6 +39,10 @@ HERE = Path(__file__).resolve().parent
 #: shortcut-aware ones (the text-only proxies are trained and measured in every replicate).
 SFC_FREE = ("none", "neutral")
 AWARE = ("sfc_joint", "sfc_two_stage", "group_balance", "poe")
+#: Grid 3's methods (issue 43): trained from the data, then built from the standard RM of
+#: the same replicate (conf_reg's teacher; interpolated's anchor).
+GRID3_TRAINED = ("none", "neutral", "sfc_two_stage", "sfc_normalized", "group_balance", "poe")
+GRID3_DERIVED = ("conf_reg", "interpolated")
 #: Data reuse at the same 250 steps of 32 pairs: the paper's single pass over 4x the pairs,
 #: or today's 4 epochs over 2,000.
 REUSE = {"fresh": {"train_size": 8000, "epochs": 1}, "repeated": {"train_size": 2000,
@@ -61,51 +66,95 @@ class Cell:
         return f"{self.visual}-c{self.cue}-f{self.foreign}-{self.reuse}"
 
 
+#: Grid 2's phases: the SFC-free runs (which the default rule reads), then the aware ones.
+PHASES = {"sfc-free": SFC_FREE, "aware": AWARE}
+
+
 @dataclass(frozen=True)
 class Grid:
     cells: tuple[Cell, ...]
     base_seeds: tuple[int, ...]
     data_seeds: tuple[int, ...]
+    #: phase name -> the variants it trains (each replicate's phases share data, base and
+    #: proxies; a phase's run folders are kept where ``keep`` names it)
+    phases: tuple[tuple[str, tuple[str, ...]], ...] = tuple(PHASES.items())
+    keep: tuple[str, ...] = ("sfc-free",)
+    #: derived variants of every phase (built after its variants from its `none`)
+    derived: tuple[str, ...] = ()
+    #: data seeds run after the whole grid in ``extension_cell`` only (more replicates where
+    #: the verdicts are read)
+    extension_seeds: tuple[int, ...] = ()
+    extension_cell: Cell | None = None
+    #: params of every replicate beyond the recipe (benchmark sizes, interpolation)
+    params: tuple[tuple[str, object], ...] = ()
 
-    def replicates(self) -> list[tuple[int, int]]:
+    def replicates(self, data_seeds: tuple[int, ...] | None = None) -> list[tuple[int, int]]:
         """(base seed, data seed), interleaved so that every prefix of the list spreads over
         both base seeds and all data seeds (a grid stopped early is balanced)."""
         k = len(self.base_seeds)
         return [(self.base_seeds[(i + p) % k], d) for p in range(k)
-                for i, d in enumerate(self.data_seeds)]
+                for i, d in enumerate(data_seeds or self.data_seeds)]
 
+    def runs(self) -> list[tuple[Cell, int, int]]:
+        """Every (cell, base seed, data seed) in the order they run: the grid's replicates
+        over its cells, then the extension's in its cell."""
+        main = [(cell, b, d) for (b, d), cell in product(self.replicates(), self.cells)]
+        more = [(self.extension_cell, b, d) for b, d in self.replicates(self.extension_seeds)] \
+            if self.extension_seeds else []
+        return main + more
+
+
+#: Grid 3 (issue 43): the default cell of grid 2 and its fresh-data twin, every method of the
+#: pre-registration, 10 replicates, then 10 more at the default; a validation split for the
+#: interpolation rule and best-of-N items of 64 candidates for the curve.
+GRID3_CELLS = (Cell("V1", 0.95, 0.2, "repeated"), Cell("V1", 0.95, 0.2, "fresh"))
 
 GRIDS = {
     "grid2": Grid(tuple(Cell(v, 0.95, f, r) for v, f, r in
                         product(("V1", "V2"), (0.5, 0.2), ("repeated", "fresh"))),
                   base_seeds=(0, 1), data_seeds=(0, 1, 2, 3, 4)),
+    "grid3": Grid(GRID3_CELLS, base_seeds=(0, 1), data_seeds=(0, 1, 2, 3, 4),
+                  phases=(("all", GRID3_TRAINED),), keep=("all",), derived=GRID3_DERIVED,
+                  extension_seeds=(5, 6, 7, 8, 9), extension_cell=GRID3_CELLS[0],
+                  params=(("benchmark.val_size", 1000),
+                          ("benchmark.best_of_n", {"items": 16, "candidates": 64}))),
 }
 
 
 # ---------------------------------------------------------------------------- one replicate
 def replicate_params(cell: Cell, base_seed: int, data_seed: int, work: Path,
-                     variants: tuple[str, ...], extra: dict | None = None):
+                     variants: tuple[str, ...], extra: dict | None = None,
+                     derived: tuple[str, ...] = (), grid_params: dict | None = None):
     """The pipeline params of one replicate: the cell's benchmark and reuse, the recipe, its
     own folders (data shared by the replicates of the same data, bases by visual level and
-    seed), tracking off."""
+    seed), tracking off; the grid's own params (``grid_params``) and then ``extra`` over
+    them."""
     from mmrm.pipeline.params import PipelineParams
     from mmrm.config import apply_overrides
 
     reuse = REUSE[cell.reuse]
+    grid_params = grid_params or {}
+    # data made with other benchmark params (a validation split, best-of-N sizes) in a
+    # folder of its own
+    tag = "".join(f"-{k.split('.')[-1]}{json.dumps(v, sort_keys=True)}" for k, v in
+                  sorted(grid_params.items()) if k.startswith("benchmark."))
+    tag = "" if not tag else "-" + hashlib.sha256(tag.encode()).hexdigest()[:8]
     data = work / "data" / f"{cell.visual}-c{cell.cue}-f{cell.foreign}-n{reuse['train_size']}" \
-        f"-d{data_seed}"
+        f"-d{data_seed}{tag}"
     runs = work / "runs" / cell.key / f"b{base_seed}-d{data_seed}"
     raw = {"benchmark": {"seed": data_seed, "visual": cell.visual, "cue_rate": cell.cue,
                          "foreign_cue_rate": cell.foreign, "train_size": reuse["train_size"],
                          "test_size": 200, "neutral": True, "image_size": 56,
                          "best_of_n": {"items": 30, "candidates": 8}},
            "base": {"seed": base_seed}, "variants": list(variants),
+           "derived_variants": list(derived),
            "train": {**RECIPE, "seed": data_seed, "epochs": reuse["epochs"]},
            "paths": {"benchmark": str(data / "benchmark"), "envs": str(data / "envs"),
                      "base": str(work / "bases" / f"{cell.visual}-s{base_seed}"),
                      "runs": str(runs), "metrics": str(runs / "metrics")},
            "tracking": {"enabled": False}}
-    return PipelineParams.model_validate(apply_overrides(raw, extra or {}))
+    return PipelineParams.model_validate(apply_overrides(apply_overrides(raw, grid_params),
+                                                         extra or {}))
 
 
 @contextmanager
@@ -128,7 +177,7 @@ def prepare(params) -> dict[str, float]:
     seconds = {}
     data = Path(params.paths.envs).parent
     settings = json.dumps(params.benchmark.model_dump(), sort_keys=True)
-    with locked(data.with_suffix(".lock")):
+    with locked(data.parent / (data.name + ".lock")):
         marker = data / "made.json"
         if marker.exists() and marker.read_text() != settings:
             raise SystemExit(f"{marker}: made with other settings; use another --work")
@@ -172,9 +221,28 @@ def proxies_trained(params, env: str) -> bool:
         for path, run in zip(saved, runs))
 
 
+def interpolated(params, env: str) -> bool:
+    """Whether ``env``'s interpolated RM is saved, made from the very models of this
+    replicate that it averages (their digests, recorded at making)."""
+    from mmrm.interpolate import RECORD
+    from mmrm.model import model_digest
+    from mmrm.pipeline.params import INTERPOLATED, STANDARD
+
+    folder = params.model_dir(env, INTERPOLATED)
+    try:
+        record = json.loads((folder / "final" / RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return (folder / "result.json").exists() and \
+        record["a_digest"] == model_digest(params.model_dir(env, STANDARD) / "final") and \
+        record["b_digest"] == model_digest(record["b"])
+
+
 def run_replicate(params) -> dict:
-    """Proxies, every variant's RM (cached runs of these very settings kept) and the
-    evaluation of one replicate; the numbers the report needs, and the seconds it took."""
+    """Proxies, every variant's RM, then the derived ones (cached runs of these very
+    settings kept) and the evaluation of one replicate; the numbers the report needs, and
+    the seconds it took."""
+    from mmrm.pipeline.params import INTERPOLATED
     from mmrm.pipeline.registry import stage
 
     seconds = prepare(params)
@@ -183,20 +251,30 @@ def run_replicate(params) -> dict:
         if not proxies_trained(params, env):
             stage("proxy").run(params, env=env)
     seconds["proxy"] = time.perf_counter() - started
-    for env, variant in product(params.environments, params.variants):
-        if not trained(params, env, variant):
+    runs = [("train", env, v) for env, v in product(params.environments, params.variants)]
+    runs += [("derive", env, v) for env, v in product(params.environments,
+                                                      params.derived_variants)]
+    for name, env, variant in runs:
+        done = interpolated(params, env) if variant == INTERPOLATED else \
+            trained(params, env, variant)
+        if not done:
             started = time.perf_counter()
-            stage("train").run(params, env=env, variant=variant)
+            stage(name).run(params, env=env, variant=variant)
             seconds[f"train/{variant}"] = seconds.get(f"train/{variant}", 0.0) + \
                 time.perf_counter() - started
     started = time.perf_counter()
     stage("evaluate").run(params)
     seconds["evaluate"] = time.perf_counter() - started
     matrix = params.matrix_dir
-    return {"matrix": json.loads((matrix / "matrix.json").read_text())["accuracy"],
-            "shortcut": json.loads((matrix / "shortcut.json").read_text()),
-            "diagnosis": json.loads((matrix / "diagnosis.json").read_text()),
-            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    found = {"matrix": json.loads((matrix / "matrix.json").read_text())["accuracy"],
+             "shortcut": json.loads((matrix / "shortcut.json").read_text()),
+             "diagnosis": json.loads((matrix / "diagnosis.json").read_text()),
+             "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    if INTERPOLATED in params.derived_variants:     # which partner and alpha, per environment
+        found["interpolation"] = {env: json.loads((params.model_dir(env, INTERPOLATED) /
+                                                   "selection.json").read_text())
+                                  for env in params.environments}
+    return found
 
 
 def result_path(results: Path, cell: Cell, base_seed: int, data_seed: int, phase: str) -> Path:
@@ -210,11 +288,13 @@ def execute(task: dict) -> str:
     torch.set_num_threads(1)
     cell = Cell(**task["cell"])
     params = replicate_params(cell, task["base_seed"], task["data_seed"], Path(task["work"]),
-                              tuple(task["variants"]), task["extra"])
+                              tuple(task["variants"]), task["extra"],
+                              tuple(task.get("derived", ())), task.get("grid_params"))
     started = time.perf_counter()
     found = run_replicate(params)
     found.update(cell=task["cell"], base_seed=task["base_seed"], data_seed=task["data_seed"],
                  phase=task["phase"], variants=task["variants"], extra=task["extra"],
+                 derived=task.get("derived", []),
                  params=params.model_dump(mode="json", exclude={"paths"}),
                  wall_seconds=round(time.perf_counter() - started, 1), machine=machine(),
                  commit=git_commit())
@@ -240,15 +320,21 @@ def git_commit() -> str:
 
 
 # ---------------------------------------------------------------------------- the sweep
-PHASES = {"sfc-free": SFC_FREE, "aware": AWARE}
-
-
 def tasks(args, grid: Grid) -> list[dict]:
     """The replicates to run: every cell, phase and replicate whose result file is missing
     (a result made with other extra overrides stops the sweep: another --results)."""
     todo = []
-    phases = list(PHASES) if args.phase == "all" else [args.phase]
-    for (b, d), phase, cell in product(grid.replicates(), phases, grid.cells):
+    phases = dict(grid.phases)
+    chosen = list(phases) if args.phase == "all" else [args.phase]
+    unknown = sorted(set(chosen) - set(phases))
+    if unknown:
+        raise SystemExit(f"--phase {unknown[0]}: {args.grid}'s phases are {', '.join(phases)}")
+    runs = [(cell, b, d, phase) for cell, b, d in grid.runs() for phase in chosen]
+    # grid 2's order: per replicate, every phase of every cell (phase-major)
+    if len(phases) > 1:
+        runs.sort(key=lambda r: (grid.replicates().index((r[1], r[2])), chosen.index(r[3]),
+                                 grid.cells.index(r[0])))
+    for cell, b, d, phase in runs:
         out = result_path(args.results, cell, b, d, phase)
         if out.exists():
             cached = json.loads(out.read_text())
@@ -257,8 +343,9 @@ def tasks(args, grid: Grid) -> list[dict]:
                                  f"{args.extra}: use another --results")
             continue
         todo.append({"cell": cell.__dict__, "base_seed": b, "data_seed": d, "phase": phase,
-                     "variants": list(PHASES[phase]), "work": str(args.work),
-                     "extra": args.extra, "out": str(out), "keep": phase == "sfc-free"})
+                     "variants": list(phases[phase]), "derived": list(grid.derived),
+                     "grid_params": dict(grid.params), "work": str(args.work),
+                     "extra": args.extra, "out": str(out), "keep": phase in grid.keep})
     return todo
 
 
@@ -269,10 +356,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Data, bases and run folders (not committed).")
     parser.add_argument("--results", type=Path, default=None,
                         help="Result files (default: studies/shortcut/results/<grid>).")
-    parser.add_argument("--phase", choices=["all", *PHASES], default="all",
-                        help="sfc-free: none, neutral and the proxies; aware: the shortcut-"
-                             "aware methods (each replicate's phases share data, base and "
-                             "proxies).")
+    parser.add_argument("--phase", default="all",
+                        help="One phase of the grid (grid 2: sfc-free, none, neutral and the "
+                             "proxies; aware, the shortcut-aware methods; each replicate's "
+                             "phases share data, base and proxies), or all.")
     parser.add_argument("--jobs", type=int, default=1, help="Replicates at once (1 thread "
                         "each).")
     parser.add_argument("--limit", type=int, default=None, help="Run at most this many "
@@ -300,7 +387,10 @@ def main(argv=None) -> None:
                 for out in pool.map(execute, todo):
                     print(f"done {out}", flush=True)
     sys.path.insert(0, str(HERE))
-    from report import write_report
+    if len(grid.phases) > 1:
+        from report import write_report
+    else:
+        from grid3 import write_report
 
     write_report(args.results, grid)
 

@@ -212,7 +212,7 @@ def test_lora_trains_adapters_on_the_language_model_and_saves_a_plain_backbone(
     assert all(torch.isfinite(r).all() for r in rewards)
 
 
-def test_sfc_two_stage_and_joint_train(tiny_vlm_dir, tiny_pairs, tmp_path):
+def test_sfc_two_stage_and_joint_train(tiny_vlm_dir, tiny_pairs, trained_runs, tmp_path):
     two = config(tiny_vlm_dir, tiny_pairs, tmp_path / "two", **{
         "shortcut.proxy": "cross_fit", "shortcut.weighting": "sfc",
         "shortcut.proxy_losses": str(tmp_path / "two" / "proxy_losses.json")})
@@ -256,7 +256,39 @@ def test_sfc_two_stage_and_joint_train(tiny_vlm_dir, tiny_pairs, tmp_path):
         "shortcut.proxy_losses": str(tmp_path / "two" / "proxy_losses.json")})
     train(poe, resume=False)
     log = metrics(tmp_path / "poe")
-    assert all(r["weight/mean"] == 1.0 and r["loss"] != r["bt_loss"] for r in log)
+    # its logged weights are its share of the BT gradient, sigmoid(-(m + t)) / sigmoid(-m)
+    assert all(r["weight/mean"] != 1.0 and r["weight/mean"] > 0 and r["loss"] != r["bt_loss"]
+               for r in log)
+
+    # confidence regularization: the standard RM teaches, its margins cached and reused
+    teacher = trained_runs["none"] / "final"
+    conf = config(tiny_vlm_dir, tiny_pairs, tmp_path / "conf", **{
+        "shortcut.proxy": "cross_fit", "shortcut.weighting": "conf_reg",
+        "shortcut.proxy_losses": str(tmp_path / "two" / "proxy_losses.json"),
+        "shortcut.teacher": str(teacher),
+        "shortcut.teacher_margins": str(tmp_path / "conf" / "teacher_margins.json")})
+    train(conf, resume=False)
+    cached = json.loads((tmp_path / "conf" / "teacher_margins.json").read_text())
+    pairs = load_pairs(tiny_pairs[("povid", "train")])
+    model = RewardModel.load(teacher).eval()
+    chosen, rejected = score_pairs(model, PairCollator(load_processor(teacher), "multimodal"),
+                                   pairs)
+    assert cached["margins"] == pytest.approx({p.id: float(c - r) for p, c, r in
+                                               zip(pairs, chosen, rejected)}, abs=1e-5)
+    log = metrics(tmp_path / "conf")
+    assert all(r["loss"] != r["bt_loss"] and "weight/mean_sq" in r for r in log)
+    stamp = (tmp_path / "conf" / "teacher_margins.json").stat().st_mtime_ns
+    train(conf, resume=False)                                     # same teacher: reused
+    assert (tmp_path / "conf" / "teacher_margins.json").stat().st_mtime_ns == stamp
+    other = with_overrides(conf, {"shortcut.teacher": str(trained_runs["sfc_joint"] /
+                                                          "final")})
+    train(other, resume=False)                                    # another teacher: remade
+    assert json.loads((tmp_path / "conf" / "teacher_margins.json").read_text())[
+        "teacher"].endswith(str(trained_runs["sfc_joint"] / "final"))
+    with pytest.raises(ValueError, match="conf_reg needs shortcut.teacher"):
+        config(tiny_vlm_dir, tiny_pairs, tmp_path / "x", **{
+            "shortcut.proxy": "cross_fit", "shortcut.weighting": "conf_reg",
+            "shortcut.proxy_losses": "p.json"})
 
     joint = config(tiny_vlm_dir, tiny_pairs, tmp_path / "joint",
                    **{"shortcut.proxy": "joint", "shortcut.weighting": "sfc"})

@@ -15,7 +15,9 @@ TRAIN_CONFIGS = sorted([*(SHIPPED / "tiny").glob("*.yaml"), *(CONFIGS / "gpu").g
 #: A config's file name ends in its variant; each variant's proxy source and weighting.
 VARIANTS = {"none": ("none", "none"), "neutral": ("none", "none"),
             "sfc_joint": ("joint", "sfc"), "sfc_two_stage": ("cross_fit", "sfc"),
-            "group_balance": ("cross_fit", "group_balance"), "poe": ("cross_fit", "poe")}
+            "sfc_normalized": ("cross_fit", "sfc"),
+            "group_balance": ("cross_fit", "group_balance"), "poe": ("cross_fit", "poe"),
+            "conf_reg": ("cross_fit", "conf_reg")}
 
 
 def test_configs_are_shipped():

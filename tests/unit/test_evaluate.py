@@ -2,6 +2,7 @@
 
 import doctest
 import json
+import math
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ import mmrm.weighting as weighting
 from mmrm.evaluate.diagnosis import (cue_balanced_accuracy, proxy_is_wrong,
                                      shortcut_failure_degradation, textual_cues, weight_phases)
 from mmrm.evaluate.matrix import CrossDistributionMatrix
-from mmrm.evaluate.metrics import best_of_n_quality, evaluation_report, paired_bootstrap
+from mmrm.evaluate.metrics import (best_of_n_curve, best_of_n_quality, evaluation_report,
+                                  paired_bootstrap)
 from mmrm.evaluate.metrics import pairwise_accuracy
 from mmrm.evaluate.plots import plot_weight_histograms
 from mmrm.formats import PairRecord
@@ -160,4 +162,33 @@ def test_weight_phases_by_hand():
     assert [p["proxy_wrong"] for p in phases] == pytest.approx([0.65, 0.9, 0.9])
     assert [(p["first_step"], p["last_step"]) for p in phases] == [(10, 20), (30, 40), (50, 60)]
     assert phases[0]["proxy_right"] == pytest.approx(0.1) and phases[2]["mean"] == 0.5
+    assert all(math.isnan(p["ess"]) for p in phases)     # no mean squares logged
     assert weight_phases([]) == []
+
+
+def test_weight_phases_effective_sample_share_by_hand():
+    # thirds: weights 1,1,0,0 (mean .5, mean square .5) -> 0.5; all equal -> 1; one pair of
+    # four carries it all (mean .25, mean square .25) -> 0.25
+    records = [{"step": s, "weight/mean": m, "weight/mean_sq": q} for s, (m, q) in
+               enumerate([(0.5, 0.5), (0.5, 0.5), (0.9, 0.81), (0.9, 0.81), (0.25, 0.25),
+                          (0.25, 0.25)])]
+    assert [p["ess"] for p in weight_phases(records)] == pytest.approx([0.5, 1.0, 0.25])
+
+
+def test_best_of_n_curve_by_hand():
+    # the docstring's item: N=1 picks at random (1/3 correct); N=2 picks the 0.9 answer
+    # (wrong) in the 2 subsets that hold it, the 0.2 one (right) in the third: 1/3; N=3: 0
+    curve = best_of_n_curve([[0, 1, 1]], [[0.2, 0.9, 0.1]], ns=(1, 2, 3))
+    assert {n: v["fully_correct"] for n, v in curve.items()} == pytest.approx(
+        {1: 1 / 3, 2: 1 / 3, 3: 0.0})
+    assert curve[2]["mean_errors"] == pytest.approx(2 / 3)
+    # an RM that ranks the right answer first climbs to 1; N = K equals best_of_n_quality
+    errors, scores = [[2, 0, 1, 3]], [[0.1, 0.9, 0.5, 0.2]]
+    good = best_of_n_curve(errors, scores)
+    # N=2: the right answer is in 3 of 6 subsets and wins each: 1/2
+    assert [good[n]["fully_correct"] for n in (1, 2, 4)] == pytest.approx([0.25, 0.5, 1.0])
+    assert good[4]["fully_correct"] == best_of_n_quality(errors, scores)["fully_correct"]
+    assert 8 not in good                        # no N above an item's candidates
+    # ties share their ranks: two tied answers at the top, one right, N=3 of 3: 1/2
+    tied = best_of_n_curve([[0, 1, 2]], [[1.0, 1.0, 0.0]], ns=(3,))
+    assert tied[3]["fully_correct"] == pytest.approx(0.5)

@@ -1,6 +1,6 @@
 """params.yaml's benchmark and variants: the anti-cue split places every cue against the side
 training favoured, the neutral split places every cue at random, the neutral variant needs
-it."""
+it; the derived variants are built from the standard RM and need what they read."""
 
 import pytest
 
@@ -49,3 +49,44 @@ def test_a_cross_fitted_fold_trains_its_share_of_the_steps():
                                            "shortcut": {"proxy_folds": 3}})
     assert proxy_config(by_steps, fold=2).max_steps == 5          # ceil(7 * 2 / 3)
     assert proxy_config(by_steps).max_steps == 7                   # one proxy: all of them
+
+
+def test_derived_variants_are_built_from_the_standard_rm():
+    params = PipelineParams.model_validate({
+        "benchmark": {"val_size": 50}, "variants": ["none", "sfc_two_stage", "poe"],
+        "derived_variants": ["conf_reg", "interpolated"]})
+    assert params.all_variants == ["none", "sfc_two_stage", "poe", "conf_reg", "interpolated"]
+    assert params.trained_variants == ["none", "sfc_two_stage", "poe", "conf_reg"]
+    assert params.interpolation_partners == ["sfc_two_stage", "poe"]   # the aware ones
+    # conf_reg's teacher is the standard RM of its environment; its cache in its own folder
+    config = train_config(params, "rlhfv", "conf_reg")
+    assert config.shortcut.teacher == "runs/pipeline/models/rlhfv/none/final"
+    assert config.shortcut.teacher_margins == \
+        "runs/pipeline/models/derived/rlhfv/conf_reg/teacher_margins.json"
+    assert str(params.model_dir("rlhfv", "interpolated")) == \
+        "runs/pipeline/models/derived/rlhfv/interpolated"
+    # the validation split is written last (the other splits' pairs stay as they were)
+    assert [s.name for s in benchmark_config(params).splits][-1] == "val"
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"variants": ["none", "conf_reg"]}, "list it under derived_variants"),
+    ({"variants": ["sfc_two_stage"], "derived_variants": ["conf_reg"]},
+     "variants must include none"),
+    ({"variants": ["none", "sfc_two_stage"], "derived_variants": ["sfc_two_stage"]},
+     "also in variants"),
+    ({"variants": ["none", "sfc_two_stage"], "derived_variants": ["interpolated"]},
+     "chooses on validation pairs"),
+    ({"benchmark": {"val_size": 10}, "variants": ["none", "neutral"],
+      "derived_variants": ["interpolated"]}, "needs a shortcut-aware variant"),
+    ({"benchmark": {"val_size": 10}, "variants": ["none", "sfc_two_stage"],
+      "derived_variants": ["interpolated"], "interpolation": {"partners": ["poe"]}},
+     "partners are variants other than none"),
+    ({"benchmark": {"val_size": 10}, "variants": ["none", "sfc_two_stage"],
+      "derived_variants": ["interpolated"], "interpolation": {"alphas": [1.5]}},
+     "shares between 0 and 1"),
+])
+def test_derived_variants_refuse_what_they_cannot_build(raw, message):
+    raw = {"benchmark": {**raw.pop("benchmark", {}), "neutral": True}, **raw}
+    with pytest.raises(ValueError, match=message):
+        PipelineParams.model_validate(raw)
