@@ -1,5 +1,8 @@
 """Throughput and latency of ``mmrm serve`` under concurrent clients, against one request at a
-time, in the same invocation.
+time, in the same invocation; with ``--rl``, an RL loop's load instead: each step scores G
+completions of P prompts (GRPO's group), sent grouped (one item of G responses per prompt:
+its image and prompt encoded once) against one item per completion (the image sent and
+encoded G times), in the same invocation, steps interleaved.
 
 Starts ``mmrm serve MODEL`` on a free 127.0.0.1 port (its own process group, stopped by its pid
 at the end), then sends the same requests (each: one item, its image as base64, ``--responses``
@@ -9,6 +12,7 @@ latency per concurrency and the throughput ratio against the sequential run (the
 batches concurrent requests: ``serve.batch``).
 
     python benchmarks/serve_load.py          # after make run: the povid none RM, its test pairs
+    python benchmarks/serve_load.py --rl --group 8 --prompts 16
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def free_port() -> int:
 def start_server(model: Path, port: int, threads: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen([sys.executable, "-m", "mmrm", "serve", str(model), "--port",
-                             str(port), "--threads", str(threads)], env=env,
+                             str(port), f"threads={threads}"], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -124,7 +128,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the replica.")
     parser.add_argument("--repeats", type=int, default=2, help="Rounds of every run, "
                         "interleaved (sequential, then each concurrency); medians reported.")
+    parser.add_argument("--rl", action="store_true", help="The RL load: grouped against one "
+                        "item per completion.")
+    parser.add_argument("--group", type=int, default=8, help="--rl: completions per prompt.")
+    parser.add_argument("--prompts", type=int, default=16, help="--rl: prompts per step.")
+    parser.add_argument("--steps", type=int, default=8, help="--rl: steps per round.")
     args = parser.parse_args()
+    if args.rl:
+        return main_rl(args)
     bodies = make_requests(args.pairs, args.requests, args.responses)
     port = free_port()
     server = start_server(args.model, port, args.threads)
@@ -139,6 +150,52 @@ def main() -> None:
     finally:
         stop_server(server)
     report(args, {name: median_row(rows) for name, rows in runs.items()})
+
+
+def rl_steps(pairs: Path, steps: int, prompts: int, group: int) -> list[tuple[bytes, bytes]]:
+    """Per step, the same P prompts x G completions as one /score body grouped (P items of
+    G responses) and one ungrouped (P x G items of one response, the image in each)."""
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    bodies = []
+    for step in range(steps):
+        chosen = [rows[(step * prompts + k) % len(rows)] for k in range(prompts)]
+        grouped, flat = [], []
+        for row in chosen:
+            image = base64.b64encode((pairs.parent / row["img_path"]).read_bytes()).decode()
+            answers = [(row["chosen"], row["rejected"])[g % 2] + " " * (g // 2)
+                       for g in range(group)]
+            grouped.append({"prompt": row["prompt"], "image": image, "responses": answers})
+            flat += [{"prompt": row["prompt"], "image": image, "responses": [a]}
+                     for a in answers]
+        bodies.append((json.dumps({"items": grouped}).encode(),
+                       json.dumps({"items": flat}).encode()))
+    return bodies
+
+
+def main_rl(args) -> None:
+    steps = rl_steps(args.pairs, args.steps, args.prompts, args.group)
+    port = free_port()
+    server = start_server(args.model, port, args.threads)
+    seconds = {"grouped": [], "one item per completion": []}
+    try:
+        post(port, steps[0][0]), post(port, steps[0][1])          # warm-up
+        for _ in range(args.repeats):
+            for grouped, flat in steps:               # interleaved: drift hits both alike
+                seconds["grouped"].append(post(port, grouped))
+                seconds["one item per completion"].append(post(port, flat))
+    finally:
+        stop_server(server)
+    responses = args.prompts * args.group
+    print(f"{args.model}, RL steps of {args.prompts} prompts x G={args.group} completions "
+          f"({responses} responses), {len(steps)} steps x {args.repeats} rounds, 1 replica, "
+          f"{args.threads} torch thread(s), 127.0.0.1; medians")
+    print(f"{'sent as':<26}{'s/step':>8}{'resp/s':>9}")
+    rates = {}
+    for name, values in seconds.items():
+        rates[name] = responses / statistics.median(values)
+        print(f"{name:<26}{statistics.median(values):>8.3f}{rates[name]:>9.1f}")
+    print(f"grouped / one item per completion: "
+          f"{rates['grouped'] / rates['one item per completion']:.2f}x responses/s")
 
 
 def median_row(rows: list[dict]) -> dict:

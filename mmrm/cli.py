@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmrm.config import SERVE_MAX_PIXELS
 from mmrm.convert import FORMATS, convert as run_convert
 from mmrm.formats import (ImageCheck, ImageRules, InferenceRecord, MultiRecord, PairRecord,
                           read_records)
@@ -342,48 +341,53 @@ def score(
                f"{totals['ledger']['written']} + skipped {totals['ledger']['skipped']}")
 
 
-@app.command(help="Serve a reward model over HTTP on Ray Serve, for RL loops: POST /score "
-                  "(mmrm's items, images as base64 or paths under --image-root), POST "
-                  "/get_reward (OpenRLHF's remote reward model, plus an optional images "
-                  "list), GET /health, GET /info. Listens on 127.0.0.1 unless --host says "
-                  "otherwise (then --token-file is required). Runs until interrupted.")
+@app.command(help="Serve a reward model over HTTP (replicas on Ray Serve), for RL loops: "
+                  "POST /score (mmrm's items, images as base64 or paths under --image-root), "
+                  "POST /get_reward (OpenRLHF's remote reward model: queries in the policy's "
+                  "chat template, images optional), GET /health, /info, /metrics. Listens on "
+                  "127.0.0.1 unless --host says otherwise (then --token-file is required). "
+                  "KEY=VALUE overrides set the limits and batching (max_tokens=2048 "
+                  "max_request_pixels=1e8 batch_requests=16 request_timeout_s=30; every key: "
+                  "docs/scoring.md). Runs until interrupted.")
 def serve(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Saved RM folder, or a "
                                          "registry URI: models:/mmrm-reward-model@champion")],
-    host: Annotated[str, typer.Option(help="Address the HTTP proxy listens on.")] =
+    overrides: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[KEY=VALUE]...", help="Server settings (ServeConfig keys).")] = None,
+    host: Annotated[str, typer.Option(help="Address the HTTP server listens on.")] =
         "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     replicas: Annotated[int, typer.Option(help="Model replicas (Ray actors).")] = 1,
-    address: Annotated[Optional[str], typer.Option(
-        help="Ray cluster to join (default: a local one on 127.0.0.1).")] = None,
     token_file: Annotated[Optional[Path], typer.Option(
         help="File with the bearer token (required for a non-loopback --host).")] = None,
     image_root: ImageRootOption = None,
-    dtype: Annotated[Dtype, typer.Option(help="Weights on the replicas.")] = Dtype.fp32,
+    images_from: Annotated[Optional[Path], typer.Option(
+        help="The RL prompts' JSONL (prompt, img_path): the image of a query sent without "
+             "one, by its prompt.")] = None,
+    text_only: Annotated[bool, typer.Option(
+        help="Score a query without an image against a blank image instead of refusing "
+             "it.")] = False,
+    policy_template: Annotated[Optional[str], typer.Option(
+        help="The policy's chat template: qwen2_vl, internvl, llava, llava_mistral, "
+             "idefics3, or a tokenizer folder (default: any of them).")] = None,
     normalize: Annotated[bool, typer.Option(
         help="Rewards as (r - mean) / std of the model's training rewards.")] = False,
-    threads: Annotated[int, typer.Option(help="torch threads per replica.")] = 1,
+    dtype: Annotated[Dtype, typer.Option(help="Weights on the replicas.")] = Dtype.fp32,
     gpus_per_replica: Annotated[float, typer.Option(help="GPUs per replica.")] = 0.0,
-    max_body_mb: Annotated[float, typer.Option(help="Largest request body (MiB).")] = 8.0,
-    max_items: Annotated[int, typer.Option(help="Items or queries per request.")] = 256,
-    max_responses: Annotated[int, typer.Option(help="Responses per item.")] = 64,
-    max_image_pixels: Annotated[int, typer.Option(
-        help="Decompression-bomb cap (width x height).")] = SERVE_MAX_PIXELS,
-    request_timeout: Annotated[float, typer.Option(
-        help="Seconds a request may take end to end.")] = 60.0,
+    address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster to join (default: a local one on 127.0.0.1).")] = None,
 ) -> None:
-    from mmrm.config import ServeConfig, validate
+    from mmrm.config import ServeConfig, apply_overrides, validate
     from mmrm.serve import resolve_model, serve_model
 
     with _user_errors():
-        config = validate(ServeConfig, dict(
-            model=resolve_model(model), host=host, port=port, replicas=replicas,
-            address=address, token_file=str(token_file) if token_file else None,
-            image_root=str(image_root) if image_root else None, dtype=dtype.value,
-            normalize=normalize, threads=threads, gpus_per_replica=gpus_per_replica,
-            max_body_bytes=int(max_body_mb * (1 << 20)), max_items=max_items,
-            max_responses=max_responses, max_image_pixels=max_image_pixels,
-            request_timeout_s=request_timeout), "mmrm serve")
+        raw = dict(model=resolve_model(model), host=host, port=port, replicas=replicas,
+                   address=address, token_file=str(token_file) if token_file else None,
+                   image_root=str(image_root) if image_root else None,
+                   images_from=str(images_from) if images_from else None,
+                   text_only=text_only, policy_template=policy_template, dtype=dtype.value,
+                   normalize=normalize, gpus_per_replica=gpus_per_replica)
+        config = validate(ServeConfig, apply_overrides(raw, overrides or []), "mmrm serve")
         serve_model(config, log=typer.echo)
 
 

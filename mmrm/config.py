@@ -294,7 +294,7 @@ class ServeConfig(Strict):
 
     model: str = Field(description="Saved reward model folder (a registry URI is resolved "
                        "to one first).")
-    host: str = Field("127.0.0.1", description="Where Serve's HTTP proxy listens; a "
+    host: str = Field("127.0.0.1", description="Where the HTTP server listens; a "
                       "non-loopback host needs token_file.")
     port: int = Field(8000, ge=1, le=65535)
     token_file: str | None = Field(None, description="A file holding the bearer token every "
@@ -310,17 +310,48 @@ class ServeConfig(Strict):
     threads: int = Field(1, ge=1, description="torch threads per CPU replica.")
     gpus_per_replica: float = Field(0.0, ge=0)
     max_body_bytes: int = Field(8 << 20, ge=1024, description="Largest request body.")
+    max_header_bytes: int = Field(64 << 10, ge=1024, description="Largest request head "
+                                  "(request line and headers).")
     max_items: int = Field(256, ge=1, description="Items (or queries) per request.")
     max_responses: int = Field(64, ge=1, description="Responses per item.")
+    max_tokens: int | None = Field(None, ge=1, description="Text tokens of a prompt and its "
+                                   "longest response: a longer item is refused, as training "
+                                   "refuses it (default: the model's training max_length, "
+                                   "else 4096).")
     max_image_pixels: int = Field(SERVE_MAX_PIXELS, ge=1, description="Decompression-bomb cap "
-                                  "(width x height).")
-    request_timeout_s: float = Field(60.0, gt=0, description="End-to-end limit of a request "
-                                     "(Serve's proxy answers when it passes).")
+                                  "(width x height) per image.")
+    max_request_pixels: int = Field(64_000_000, ge=1, description="Pixels of all of a "
+                                    "request's images together (read from their headers "
+                                    "before any is decoded).")
+    max_aspect_ratio: float = Field(100.0, ge=1, description="Longest side over shortest "
+                                    "side of an image.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Seconds from a request's body "
+                                     "to its answer; past them the work is cancelled (504).")
+    header_timeout_s: float = Field(10.0, gt=0, description="Seconds a connection may take "
+                                    "to send a request's headers (408, closed).")
+    body_timeout_s: float = Field(30.0, gt=0, description="Seconds a request may take to "
+                                  "send its body after its headers (408).")
     batch_requests: int = Field(32, ge=1, description="Concurrent requests one replica "
                                 "scores together.")
+    batch_wait_s: float = Field(0.01, ge=0, description="How long a replica waits for more "
+                                "requests to batch with the first.")
     batch_responses: int = Field(128, ge=1, description="Responses per forward pass.")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at "
                                       "once (more wait in Serve's queue).")
+    max_concurrent_requests: int = Field(256, ge=1, description="Requests being scored at "
+                                         "once over all replicas; more are answered 503 with "
+                                         "Retry-After.")
+    policy_template: str | None = Field(None, description="The chat template the RL "
+                                        "policy renders queries in: a known family "
+                                        "(qwen2_vl, internvl, llava, llava_mistral, idefics3) "
+                                        "or a tokenizer folder (default: the reward model's "
+                                        "own, then every known family).")
+    images_from: str | None = Field(None, description="The RL prompts' JSONL (prompt, "
+                                    "img_path): the image of a query sent without one, "
+                                    "looked up by its prompt.")
+    text_only: bool = Field(False, description="Score a query sent without an image (and "
+                                "not in --images-from) against a blank image instead of "
+                                "refusing it: a multimodal reward without its image.")
 
 
 C = TypeVar("C", bound=BaseModel)

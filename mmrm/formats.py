@@ -64,8 +64,13 @@ def _object(pairs: list[tuple[str, Any]]) -> JSONObject:
     return obj
 
 
-#: The one JSON decoder of mmrm's readers: objects remember duplicate keys.
-STRICT_JSON = json.JSONDecoder(object_pairs_hook=_object)
+def _not_json(literal: str):
+    raise ValueError(f"{literal} is not JSON (numbers must be finite)")
+
+
+#: The one JSON decoder of mmrm's readers: objects remember duplicate keys; the NaN and
+#: Infinity literals Python's json module accepts are refused (no JSON writer emits them).
+STRICT_JSON = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_not_json)
 
 
 def duplicate_key(value: Any, prefix: str = "") -> str | None:
