@@ -160,7 +160,8 @@ def main() -> None:
         # statistics, the proxies' losses) grows with what it trains on, as in the pipeline
         lines = args.pairs.read_text().splitlines()[:args.steps * args.batch]
         args.image_root = args.pairs.parent.resolve()
-        args.pairs = Path(work) / "pairs.jsonl"
+        args.pairs = Path(work) / "data" / "pairs.jsonl"    # apart from the runs' folders
+        args.pairs.parent.mkdir()
         args.pairs.write_text("\n".join(lines) + "\n")
         base = args.base
         if args.random_base:
@@ -171,7 +172,7 @@ def main() -> None:
         for round_ in range(args.repeats):
             for name in args.runs:
                 runs.setdefault(name, []).append(child_run(args, name, base,
-                                                           Path(work) / f"{round_}"))
+                                                           Path(work) / "runs" / f"{round_}"))
     report(args, {name: median_run(found) for name, found in runs.items()})
 
 

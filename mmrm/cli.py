@@ -44,6 +44,23 @@ def _main(version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")]
         = False) -> None:
     """Shortcut-aware multimodal reward models: data, training, evaluation."""
+    _terminate_cleanly()
+
+
+def _terminate_cleanly() -> None:
+    """SIGTERM ends a command as SIGINT does, by unwinding: every ``with`` block that
+    stages a file or a folder removes its staging and leaves the previous one in place, the
+    locks are released, and the exit code says it (143), never 0."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def _stage_names() -> list[str]:
@@ -129,7 +146,10 @@ def _report(manifest: dict, out: Path) -> None:
 
 
 @app.command(help="Validate a JSONL file of mmrm records (pairs, multi or inference) and "
-                  "report every problem with file:line: field: problem.")
+                  "report every problem with file:line: field: problem. A converted file's "
+                  "manifest beside it is checked too: the file's and every image's sha256 "
+                  "(an image changed or torn on disk is named; a second `mmrm convert` "
+                  "repairs it).")
 def validate(
     path: Annotated[Path, typer.Argument(help="The JSONL file.")],
     kind: Annotated[RecordKind, typer.Option("--kind", help="Record format.")] = RecordKind.pairs,
@@ -148,9 +168,13 @@ def validate(
     except (RecordError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from None
-    typer.echo(json.dumps({"file": str(path), "kind": kind.value, **ledger.as_dict()},
+    from mmrm.convert.sink import check_manifest
+
+    changed = check_manifest(path)
+    typer.echo(json.dumps({"file": str(path), "kind": kind.value, **ledger.as_dict(),
+                           **({"manifest": changed} if changed is not None else {})},
                           indent=2))
-    if ledger.skipped:
+    if ledger.skipped or (changed and changed["problems"]):
         raise typer.Exit(code=1)
 
 
@@ -443,16 +467,23 @@ def dvc_yaml(
     check: Annotated[bool, typer.Option(help="Exit 1 if the file differs from the registry's "
                                              "(write nothing).")] = False,
 ) -> None:
-    from mmrm.pipeline.dvcfile import render
+    from mmrm.outputs import write_atomic
+    from mmrm.pipeline.dvcfile import HEADER, render
 
-    text = render(path.resolve().parent)
+    with _user_errors():
+        if not check and path.exists() and \
+                not path.read_text(errors="replace").startswith(HEADER):
+            raise ValueError(f"{path}: exists and is not a dvc.yaml mmrm rendered (its first "
+                             f"lines differ): refused; remove it first, or give another "
+                             f"--path")
+        text = render(path.resolve().parent)
     if check:
         same = path.exists() and path.read_text() == text
         verdict = "up to date" if same else "differs from the registry: run mmrm dvc-yaml"
         typer.echo(f"{path}: {verdict}")
         raise typer.Exit(code=0 if same else 1)
     with _user_errors():
-        path.write_text(text)
+        write_atomic(path, text)
     typer.echo(f"wrote {path}")
 
 
@@ -509,7 +540,7 @@ def eval_command(
     from mmrm.evaluate.metrics import file_report, score_pairs_file
     from mmrm.evaluate.plots import plot_reward_margins
     from mmrm.inference import load_reward_model
-    from mmrm.model import check_reward_model
+    from mmrm.model import check_model_whole
 
     with _user_errors():
         named = _named_paths(data, "data set")
@@ -518,7 +549,7 @@ def eval_command(
                              for name in named if plots is not None}})
         if out is not None:                 # a folder that cannot be made: before any work
             out.parent.mkdir(parents=True, exist_ok=True)
-        check_reward_model(model, trust_remote_code)      # before any conversion or loading
+        check_model_whole(model, trust_remote_code)      # before any conversion or loading
         files = _eval_files(named, format, work, on_error)
         scorer, collator = load_reward_model(model, trust_remote_code=trust_remote_code)
         reports = {}
@@ -535,7 +566,9 @@ def eval_command(
     text = json.dumps({"model": str(model), "datasets": reports}, indent=2)
     if out is not None:
         with _user_errors():
-            out.write_text(text + "\n")
+            from mmrm.outputs import write_atomic
+
+            write_atomic(out, text + "\n")
     typer.echo(text)
 
 
@@ -550,7 +583,7 @@ def matrix(
     batch_size: Annotated[int, typer.Option(help="Pairs per forward.")] = 32,
 ) -> None:
     from mmrm.evaluate.matrix import cross_distribution
-    from mmrm.model import check_reward_model
+    from mmrm.model import check_model_whole
 
     with _user_errors():
         models = _named_paths(model, "model")
@@ -558,7 +591,7 @@ def matrix(
         refuse_overwriting_inputs(tests.values(), {f"--out {name}": out / name for name in
                                                    ("matrix.json", "matrix.md", "matrix.png")})
         for folder in models.values():
-            check_reward_model(folder)            # every one before the first is evaluated
+            check_model_whole(folder)             # every one before the first is evaluated
         out.mkdir(parents=True, exist_ok=True)    # a folder that cannot be made: before any work
         result = cross_distribution(models, tests, batch_size=batch_size, progress=True)
         paths = result.write(out)
@@ -612,8 +645,10 @@ def diagnose(
     report = {"data": str(data), "test": str(test), "proxy": str(proxy),
               "model": str(model) if model else None, **report}
     with _user_errors():
-        (out / "diagnosis.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out / "diagnosis.md").write_text(diagnosis_markdown(report))
+        from mmrm.outputs import write_atomic
+
+        write_atomic(out / "diagnosis.json", json.dumps(report, indent=2) + "\n")
+        write_atomic(out / "diagnosis.md", diagnosis_markdown(report))
     typer.echo(diagnosis_markdown(report))
     typer.echo(f"wrote {out / 'diagnosis.json'}, {out / 'diagnosis.md'}")
 

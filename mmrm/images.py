@@ -125,11 +125,13 @@ def inspect_image(source: bytes | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 class ImageStore:
     """Writes each distinct image once into ``folder``, named by the sha256 of its bytes.
 
-    New images are staged in ``folder/.staging<pid>/`` and moved into ``folder`` by
+    New images are staged in ``folder/.mmrm-staging<pid>/`` and moved into ``folder`` by
     :meth:`publish` when the run that wrote them succeeds; :meth:`remove_created` drops the
     staging folder instead. A run killed before either leaves only a staging folder, which the
     next run (holding the folder's lock) removes: the folder never holds an image that no
-    finished run wrote.
+    finished run wrote, and nothing but mmrm's own staging folders is ever removed from it.
+    An image already there under its name whose bytes no longer hash to that name (edited
+    in place, torn on disk) is written again.
 
     Args:
         folder: where images go (created on first write).
@@ -145,9 +147,10 @@ class ImageStore:
         self.max_pixels = max_pixels
         self.decode = decode
         self._known: dict[str, str] = {}  # sha256 -> relative path
+        self._digests: dict[str, str] = {}   # image name -> sha256 of its bytes
         self._created: list[Path] = []     # images this store adds (staged until publish)
         self.inputs: list[Path] = []       # image files it read (never to be overwritten)
-        self.staging = self.folder / f".staging{os.getpid()}"
+        self.staging = self.folder / f".mmrm-staging{os.getpid()}"
         self._made_folder = False
 
     def add_bytes(self, data: bytes, field: str = "image") -> str:
@@ -159,7 +162,7 @@ class ImageStore:
             return self._known[digest]
         info = inspect_image(data, max_pixels=self.max_pixels, decode=self.decode, field=field)
         target = self._target(digest, info)
-        if not target.exists():
+        if not _holds(target, digest):
             _atomic_write_bytes(self._staged(target), data)
             self._created.append(target)
         return self._remember(digest, target)
@@ -174,7 +177,7 @@ class ImageStore:
             return self._known[digest]
         info = inspect_image(path, max_pixels=self.max_pixels, decode=self.decode, field=field)
         target = self._target(digest, info)
-        if not target.exists():
+        if not _holds(target, digest):
             _link_or_copy(path, self._staged(target))
             self._created.append(target)
         return self._remember(digest, target)
@@ -184,9 +187,14 @@ class ImageStore:
         return len(self._known)
 
     def digest(self) -> str:
-        """sha256 over the sorted image names; names are content hashes, so this pins content."""
+        """sha256 over the sorted image names (names are their contents' hashes)."""
         names = sorted(Path(p).name for p in self._known.values())
         return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+    def contents(self) -> dict[str, str]:
+        """Every image's name and the sha256 of its bytes (what a manifest pins)."""
+        return {Path(rel).name: digest for digest, rel in sorted(
+            self._known.items(), key=lambda kv: kv[1])}
 
     def publish(self) -> None:
         """Move the staged images into the folder (the run that wrote them succeeded)."""
@@ -203,9 +211,11 @@ class ImageStore:
             self.folder.rmdir()
 
     def remove_abandoned(self) -> list[Path]:
-        """Staging folders of runs that were killed (call it holding the folder's lock: no
-        other run is writing there)."""
-        found = [p for p in self.folder.glob(".staging*") if p != self.staging and p.is_dir()]
+        """mmrm's staging folders of runs that were killed (call it holding the folder's
+        lock: no other run is writing there); nothing else."""
+        found = [p for p in self.folder.glob(".mmrm-staging*") if p != self.staging
+                 and p.is_dir() and not p.is_symlink()
+                 and p.name.removeprefix(".mmrm-staging").isdigit()]
         for path in found:
             shutil.rmtree(path, ignore_errors=True)
         return found
@@ -239,14 +249,24 @@ def sha256_file(path: str | Path) -> str:
     return file_digest(path, "sha256")
 
 
+def _holds(target: Path, digest: str) -> bool:
+    """Whether ``target`` is there with the bytes its name promises (an image edited in
+    place or torn on disk is not)."""
+    if not target.is_file():
+        return False
+    if sha256_file(target) == digest:
+        return True
+    return False
+
+
 def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp = target.with_name(f".{target.name}.mmrm-tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, target)
 
 
 def _link_or_copy(src: Path, target: Path) -> None:
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp = target.with_name(f".{target.name}.mmrm-tmp{os.getpid()}")
     try:
         os.link(src, tmp)
     except OSError:

@@ -18,8 +18,6 @@ robustness, at no training cost.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -103,8 +101,8 @@ class Interpolation:
 def save_interpolated(interpolation: Interpolation, alpha: float, out: str | Path,
                       calibration_pairs: list | None = None, details: dict | None = None
                       ) -> Path:
-    """Write the model at ``alpha`` as an ordinary saved reward model at ``out``: staged in
-    a folder beside it and renamed into place whole. Its reward statistics come from
+    """Write the model at ``alpha`` as an ordinary saved reward model at ``out`` (saved
+    whole, as every model is). Its reward statistics come from
     ``calibration_pairs`` (A's training pairs, say), else they are A's and B's interpolated
     (a mean and spread of rewards only approximately). ``interpolation.json`` records both
     models' folders and digests, ``alpha`` and ``details``."""
@@ -125,16 +123,10 @@ def save_interpolated(interpolation: Interpolation, alpha: float, out: str | Pat
         ca, cb = check_reward_model(interpolation.a), check_reward_model(interpolation.b)
         model.config.reward_mean = (1 - alpha) * ca.reward_mean + alpha * cb.reward_mean
         model.config.reward_std = (1 - alpha) * ca.reward_std + alpha * cb.reward_std
-    staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save(staging, processor)
     record = {"a": str(interpolation.a), "b": str(interpolation.b), "alpha": alpha,
               "a_digest": model_digest(interpolation.a), "b_digest": model_digest(interpolation.b),
               "reward_config": asdict(model.config), **(details or {})}
-    (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    model.save(out, processor, {RECORD: json.dumps(record, indent=2) + "\n"})
     return out
 
 

@@ -26,6 +26,26 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server (``http(s)://``) that answers within ``timeout`` seconds, or a
+    one-line error at once: MLflow's own client retries a dead server for minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return                       # it answered (an old server without /health)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"MLflow tracking server {uri} does not answer within {timeout:g} s "
+                         f"({getattr(err, 'reason', err)}): start it (make mlflow-ui), point "
+                         f"MLFLOW_TRACKING_URI elsewhere, or set tracking.enabled: false"
+                         ) from None
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -83,6 +103,7 @@ def stage_run(params, stage: str):
     import mlflow
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+    check_tracking_server(tracking_uri())
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_registry_uri(tracking_uri())
     experiment_id = _experiment_id(mlflow, params.tracking.experiment)

@@ -10,9 +10,13 @@ A saved reward model is a directory that loads without mmrm::
     config.json, model.safetensors, tokenizer/processor files   # the backbone, HF format
     value_head.safetensors                                      # {"weight": (1, H), "bias": (1,)}
     reward_config.json                                          # base model, template, mean/std
+    mmrm_files.json                                             # every file's size and sha256
 
 ``reward_config.json`` carries ``reward_mean``/``reward_std`` over the training set (for
-normalised scores) and the input ``mode`` the model was trained with.
+normalised scores) and the input ``mode`` the model was trained with. A folder is written
+whole (staged beside its place and renamed into it), ``mmrm_files.json`` last; loading
+refuses a folder whose files are not the set that was saved (a value head of another run,
+a torn shard), and any non-finite statistic or weight.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from mmrm.data import set_right_padding
 
 REWARD_CONFIG = "reward_config.json"
 VALUE_HEAD = "value_head.safetensors"
+#: Every file of a saved folder, its size and sha256: written last, checked at load.
+FILES_RECORD = "mmrm_files.json"
 
 #: Image inputs that the backbone's forward also needs (to place positions), beside the features.
 _POSITION_KEYS = ("image_grid_thw", "image_sizes")
@@ -118,25 +124,40 @@ class RewardModel(nn.Module):
         config = check_reward_model(path, trust_remote_code)
         try:
             backbone = _load_backbone(path, dtype, trust_remote_code, attn_implementation)
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
+        except Exception as err:      # noqa: BLE001 - safetensors and transformers raise
             raise ValueError(f"{path}: the backbone does not load ({type(err).__name__}: "
                              f"{str(err)[:300]})") from None
         model = cls(backbone, config)
         head = load_file(str(path / VALUE_HEAD))
         model.value_head.load_state_dict(head)
         model.value_head.to(next(backbone.parameters()).dtype)
+        bad = next((name for name, p in model.named_parameters()
+                    if p.is_floating_point() and not bool(torch.isfinite(p).all())), None)
+        if bad is not None:
+            raise ValueError(f"{path}: weight {bad} holds NaN or infinite values: refused "
+                             f"(it would score every answer NaN)")
         return model
 
-    def save(self, path: str | Path, processor=None) -> None:
-        """Write the backbone (HF format), the value head and ``reward_config.json``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(path)
-        if processor is not None:
-            processor.save_pretrained(path)
-        save_file({k: v.detach().contiguous().cpu()
-                   for k, v in self.value_head.state_dict().items()}, str(path / VALUE_HEAD))
-        (path / REWARD_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+    def save(self, path: str | Path, processor=None, extra: dict[str, str] | None = None
+             ) -> None:
+        """Write the backbone (HF format), the value head, ``reward_config.json``, the
+        ``extra`` files (name -> text) and, last, :data:`FILES_RECORD`: all in a staging
+        folder that then takes ``path``'s place whole (:func:`mmrm.outputs.staged_folder`),
+        so a signal or a full disk never leaves a mix of two saves."""
+        from mmrm.outputs import staged_folder
+
+        with staged_folder(path) as staging:
+            self.backbone.save_pretrained(staging)
+            if processor is not None:
+                processor.save_pretrained(staging)
+            save_file({k: v.detach().contiguous().cpu()
+                       for k, v in self.value_head.state_dict().items()},
+                      str(staging / VALUE_HEAD))
+            (staging / REWARD_CONFIG).write_text(json.dumps(asdict(self.config), indent=2)
+                                                 + "\n")
+            for name, text in (extra or {}).items():
+                (staging / name).write_text(text)
+            write_files_record(staging)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -338,6 +359,49 @@ def model_digest(model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
+def write_files_record(folder: Path) -> None:
+    """:data:`FILES_RECORD` of a folder's files (every file's size and sha256)."""
+    from mmrm.images import sha256_file
+
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != FILES_RECORD}
+    (folder / FILES_RECORD).write_text(json.dumps(files, indent=1) + "\n")
+
+
+def check_files_record(folder: Path) -> None:
+    """Refuse a folder whose files are not the set :data:`FILES_RECORD` records: one
+    missing, one of another size, a small one (configs, the value head, the tokenizer) whose
+    bytes differ, or a file the save did not write. A folder without a record (an older
+    save) is not checked."""
+    from mmrm.images import sha256_file
+
+    record_file = folder / FILES_RECORD
+    if not record_file.is_file():
+        return
+    try:
+        record = json.loads(record_file.read_text())
+        expected = {name: (int(v["size"]), str(v["sha256"])) for name, v in record.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{record_file}: unreadable: the folder cannot be checked") from None
+    found = {str(p.relative_to(folder)) for p in folder.rglob("*")
+             if p.is_file() and p.name != FILES_RECORD}
+    for name in sorted(set(expected) | found):
+        path = folder / name
+        if name not in expected:
+            problem = "was not saved with the model"
+        elif name not in found:
+            problem = "is missing"
+        elif path.stat().st_size != expected[name][0]:
+            problem = "has another size than the one saved (torn, or from another save)"
+        elif path.stat().st_size <= DIGEST_CONTENT_LIMIT and sha256_file(path) != \
+                expected[name][1]:
+            problem = "is not the file saved with the model (from another save?)"
+        else:
+            continue
+        raise ValueError(f"{path}: {problem}: the folder's files do not belong together "
+                         f"({FILES_RECORD}); save the model again")
+
+
 def check_model_folder(path: str | Path) -> Path:
     """``path`` as a local Hugging Face model folder, or a clear error at once: mmrm never
     asks a model hub (transformers would retry one for minutes with a name it cannot find)."""
@@ -386,8 +450,51 @@ def check_reward_model(path: str | Path, trust_remote_code: bool = False) -> Rew
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     if shapes != {"weight": (1, hidden), "bias": (1,)}:
         raise ValueError(f"{head}: expected weight (1, {hidden}) and bias (1,), found {shapes}")
+    if not all(bool(torch.isfinite(v).all()) for v in tensors.values()):
+        raise ValueError(f"{head}: holds NaN or infinite weights: refused (it would score "
+                         f"every answer NaN)")
     if not any(p.name != VALUE_HEAD and p.suffix == ".safetensors" for p in path.iterdir()):
         raise ValueError(f"{path}: no backbone weights (*.safetensors)")
+    check_files_record(path)       # last: each file is fine alone, but are they one save?
+    return config
+
+
+def check_model_whole(path: str | Path, trust_remote_code: bool = False) -> RewardConfig:
+    """:func:`check_reward_model`, then what loading would find later: every weight file
+    readable and every weight finite (read once, a tensor at a time: a truncated shard, a
+    NaN), an architecture transformers knows, and a tokenizer. For commands that start
+    workers: a broken folder is one line before they start, not a traceback from a worker
+    15 seconds later. It reads the weights once (seconds for the tiny base and 2B models,
+    about as long as loading them for 8B; the workers then read them from the page
+    cache)."""
+    config = check_reward_model(path, trust_remote_code)
+    path = Path(path)
+    from safetensors import safe_open
+
+    for shard in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(shard), framework="pt") as handle:
+                for name in handle.keys():
+                    tensor = handle.get_tensor(name)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        raise ValueError(f"{shard}: weight {name} holds NaN or infinite "
+                                         f"values: refused (it would score every answer NaN)")
+        except ValueError:
+            raise
+        except Exception as err:      # noqa: BLE001 - safetensors raises its own types
+            raise ValueError(f"{shard}: not a readable safetensors file ({err})") from None
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code,
+                                   local_files_only=True)
+    except (ValueError, KeyError, OSError) as err:
+        raise ValueError(f"{path / 'config.json'}: not an architecture transformers knows "
+                         f"({str(err).splitlines()[0][:200]})") from None
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json",
+                                                    "vocab.json", "tokenizer.model")):
+        raise ValueError(f"{path}: no tokenizer (tokenizer.json / tokenizer_config.json): "
+                         f"save the processor with the model")
     return config
 
 
@@ -416,6 +523,12 @@ def read_reward_config(path: str | Path) -> RewardConfig:
             raise ValueError(f"{file}: {key}: wrong type {type(value).__name__}")
     if raw.get("mode", "multimodal") not in ("multimodal", "text_only", "blank_image"):
         raise ValueError(f"{file}: mode: unknown input mode {raw['mode']!r}")
+    import math
+
+    for key in ("reward_mean", "reward_std"):
+        if not math.isfinite(raw.get(key, 0.0)):
+            raise ValueError(f"{file}: {key}: {raw[key]} is not a finite number (normalised "
+                             f"rewards would be NaN or infinite)")
     if raw.get("reward_std", 1.0) <= 0:
         raise ValueError(f"{file}: reward_std: must be > 0")
     return RewardConfig(**raw)

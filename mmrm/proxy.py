@@ -12,6 +12,7 @@ from pathlib import Path
 from mmrm.config import TrainConfig, with_overrides
 from mmrm.data import fold_of, load_pairs
 from mmrm.inference import load_reward_model, score_pairs
+from mmrm.outputs import write_atomic
 from mmrm.tracking import Tracker
 from mmrm.train import train
 from mmrm.weighting import bradley_terry_loss
@@ -97,8 +98,7 @@ def train_text_proxy(config: TrainConfig, tracker: Tracker | None = None, log=pr
              "accuracy": mean(wins_out) if folds > 1 else mean(wins_in),
              "source": fold, "losses": losses, "margins": margins}
     out = Path(config.shortcut.proxy_losses or Path(config.output_dir) / "proxy_losses.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(cache) + "\n")
+    write_atomic(out, json.dumps(cache) + "\n")
     log(f"proxy accuracy in sample {cache['accuracy_in_sample']:.4f}, out of sample "
         f"{cache['accuracy_out_of_sample'] if folds > 1 else 'n/a'}")
     return cache

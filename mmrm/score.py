@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -50,7 +51,7 @@ from mmrm.images import sha256_file
 from mmrm.inference import ResponseScorer, encode_groups
 from mmrm.ledger import Ledger, OnError, RecordError
 from mmrm.model import RewardConfig, model_digest
-from mmrm.outputs import exclusive, refuse_overwriting_inputs
+from mmrm.outputs import exclusive, refuse_overwriting_inputs, write_atomic
 
 __all__ = ["ScoreConfig", "ResponseScorer", "score_file", "start_ray", "preprocess_where",
            "model_digest"]
@@ -82,9 +83,7 @@ class ScoreState:
 
 
 def _write_state(path: Path, state: ScoreState) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(asdict(state), indent=2) + "\n")
 
 
 def _open_run(config: ScoreConfig) -> ScoreState:
@@ -119,9 +118,10 @@ def _open_run(config: ScoreConfig) -> ScoreState:
             with open(path, "ab") as f:
                 f.truncate(size)
         return state
-    if out.exists():
-        raise ValueError(f"{out} exists and has no {state_path.name}: not a run to resume; "
-                         f"remove it or choose another output")
+    for name, path in (("OUTPUT", out), ("--errors", errors)):
+        if path.exists():      # a user's file is never emptied: OUTPUT and --errors alike
+            raise ValueError(f"{path} ({name}) exists and has no {state_path.name}: not a "
+                             f"run to resume; remove it or choose another {name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     errors.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(b"")
@@ -218,16 +218,26 @@ def score_file(config: ScoreConfig, progress: Callable[[dict], None] | None = No
         ValueError: an output that is the input, another process writing the same output
             (it holds OUTPUT's lock), or a state that does not match its output.
     """
-    from mmrm.model import check_reward_model
+    from mmrm.model import check_model_whole
 
     where = preprocess_where(config)
-    check_reward_model(config.model, config.trust_remote_code)   # before Ray starts
+    check_model_whole(config.model, config.trust_remote_code)   # before Ray starts
     out = Path(config.output)
+    state_path = out.with_name(out.name + STATE_SUFFIX)
     with exclusive(out, str(out)):
+        fresh = not state_path.exists()
         state = _open_run(config)
         if state.complete:
             return {"items_scored": 0, "already_complete": True, **asdict(state)}
-        return _score_run(config, state, where, progress, show_bar)
+        try:
+            return _score_run(config, state, where, progress, show_bar)
+        except BaseException:
+            # a new run that stopped before it wrote anything (the cluster too small, the
+            # model broken, a signal) leaves nothing behind
+            if fresh and not state.items_written and not state.items_failed:
+                for path in (out, config.errors_path, state_path):
+                    path.unlink(missing_ok=True)
+            raise
 
 
 def _score_run(config: ScoreConfig, state: ScoreState, where: str, progress, show_bar
@@ -241,9 +251,19 @@ def _score_run(config: ScoreConfig, state: ScoreState, where: str, progress, sho
     started_ray = not ray.is_initialized()
     if started_ray:
         start_ray(config.address or os.environ.get("RAY_ADDRESS") or None)
+    try:
+        check_resources(config)
+    except ValueError:
+        if started_ray:
+            ray.shutdown()
+        raise
     names, actors = _start_actors(config)
     try:
-        ray.get([a.ready.remote() for a in actors])
+        try:
+            ray.get([a.ready.remote() for a in actors])
+        except ray.exceptions.RayError as err:        # one line, not a worker's traceback
+            raise ValueError(f"{config.model}: the scorers could not load it: "
+                             f"{root_cause(err)}") from None
         processor = load_processor(config.model, config.trust_remote_code)
         share = _shares_prefix(config.model)
         prepare = (lambda batch: encode_groups(processor, batch, share)) \
@@ -260,6 +280,16 @@ def _score_run(config: ScoreConfig, state: ScoreState, where: str, progress, sho
         if started_ray:
             ray.shutdown()
     return totals
+
+
+def root_cause(err: BaseException) -> str:
+    """The innermost ``SomethingError: message`` line of a Ray error's text (its remote
+    traceback), without the traceback."""
+    import re
+
+    lines = [line.strip() for line in str(err).splitlines()]
+    found = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    return (found[-1].split(": ", 1)[1] if found else lines[-1] if lines else str(err))[:500]
 
 
 def _start_actors(config: ScoreConfig) -> tuple[list[str], list]:
@@ -299,6 +329,7 @@ def start_ray(address: str | None, **init_kwargs) -> None:
     for local clusters since Ray 2.59; mmrm never turns it off)."""
     import ray
 
+    check_address(address)
     if address is None:
         from ray._private import ray_constants
 
@@ -309,6 +340,43 @@ def start_ray(address: str | None, **init_kwargs) -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
              configure_logging=False, **init_kwargs)
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """A cluster ``address`` (``host:port``, ``ray://host:port``) that accepts a connection
+    within ``timeout`` seconds, or a one-line error at once (Ray itself waits and retries
+    for minutes). ``auto`` and None are Ray's own lookups."""
+    import socket
+
+    if address in (None, "auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not port.isdigit() or not host:
+        raise ValueError(f"--address {address}: expected host:port (or ray://host:port)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except OSError as err:
+        raise ValueError(f"--address {address}: no Ray cluster answers there within "
+                         f"{timeout:g} s ({err.strerror or err})") from None
+
+
+def check_resources(config: ScoreConfig) -> None:
+    """The workers fit the cluster: ``workers`` x ``threads_per_worker`` CPUs (CPU workers)
+    or ``workers`` x ``gpus_per_worker`` GPUs, else a one-line error before any actor is
+    asked for (Ray would wait for resources that never come)."""
+    import ray
+
+    have = ray.cluster_resources()
+    kind, need = ("GPU", config.workers * config.gpus_per_worker) if config.gpus_per_worker \
+        else ("CPU", config.workers * config.threads_per_worker)
+    if need > have.get(kind, 0) + 1e-9:
+        per = f"{config.gpus_per_worker:g} GPU" if kind == "GPU" else \
+            f"{config.threads_per_worker} thread(s)"
+        raise ValueError(f"{config.workers} workers x {per} need {need:g} {kind}s; the Ray "
+                         f"cluster has {have.get(kind, 0):g}: ask for fewer (--workers, "
+                         f"--gpus-per-worker, --threads-per-worker)")
 
 
 def preprocess_where(config: ScoreConfig) -> str:
@@ -410,6 +478,9 @@ class ScoreRun:
         lines, error_lines = [], []
         for line in window.lines:
             item, result = self.items.pop(line), self.scored.pop(line)
+            if "error" not in result and not all(map(math.isfinite, result["scores"])):
+                result = {"error": f"the model {self.config.model} gave a non-finite reward "
+                                   f"({result['scores']}): a broken model, never written"}
             if "error" in result:
                 err = RecordError(self.config.input, line, "<item>", result["error"],
                                   "scoring_failed")
@@ -419,7 +490,8 @@ class ScoreRun:
                 error_lines.append((line, {"line": line, "id": item.id, "error": str(err),
                                            "reason": err.reason}))
                 continue
-            lines.append(json.dumps(self.record(item, line, result["scores"])))
+            lines.append(json.dumps(self.record(item, line, result["scores"]),
+                                    allow_nan=False))
             self.ledger.written += 1
         # reader errors up to the window's end belong to this chunk
         while self.bad and (window.end is None or self.bad[0].line < window.end):

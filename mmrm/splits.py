@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from mmrm.formats import ImageCheck, ImageRules, read_pairs
 from mmrm.images import sha256_file
+from mmrm.outputs import write_atomic
 
 SPLITS = ("train", "test", "val")
 
@@ -74,7 +74,7 @@ def split_pairs(pairs_file: Path, spec, test_only: bool = False) -> dict:
             f"{spec.seed}\0{rows['train'][i]['id']}".encode()).digest())[:spec.max_train_pairs])
         rows["train"] = [r for i, r in enumerate(rows["train"]) if i in keep]
     for name in SPLITS:
-        _write_atomic(folder / f"{name}.jsonl",
+        write_atomic(folder / f"{name}.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[name]))
     manifest = {"source": pairs_file.name, "source_sha256": sha256_file(pairs_file),
                 "key": spec.key, "seed": spec.seed, "test_only": test_only,
@@ -84,7 +84,7 @@ def split_pairs(pairs_file: Path, spec, test_only: bool = False) -> dict:
                 "grouped_by": {"image": ["images"], "prompt": ["prompts"],
                                "both": ["images", "prompts"]}[spec.key],
                 "files": {name: sha256_file(folder / f"{name}.jsonl") for name in SPLITS}}
-    _write_atomic(folder / "split.manifest.json", json.dumps(manifest, indent=2) + "\n")
+    write_atomic(folder / "split.manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -100,10 +100,6 @@ def leakage(folder: Path) -> dict[str, int]:
             for kind, found in seen.items()}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 __all__ = ["SPLITS", "assign", "group_keys", "leakage", "split_pairs"]

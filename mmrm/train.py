@@ -34,6 +34,7 @@ from mmrm.evaluate.metrics import pairwise_accuracy
 from mmrm.finetune import apply_finetune, merge_adapters
 from mmrm.inference import load_reward_model, reward_statistics, score_pairs
 from mmrm.model import RewardModel, load_processor, weight_dtype_named
+from mmrm.outputs import write_atomic
 from mmrm.tracking import NoOpTracker, Tracker, flatten
 from mmrm.weighting import PairTerms, PairWeighting, weight_histogram, weight_statistics
 
@@ -199,10 +200,7 @@ def teacher_margins(config: TrainConfig, pairs, log=print) -> dict[str, float]:
     if bad is not None:
         raise ValueError(f"shortcut.teacher: {teacher}: margin of pair {bad!r} is "
                          f"{margins[bad]}: the teacher is broken")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**identity, "margins": margins}) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({**identity, "margins": margins}) + "\n")
     return margins
 
 
@@ -215,8 +213,17 @@ def training_inputs(config: TrainConfig) -> tuple[list, dict | None]:
     Returns the training pairs (after fold selection) and the proxy cache, if any.
     """
     from mmrm.model import check_model_folder
+    from mmrm.outputs import refuse_nesting
 
     check_model_folder(config.model)
+    # the output folder may not be, hold or lie in what the run reads (a fine-tune into
+    # the folder of its own starting model would overwrite it)
+    refuse_nesting({"model": config.model, "shortcut.teacher": config.shortcut.teacher,
+                    **{f"data.train[{k}]": Path(p).parent for k, p in
+                       enumerate(config.data.train)},
+                    **({"data.image_root": config.data.image_root}
+                       if config.data.image_root else {})},
+                   Path(config.output_dir), "output_dir")
     if config.shortcut.teacher:
         from mmrm.model import check_reward_model
 
@@ -293,6 +300,8 @@ class Recipe:
     metrics_log: Any = None
     started: float = field(default_factory=time.perf_counter)
     step_delay: float = 0.0
+    data_digest: str = ""
+    lock: Any = None
 
     @property
     def out(self) -> Path:
@@ -312,20 +321,37 @@ def train(config: TrainConfig, tracker: Tracker | None = None, log=print,
         tracker: where metrics go (no-op by default).
         log: progress lines go here.
         resume: continue from the newest checkpoint in ``output_dir`` if there is one.
+
+    Raises:
+        ValueError: bad input, or another mmrm process training into ``output_dir``.
     """
-    run = setup(config, tracker or NoOpTracker(), log, resume)
-    while run.step < run.total_steps:
-        # set_epoch-like reseeding keeps the order reproducible and resumable per epoch
-        run.generator.manual_seed(config.seed + run.epoch)
-        batches = run.accelerator.skip_first_batches(run.loader, run.skip_batches) \
-            if run.skip_batches else run.loader
-        batch_in_epoch, run.skip_batches = run.skip_batches, 0
-        for batch in batches:
-            batch_in_epoch += 1
-            if train_step(run, batch, batch_in_epoch):
-                break
-        run.epoch += 1
-    return finish(run)
+    with output_lock(config):
+        run = setup(config, tracker or NoOpTracker(), log, resume)
+        while run.step < run.total_steps:
+            # set_epoch-like reseeding keeps the order reproducible and resumable per epoch
+            run.generator.manual_seed(config.seed + run.epoch)
+            batches = run.accelerator.skip_first_batches(run.loader, run.skip_batches) \
+                if run.skip_batches else run.loader
+            batch_in_epoch, run.skip_batches = run.skip_batches, 0
+            for batch in batches:
+                batch_in_epoch += 1
+                if train_step(run, batch, batch_in_epoch):
+                    break
+            run.epoch += 1
+        return finish(run)
+
+
+def output_lock(config: TrainConfig):
+    """The run's lock on its output folder, like every other writer's
+    (:func:`mmrm.outputs.exclusive`); taken by the first process of a distributed run only
+    (its other processes write their parts of the same checkpoints)."""
+    from contextlib import nullcontext
+
+    from mmrm.outputs import exclusive
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return nullcontext()
+    return exclusive(Path(config.output_dir), f"a training run into {config.output_dir}")
 
 
 def setup(config: TrainConfig, tracker: Tracker, log, resume: bool) -> Recipe:
@@ -361,7 +387,8 @@ def setup(config: TrainConfig, tracker: Tracker, log, resume: bool) -> Recipe:
                                                                 scheduler)
     run = Recipe(config, tracker, log, accelerator, processor, pairs, weighting, modules,
                  accelerator.unwrap_model(modules), optimizer, scheduler, loader, generator,
-                 total_steps, step_delay=float(os.environ.get(STEP_DELAY_ENV) or 0))
+                 total_steps, step_delay=float(os.environ.get(STEP_DELAY_ENV) or 0),
+                 data_digest=pairs_digest(pairs))
     if checkpoint is not None:
         restore(run, checkpoint)
     open_run_folder(run)
@@ -432,9 +459,14 @@ def resumable_checkpoint(config: TrainConfig) -> Path | None:
 
 
 def restore(run: Recipe, checkpoint: Path) -> None:
-    """Continue from ``checkpoint`` (:func:`resumable_checkpoint`)."""
-    run.accelerator.load_state(str(checkpoint))
+    """Continue from ``checkpoint`` (:func:`resumable_checkpoint`), provided it was made on
+    these very training pairs (their digest, recorded in it)."""
     state = json.loads((checkpoint / STATE_FILE).read_text())
+    if state.get("data_digest") not in (None, run.data_digest):
+        raise ValueError(f"{checkpoint}: made on other training pairs than "
+                         f"{run.config.data.train} hold now (their digest differs): refused; "
+                         f"--no-resume to start over, or restore the data")
+    run.accelerator.load_state(str(checkpoint))
     run.step, run.epoch, run.skip_batches = state["step"], state["epoch"], state["batch_in_epoch"]
     run.resumed = True
     run.log(f"resumed from {checkpoint} at step {run.step}")
@@ -446,9 +478,9 @@ def open_run_folder(run: Recipe) -> None:
         return
     out = run.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(run.config.model_dump_json(indent=2) + "\n")
+    write_atomic(out / CONFIG_FILE, run.config.model_dump_json(indent=2) + "\n")
     # which pairs this model learns from (a cross-fitted proxy must never see its fold)
-    (out / TRAIN_IDS).write_text("".join(f"{p.id}\n" for p in run.pairs))
+    write_atomic(out / TRAIN_IDS, "".join(f"{p.id}\n" for p in run.pairs))
     run.tracker.log_params(flatten(run.config.model_dump(mode="json")))
     # a resumed run continues its log; a fresh one starts it (a rerun into the same folder
     # must not append to the last run's lines)
@@ -489,7 +521,7 @@ def train_step(run: Recipe, batch: dict, batch_in_epoch: int) -> bool:
         time.sleep(run.step_delay)
     if run.config.save_steps and run.step % run.config.save_steps == 0:
         save_checkpoint(accelerator, run.out, run.step, run.epoch, batch_in_epoch,
-                        run.config.save_total_limit, run.config)
+                        run.config.save_total_limit, run.config, run.data_digest)
     return run.step >= run.total_steps
 
 
@@ -524,7 +556,7 @@ def finish(run: Recipe) -> dict:
                                  "train_seconds": seconds}, run.step)
         # result.json is an output DVC tracks: the same inputs give the same bytes, so the
         # wall-clock time goes to the tracker and the log only
-        (run.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_atomic(run.out / "result.json", json.dumps(result, indent=2) + "\n")
         run.log(f"trained {run.step} steps in {seconds} s; {json.dumps(result)}")
     return {**result, "seconds": seconds}
 
@@ -540,8 +572,8 @@ def save_final(model: RewardModel, processor, collator: PairCollator, pairs: lis
     model.config.extra = {"weighting": config.shortcut.weighting.value,
                           "train": list(config.data.train)}
     final = Path(config.output_dir) / "final"
-    merge_adapters(model).save(final, processor)
-    (final / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
+    merge_adapters(model).save(final, processor,
+                               {CONFIG_FILE: config.model_dump_json(indent=2) + "\n"})
     return final
 
 
@@ -599,22 +631,32 @@ def _progress_line(record: dict, total_steps: int) -> str:
 
 
 def save_checkpoint(accelerator, out: Path, step: int, epoch: int, batch_in_epoch: int,
-                    limit: int, config: TrainConfig | None = None) -> Path:
-    """Model, optimizer, scheduler and RNG states (accelerate), the data position and the run
-    config."""
+                    limit: int, config: TrainConfig | None = None,
+                    data_digest: str | None = None) -> Path:
+    """Model, optimizer, scheduler and RNG states (accelerate), the data position, the run
+    config and the training data's digest: written into a staging folder (every process its
+    part) and renamed into ``checkpoint-<step>`` whole, the state file last inside it, so a
+    kill or a full disk leaves either the whole checkpoint or none."""
     path = out / f"checkpoint-{step}"
-    accelerator.save_state(str(path))
+    staging = out / f".checkpoint-{step}.mmrm-staging"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if config is not None:
-            (path / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
-        # the state file marks the checkpoint complete: written whole or not at all (a kill
-        # between creating and filling it left an empty marker that resume could not read)
-        tmp = path / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(
-            {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch}) + "\n")
-        os.replace(tmp, path / STATE_FILE)
+            (staging / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
+        # the state file marks the checkpoint complete: written last
+        (staging / STATE_FILE).write_text(json.dumps(
+            {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+             "data_digest": data_digest}) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
         for old in sorted(out.glob("checkpoint-*"), key=_checkpoint_step)[:-limit]:
             shutil.rmtree(old)
+    accelerator.wait_for_everyone()
     return path
 
 

@@ -8,9 +8,13 @@ A converter reads source records and, for each, either writes pairs or reports a
                 sink.write(pair_dict)           # or raise FieldProblem(...)
 
 The JSONL is written to a temporary file and renamed only when the conversion succeeds, so a
-failed run leaves no partial output. The manifest (``<out stem>.manifest.json``) records the
-source files and their sha256, the counts (read, written, skipped by reason), and the sha256
-of the outputs. It holds no timestamps, so the same input gives the same manifest.
+failed run leaves no partial output; the manifest is written (to its own temporary) before
+anything is published, so a full disk never leaves an old manifest describing a new file.
+The manifest (``<out stem>.manifest.json``) records the source files and their sha256, the
+counts (read, written, skipped by reason), the sha256 of the output and of every image it
+names (``mmrm validate`` and a second conversion find an image changed or torn on disk; the
+second conversion repairs it). It holds no timestamps, so the same input gives the same
+manifest.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from mmrm import __version__
 from mmrm.formats import PairRecord
 from mmrm.images import DEFAULT_MAX_PIXELS, ImageStore, sha256_file
 from mmrm.ledger import FieldProblem, Ledger, OnError, RecordError
-from mmrm.outputs import exclusive, refuse_overwriting_inputs
+from mmrm.outputs import (atomic_file, exclusive, full_disk_error, refuse_overwriting_inputs,
+                          remove_stale_temporaries, temporary_name)
 
 
 def manifest_path(out: Path) -> Path:
@@ -33,28 +38,32 @@ def manifest_path(out: Path) -> Path:
     return out.with_name(out.stem + ".manifest.json")
 
 
-def remove_stale_temporaries(folder: Path, prefix: str) -> list[Path]:
-    """Delete ``<prefix>*.tmp<pid>`` files in ``folder`` left by a process that no longer runs
-    (a converter killed with SIGKILL cannot clean up after itself)."""
-    removed = []
-    if not Path(folder).is_dir():
-        return removed
-    for path in Path(folder).glob(f"{prefix}*.tmp*"):
-        pid = path.name.rpartition(".tmp")[2]
-        if pid.isdigit() and not _alive(int(pid)):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
-def _alive(pid: int) -> bool:
+def check_manifest(out: Path) -> dict | None:
+    """A converted file against its manifest (None where it has none): ``problems``, one
+    line each, for the file and every image whose bytes are not what the manifest pinned
+    (missing, edited in place, torn). A second conversion of the same source repairs
+    them."""
+    path = manifest_path(out)
+    if not path.is_file():
+        return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        manifest = json.loads(path.read_text())
+        pinned = manifest["images"].get("sha256", {})
+        expected = manifest["output"]["sha256"]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        return {"manifest": str(path), "problems": [f"{path}: not a manifest mmrm can read "
+                                                   f"({type(err).__name__})"]}
+    problems = []
+    if sha256_file(out) != expected:
+        problems.append(f"{out}: its sha256 is not the manifest's (changed since conversion)")
+    folder = Path(out).parent / manifest["images"].get("folder", "images")
+    for name, digest in sorted(pinned.items()):
+        image = folder / name
+        if not image.is_file():
+            problems.append(f"{image}: missing")
+        elif sha256_file(image) != digest:
+            problems.append(f"{image}: its bytes are not the ones converted (edited or torn)")
+    return {"manifest": str(path), "images_checked": len(pinned), "problems": problems}
 
 
 class PairSink:
@@ -82,7 +91,7 @@ class PairSink:
                                  max_pixels=max_pixels)
         self.notes: dict[str, dict[str, int]] = {}
         self._ids: set[str] = set()
-        self._tmp = self.out.with_name(self.out.name + f".tmp{os.getpid()}")
+        self._tmp = temporary_name(self.out)
         self._file = None
         self._pending: list[str] = []
         self.record_pairs = Ledger(on_error=self.records.on_error)
@@ -91,12 +100,13 @@ class PairSink:
         self._made = [p for p in (self.out.parent, *self.out.parent.parents) if not p.exists()]
         self.out.parent.mkdir(parents=True, exist_ok=True)
         # one converter at a time per output folder: its images/ are shared, and a failed
-        # run's rollback must not delete images another run wrote and recorded
-        self._lock = exclusive(self.out.parent, f"pairs into {self.out.parent}")
+        # run's rollback must not delete images another run wrote and recorded; the file
+        # too, so that any other command writing it (a scorer) is refused
+        self._lock = exclusive([self.out.parent, self.out], f"pairs into {self.out.parent}")
         try:
             self._lock.__enter__()
-            remove_stale_temporaries(self.out.parent, self.out.name)
-            remove_stale_temporaries(self.images.folder, "")
+            remove_stale_temporaries(self.out.parent)
+            remove_stale_temporaries(self.images.folder)
             if self.images.folder.is_dir():
                 self.images.remove_abandoned()
             self._file = open(self._tmp, "w", encoding="utf-8")
@@ -106,7 +116,14 @@ class PairSink:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as err:            # the last buffered lines hit a full disk
+            exc_type, exc = type(err), exc or err
+        full = full_disk_error(self.out, exc)
+        if full is not None:              # nothing was published: the previous output stands
+            self._release(failed=True)
+            raise full from None
         try:
             if exc_type is None:
                 # an OUT that is one of the images read (or a hard link to one) would be
@@ -115,11 +132,19 @@ class PairSink:
                     "OUT's manifest", manifest_path(self.out))) if path.exists()}
                 if existing:      # an image read is a file that exists
                     refuse_overwriting_inputs(self.images.inputs, existing)
-                self.images.publish()
-                os.replace(self._tmp, self.out)
-                self.manifest = self._write_manifest()
-        except BaseException:
+                # the manifest first (it is what a full disk could stop), then publish:
+                # images, the JSONL, the manifest, each a rename
+                with atomic_file(manifest_path(self.out)) as manifest:
+                    self.manifest = self._manifest()
+                    manifest.write(json.dumps(self.manifest, indent=2, ensure_ascii=False)
+                                   + "\n")
+                    self.images.publish()
+                    os.replace(self._tmp, self.out)
+        except BaseException as err:
             self._release(failed=True)
+            full = full_disk_error(self.out, err)
+            if full is not None:
+                raise full from None
             raise
         self._release(failed=exc_type is not None)
 
@@ -173,7 +198,7 @@ class PairSink:
         counts = self.notes.setdefault(key, {})
         counts[value] = counts.get(value, 0) + 1
 
-    def _write_manifest(self) -> dict:
+    def _manifest(self) -> dict:
         self.records.check_balanced()
         if self.pairs is not None:
             self.pairs.check_balanced()
@@ -184,19 +209,16 @@ class PairSink:
             "on_error": self.records.on_error.value,
             "sources": [{"path": os.path.relpath(s, relative), "sha256": sha256_file(s)}
                         for s in self.sources],
-            "output": {"file": self.out.name, "sha256": sha256_file(self.out),
+            "output": {"file": self.out.name, "sha256": sha256_file(self._tmp),
                        "pairs": (self.pairs or self.records).written},
             "images": {"folder": "images", "count": self.images.count,
-                       "names_sha256": self.images.digest()},
+                       "names_sha256": self.images.digest(),
+                       "sha256": self.images.contents()},
             "records": self.records.as_dict(),
         }
         if self.pairs is not None:
             manifest["pairs"] = self.pairs.as_dict()
         if self.notes:
             manifest["notes"] = self.notes
-        path = manifest_path(self.out)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
         return manifest
 

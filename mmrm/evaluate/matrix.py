@@ -79,8 +79,10 @@ class CrossDistributionMatrix:
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"json": folder / f"{stem}.json", "markdown": folder / f"{stem}.md",
                  "png": folder / f"{stem}.png"}
-        paths["json"].write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        paths["markdown"].write_text(self.to_markdown())
+        from mmrm.outputs import write_atomic
+
+        write_atomic(paths["json"], json.dumps(self.to_json(), indent=2) + "\n")
+        write_atomic(paths["markdown"], self.to_markdown())
         self.plot(paths["png"])
         return paths
 

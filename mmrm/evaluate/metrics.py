@@ -88,6 +88,9 @@ def score_pairs_file(model, collator: PairCollator, path: str | Path, batch_size
                                    bar.update if bar is not None else None)
     if bar is not None:
         bar.close()
+    if not (bool(torch.isfinite(chosen).all()) and bool(torch.isfinite(rejected).all())):
+        raise ValueError(f"{path}: the model gave non-finite rewards: a broken model (no "
+                         f"accuracy is reported on NaN margins)")
     return pairs, chosen, rejected
 
 

@@ -94,9 +94,13 @@ def pyplot():
 
 def save_figure(fig, path: str | Path) -> Path:
     """Write ``fig`` as a PNG (folders made) and close it."""
+    from mmrm.outputs import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    pyplot().close(fig)
+    try:
+        with atomic_file(path, "wb") as handle:       # written whole, like every output
+            fig.savefig(handle, dpi=100, format="png")
+    finally:
+        pyplot().close(fig)
     return path

@@ -27,7 +27,7 @@ def say(line: str) -> None:
 
 
 def write_json(path: Path, data: dict) -> Path:
-    """``data`` as indented JSON at ``path`` (folders made)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    return path
+    """``data`` as indented JSON at ``path``, written whole (folders made)."""
+    from mmrm.outputs import write_atomic
+
+    return write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

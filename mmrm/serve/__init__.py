@@ -61,7 +61,7 @@ def serve_model(config: ServeConfig, log=print) -> str:
     import ray
     from ray import serve
 
-    from mmrm.model import check_reward_model
+    from mmrm.model import check_model_whole
     from mmrm.score import start_ray
     from mmrm.serve.front import Front, http_server
     from mmrm.serve.network import read_token
@@ -69,7 +69,7 @@ def serve_model(config: ServeConfig, log=print) -> str:
     from mmrm.serve.requests import ImageIndex
 
     token = read_token(config)                  # before anything starts
-    check_reward_model(config.model)
+    check_model_whole(config.model)
     config = resolved(config)
     if config.images_from:
         ImageIndex(config.images_from, config.max_image_pixels, config.image_root)     # a bad index fails here

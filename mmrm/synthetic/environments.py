@@ -34,6 +34,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from mmrm.config import Strict
+from mmrm.outputs import atomic_file, write_atomic
 
 from mmrm.synthetic import released
 from mmrm.synthetic.scenes import ATTRIBUTES, Scene, draw
@@ -321,7 +322,7 @@ def write_benchmark(folder: Path, config: BenchmarkConfig | None = None) -> list
                          "image_root": str(w.raw.image_root.relative_to(folder))
                          if w.raw.image_root else None} for w in written]}
     folder.mkdir(parents=True, exist_ok=True)       # also with no environment at all
-    (folder / "benchmark.json").write_text(json.dumps(index, indent=2) + "\n")
+    write_atomic(folder / "benchmark.json", json.dumps(index, indent=2) + "\n")
     return written
 
 
@@ -378,7 +379,7 @@ def write_best_of_n(items: list[CandidateSet], path: Path, image_size: int = 56)
     PNGs in ``images/`` beside ``path``."""
     path = Path(path)
     (path.parent / "images").mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    with atomic_file(path) as f:
         for item in items:
             image = Path("images") / f"{item.id}.png"
             draw(item.scene, image_size).save(path.parent / image, format="PNG")

@@ -47,6 +47,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mmrm.config import Strict
 from mmrm.data import conversation
+from mmrm.outputs import write_atomic
 from mmrm.synthetic.environments import (ANSWER_FRAMES, CUE_COUNTERPART, CUE_TEXT,
                                          POVID_PROMPTS, RLHFV_FRAME_SEVERAL, RLHFV_PROMPTS,
                                          RLHFV_PROMPTS_SEVERAL, VERBOSE_PADDING, VLF_PROMPTS)
@@ -396,7 +397,7 @@ def pretrain(folder: Path, config: TinyVLMConfig | None = None, log=print,
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    (folder / "pretrain_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(folder / "pretrain_report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 

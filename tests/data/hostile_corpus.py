@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 import yaml
 from PIL import Image
 
+from mmrm.model import write_files_record
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/, run as a script too
 from imagebytes import image_bytes, png_claiming_size  # noqa: E402
 
@@ -90,7 +92,8 @@ def build(root: Path, model_dir: Path, base_dir: Path) -> list[Case]:
             + image_fix_cases(root, data) + score_cases(root, data, model_dir)
             + model_cases(root, data, model_dir) + train_cases(root, data, base_dir)
             + output_cases(root, data, model_dir) + strict_json_cases(root, data)
-            + config_cases(root, data, base_dir))
+            + config_cases(root, data, base_dir) + system_cases(root, data, model_dir,
+                                                                 base_dir))
 
 
 def convert_args(src: Path, out: Path, fmt="pairs", *extra) -> list[str]:
@@ -175,8 +178,10 @@ def path_cases(root: Path, data: Path) -> list[Case]:
     (root / "out_folder").mkdir(exist_ok=True)
     stale = root / "out" / "stale" / "pairs.jsonl"
     stale.parent.mkdir(parents=True, exist_ok=True)
-    dead = stale.with_name("pairs.jsonl.tmp999999")      # left by a run killed with -9
+    dead = stale.with_name(".pairs.jsonl.mmrm-tmp999999")    # left by a run killed with -9
     dead.write_text("half a file")
+    users = stale.with_name("pairs.jsonl.tmp999999")   # a user's file named like one: kept
+    users.write_text("mine")
     parquet_dir = root / "shards"
     parquet_dir.mkdir(exist_ok=True)
     return [
@@ -195,7 +200,7 @@ def path_cases(root: Path, data: Path) -> list[Case]:
              convert_args(parquet_dir, root / "o.jsonl", "rlaifv"),
              says=(str(parquet_dir), "no *.parquet")),
         Case("convert-stale-temporary-cleaned", convert_args(src, stale), exit_code=0,
-             absent=(dead,), ledger=stale.with_name("pairs.manifest.json")),
+             absent=(dead,), unchanged=(users,), ledger=stale.with_name("pairs.manifest.json")),
         Case("convert-unknown-format", convert_args(src, root / "o.jsonl", "nonsense"),
              says=("nonsense",)),
     ]
@@ -297,6 +302,7 @@ def score_cases(root: Path, data: Path, model_dir: Path) -> list[Case]:
             config = json.loads((other / "reward_config.json").read_text())
             config["reward_mean"] += 1.0
             (other / "reward_config.json").write_text(json.dumps(config))
+            write_files_record(other)         # a model saved with other statistics
     score = lambda out, *extra, src=items, model=model_dir: [   # noqa: E731
         "score", str(model), str(src), str(out), "--chunk-items", "1", *extra]
     done = root / "scored" / "done.jsonl"
@@ -362,6 +368,37 @@ def model_cases(root: Path, data: Path, model_dir: Path) -> list[Case]:
     def pickle_weights(folder):       # a .bin instead of the safetensors: unpickling runs code
         (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
 
+    def nan_tensor(file, key=None):
+        def change(folder):
+            from safetensors.torch import load_file, save_file
+            tensors = load_file(str(folder / file))
+            name = key or next(k for k, v in tensors.items() if v.is_floating_point())
+            tensors[name] = tensors[name].clone().fill_(float("nan"))
+            save_file(tensors, str(folder / file))
+            write_files_record(folder)       # saved so: only the NaN is wrong
+        return change
+
+    def mixed_save(folder):            # a value head from another save, the record not redone
+        from safetensors.torch import load_file, save_file
+        head = load_file(str(folder / "value_head.safetensors"))
+        save_file({k: v + 1 for k, v in head.items()}, str(folder / "value_head.safetensors"))
+
+    def truncate_weights(folder):
+        shard = folder / "model.safetensors"
+        shard.write_bytes(shard.read_bytes()[:len(shard.read_bytes()) // 2])
+        write_files_record(folder)
+
+    def unknown_type(folder):
+        config = json.loads((folder / "config.json").read_text())
+        config["model_type"] = "no_such_architecture"
+        (folder / "config.json").write_text(json.dumps(config))
+        write_files_record(folder)
+
+    def no_tokenizer(folder):
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json"):
+            (folder / name).unlink(missing_ok=True)
+        write_files_record(folder)
+
     def drop_weights(folder):
         for p in folder.iterdir():
             if p.suffix in (".safetensors", ".bin") and p.name != "value_head.safetensors":
@@ -393,6 +430,15 @@ def model_cases(root: Path, data: Path, model_dir: Path) -> list[Case]:
         "no_config_json": (broken("no_config_json", drop("config.json")), "",
                            "no config.json"),
         "no_such_folder": (root / "models" / "does_not_exist", "", "no such model folder"),
+        # artifacts checked at load (issue 45): statistics and weights finite, one save
+        "nan_mean": (broken("nan_mean", edit_config(reward_mean=float("nan"))),
+                     "reward_config.json", "reward_mean: nan is not a finite number"),
+        "infinite_std": (broken("infinite_std", edit_config(reward_std=float("inf"))),
+                         "reward_config.json", "reward_std: inf is not a finite number"),
+        "nan_value_head": (broken("nan_value_head", nan_tensor("value_head.safetensors")),
+                           "value_head.safetensors", "NaN or infinite weights"),
+        "mixed_save": (broken("mixed_save", mixed_save), "value_head.safetensors",
+                       "do not belong together"),
         "hub_name": (Path("some-org/some-model"), "", "no such model folder"),
     }
     cases = []
@@ -404,6 +450,27 @@ def model_cases(root: Path, data: Path, model_dir: Path) -> list[Case]:
                           says=(where, problem), absent=(out,), prepare=make))
         cases.append(Case(f"eval-model-{name}", ["eval", str(folder), f"t={pairs}"],
                           says=(where, problem), prepare=make))
+    # what only loading finds, found by score before Ray starts (check_model_whole), and by
+    # eval when it loads (issue 45: a broken folder is one line, not a worker's traceback)
+    whole = {
+        "truncated_weights": (broken("truncated_weights", truncate_weights),
+                              "model.safetensors", "not a readable safetensors",
+                              "not a readable safetensors"),
+        "unknown_model_type": (broken("unknown_model_type", unknown_type), "config.json",
+                               "not an architecture transformers knows",
+                               "not an architecture transformers knows"),
+        "no_tokenizer": (broken("no_tokenizer", no_tokenizer), "", "no tokenizer",
+                         "no tokenizer"),
+        "nan_backbone_weight": (broken("nan_backbone_weight", nan_tensor("model.safetensors")),
+                                "", "NaN or infinite values", "NaN or infinite values"),
+    }
+    for name, (folder, file, by_score, by_eval) in whole.items():
+        where = str(folder / file) if file else str(folder)
+        out = root / "scored" / f"{name}.jsonl"
+        cases.append(Case(f"score-model-{name}", ["score", str(folder), str(items), str(out)],
+                          says=(str(folder), by_score), absent=(out,), prepare=makers[name]))
+        cases.append(Case(f"eval-model-{name}", ["eval", str(folder), f"t={pairs}"],
+                          says=(str(folder), by_eval), prepare=makers[name]))
     return cases
 
 
@@ -661,6 +728,80 @@ def config_cases(root: Path, data: Path, base_dir: Path) -> list[Case]:
         Case("stage-train-missing-eval-file",
              ["stage", "train", "--env", "povid", "--variant", "none", "--params", str(params)],
              says=("data.eval.povid", "no such file")),
+    ]
+
+
+
+# --------------------------------------------------------------------------- issue 45's kinds
+
+def system_cases(root: Path, data: Path, model_dir: Path, base_dir: Path) -> list[Case]:
+    """What a run reads is pinned, and what it needs is checked before anything waits: a
+    resume on changed pairs, an output folder holding its own inputs, a file that is not
+    the output a command would write, resources a cluster does not have, a cluster that is
+    not there. (Full disks, signals, locks and services: test_hardening.py.)"""
+    items = data / "items.jsonl"          # written by score_cases
+    train_file = data / "pinned_train.jsonl"
+    jsonl(train_file, [pair(k, id=f"p{k}") for k in range(4)])
+    configs = root / "configs"
+    configs.mkdir(exist_ok=True)
+
+    def config(name, **changes) -> Path:
+        raw = {"model": str(base_dir), "output_dir": str(root / "train" / name),
+               "data": {"train": [str(train_file)]}, "max_steps": 2, "save_steps": 1,
+               "per_device_batch_size": 2, "calibration_pairs": 0, **changes}
+        path = configs / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    def change_every_pair():
+        jsonl(train_file, [pair(k, id=f"p{k}", chosen=f"Now answer {k}.") for k in range(4)])
+
+    ft_root = root / "finetune"
+    ft_base = ft_root / "start"
+
+    def copy_base():
+        if not ft_base.exists():
+            shutil.copytree(base_dir, ft_base)
+    params = root / "not_dvc" / "params.yaml"
+    params.parent.mkdir(parents=True, exist_ok=True)
+    params.write_text("variants: [none]\n")
+    errors = root / "scored" / "mine.errors.jsonl"
+    errors.parent.mkdir(parents=True, exist_ok=True)
+    errors.write_text("a file of mine\n")
+    score = lambda out, *extra: ["score", str(model_dir), str(items), str(out), *extra]  # noqa
+    return [
+        Case("train-resume-on-changed-pairs", ["train", str(config("pinned"))],
+             before=["train", str(config("pinned")), "max_steps=1"],
+             between=change_every_pair,
+             says=("checkpoint-1", "other training pairs", "--no-resume")),
+        Case("train-output-holds-its-model",
+             ["train", str(config("holds", model=str(ft_base), output_dir=str(ft_root)))],
+             prepare=copy_base, says=(str(ft_root), "holds the input", str(ft_base)),
+             unchanged=(ft_base / "config.json",)),
+        Case("train-output-inside-its-model",
+             ["train", str(config("inside", output_dir=str(base_dir / "run")))],
+             says=(str(base_dir / "run"), "lies in the input"), absent=(base_dir / "run",)),
+        Case("dvc-yaml-over-params", ["dvc-yaml", "--path", str(params)],
+             says=(str(params), "not a dvc.yaml mmrm rendered"), unchanged=(params,)),
+        Case("score-errors-file-exists", score(root / "scored" / "mine.jsonl", "--errors",
+                                               str(errors)),
+             says=(str(errors), "--errors", "exists"), unchanged=(errors,),
+             absent=(root / "scored" / "mine.jsonl",)),
+        Case("score-more-workers-than-cpus", score(root / "scored" / "w.jsonl", "--workers",
+                                                   "1000"),
+             says=("1000 workers", "CPUs", "the Ray cluster has"),
+             absent=(root / "scored" / "w.jsonl",)),
+        Case("score-gpu-workers-without-gpus", score(root / "scored" / "g.jsonl",
+                                                     "--gpus-per-worker", "1"),
+             says=("need 1 GPUs", "the Ray cluster has 0"),
+             absent=(root / "scored" / "g.jsonl",)),
+        Case("score-more-threads-than-cpus", score(root / "scored" / "t.jsonl",
+                                                   "--threads-per-worker", "64"),
+             says=("x 64 thread(s)", "CPUs"), absent=(root / "scored" / "t.jsonl",)),
+        Case("score-cluster-not-there", score(root / "scored" / "a.jsonl", "--address",
+                                              "127.0.0.1:1"),
+             says=("--address 127.0.0.1:1", "no Ray cluster answers"),
+             absent=(root / "scored" / "a.jsonl",)),
     ]
 
 

@@ -49,7 +49,7 @@ def test_hostile_input_is_refused_or_counted_cleanly(corpus, name):
         assert " ".join(text.split()) in message, (text, result.output[-2000:])
     for path in case.absent:
         assert not Path(path).exists(), path
-        assert not list(Path(path).parent.glob(Path(path).name + ".tmp*"))
+        assert not list(Path(path).parent.glob("." + Path(path).name + ".mmrm-tmp*"))
     for path, data in sources.items():
         assert path.read_bytes() == data, f"{path} was changed"
     if case.ledger is not None:

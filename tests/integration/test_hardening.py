@@ -5,6 +5,7 @@ server, never from a request."""
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,17 +73,17 @@ def test_a_killed_converter_leaves_no_image_that_no_finished_run_wrote(tmp_path)
                            stderr=subprocess.DEVNULL)
     images = out.parent / "images"
     deadline = time.time() + 120
-    while time.time() < deadline and not list(images.glob(".staging*/*")):
+    while time.time() < deadline and not list(images.glob(".mmrm-staging*/*")):
         time.sleep(0.05)
     run.send_signal(signal.SIGKILL)
     run.wait()
-    staged = list(images.glob(".staging*/*"))
+    staged = list(images.glob(".mmrm-staging*/*"))
     assert staged, "the converter was not caught half-way"
-    assert [p for p in images.iterdir() if not p.name.startswith(".staging")] == []
+    assert [p for p in images.iterdir() if not p.name.startswith(".mmrm-staging")] == []
     assert not out.exists()
     done = CliRunner().invoke(app, ["convert", "--format", "pairs", str(src), str(out)])
     assert done.exit_code == 0, done.output
-    assert not list(images.glob(".staging*"))              # the abandoned staging is gone
+    assert not list(images.glob(".mmrm-staging*"))              # the abandoned staging is gone
     manifest = json.loads(out.with_name("pairs.manifest.json").read_text())
     assert len(list(images.iterdir())) == manifest["images"]["count"] == 400
 
@@ -140,3 +141,218 @@ def test_serving_refuses_a_bad_row_with_its_index_and_field(served, change, prob
     model, _, _ = served
     with pytest.raises(ValueError, match=problem.replace("(", r"\(")):
         model.predict(None, rows(**change))
+
+
+# ---------------------------------------------------------------------------- issue 45
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (a full disk on demand); skipped where this machine cannot mount one
+    (not root, or a container that forbids it)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()[:200]}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(folder: Path, leave: int = 2048) -> None:
+    """Fill a tmpfs until ``leave`` bytes at most are free."""
+    block, k = 64 << 10, 0
+    while block >= 512:
+        try:
+            (folder / f".filler{k}").write_bytes(b"x" * block)
+            k += 1
+        except OSError:
+            (folder / f".filler{k}").unlink(missing_ok=True)
+            block //= 2
+        if shutil.disk_usage(folder).free <= leave:
+            return
+
+
+def test_a_full_disk_leaves_every_previous_output_whole(small_disk, trained_runs, tiny_pairs):
+    """eval --out, matrix --out and a converter on a full disk: one line naming the file,
+    the previous file (and manifest) as it was."""
+    report = small_disk / "report.json"
+    report.write_text('{"previous": "report"}\n')
+    matrix = small_disk / "matrix" / "matrix.json"
+    matrix.parent.mkdir()
+    matrix.write_text('{"previous": "matrix"}\n')
+    src = pairs_file(small_disk.parent / "src", 3)
+    out = small_disk / "conv" / "pairs.jsonl"
+    done = CliRunner().invoke(app, ["convert", "--format", "pairs", str(src), str(out)])
+    assert done.exit_code == 0, done.output
+    before = {p: p.read_bytes() for p in (report, matrix, out,
+                                          out.with_name("pairs.manifest.json"))}
+    fill(small_disk)
+    pairs = tiny_pairs[("povid", "test")]
+    for args in (["eval", str(trained_runs["none"] / "final"), f"t={pairs}", "--out",
+                  str(report)],
+                 ["matrix", "--model", f"povid/none={trained_runs['none'] / 'final'}",
+                  "--test", f"povid={pairs}", "--out", str(matrix.parent)],
+                 ["convert", "--format", "pairs", str(pairs_file(small_disk.parent / "src2",
+                                                                 40)), str(out)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args[0], result.output[-500:])
+        assert "no space left on the device" in result.output, (args[0], result.output[-500:])
+    for path, data in before.items():
+        assert path.read_bytes() == data, f"{path} changed on a full disk"
+    assert not [p for p in small_disk.rglob("*mmrm-tmp*")]          # no temporaries left
+
+
+def test_sigterm_while_a_model_saves_over_another_leaves_the_first_whole(trained_runs,
+                                                                         tmp_path):
+    """A save killed half-way (SIGTERM between two of its files) leaves the earlier model
+    there, whole and loadable; a folder that mixes two saves is refused at load."""
+    from mmrm.model import check_reward_model
+
+    first = trained_runs["none"] / "final"
+    target = tmp_path / "final"
+    shutil.copytree(first, target)
+    script = f"""
+import os, signal, sys, time
+import safetensors.torch as st
+from mmrm.cli import _terminate_cleanly
+from mmrm.model import RewardModel
+_terminate_cleanly()
+model = RewardModel.load({str(trained_runs['sfc_joint'] / 'final')!r})
+real = st.save_file
+def slow(*args, **kwargs):
+    real(*args, **kwargs)
+    print("half", flush=True)
+    time.sleep(30)                       # killed here, the backbone written, the head not
+st.save_file = slow
+import mmrm.model
+mmrm.model.save_file = slow
+model.save({str(target)!r})
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stdout:              # the library's warnings first, then "half"
+        if line.strip() == "half":
+            break
+    else:
+        raise AssertionError("the save never got half-way")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]    # no staging left
+    check_reward_model(target)                                         # the first, whole
+    assert (target / "value_head.safetensors").read_bytes() == \
+        (first / "value_head.safetensors").read_bytes()
+    shutil.copy(trained_runs["sfc_joint"] / "final" / "value_head.safetensors", target)
+    with pytest.raises(ValueError, match="do not belong together"):
+        check_reward_model(target)
+
+
+def test_locks_live_in_a_private_folder_and_follow_no_symlink(tmp_path, monkeypatch):
+    from mmrm.outputs import exclusive, lock_folder, lock_path
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)
+    monkeypatch.setenv("MMRM_LOCK_DIR", str(shared))
+    with pytest.raises(ValueError, match="mode 0700"):
+        lock_folder()
+    private = tmp_path / "private"
+    monkeypatch.setenv("MMRM_LOCK_DIR", str(private))
+    assert oct(os.stat(lock_folder()).st_mode & 0o777) == "0o700"
+    # another user's symlink where the lock file goes: refused, its target untouched
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    target = tmp_path / "out.jsonl"
+    lock_path(target).symlink_to(victim)
+    with pytest.raises(ValueError, match="a symlink where mmrm's lock file should be"):
+        with exclusive(target, "x"):
+            pass
+    assert victim.read_text() == "precious"
+    link = tmp_path / "link"
+    link.symlink_to(private)
+    monkeypatch.setenv("MMRM_LOCK_DIR", str(link))
+    with pytest.raises(ValueError, match="a symlink"):
+        lock_folder()
+
+
+def test_a_scorer_and_a_converter_of_one_file_take_one_lock(trained_runs, tmp_path):
+    """One lock key per output whichever command writes it: a converter writing a file
+    refuses a scorer writing that file, and the reverse."""
+    src = pairs_file(tmp_path / "src", 3)
+    out = tmp_path / "out" / "pairs.jsonl"
+    items = tmp_path / "items.jsonl"
+    (tmp_path / "img.png").write_bytes(png(1))
+    items.write_text(json.dumps({"prompt": "Q?", "img_path": "img.png",
+                                 "responses": ["a"]}) + "\n")
+    with exclusive([out.parent, out], "a conversion"):                 # as convert holds it
+        refused = CliRunner().invoke(app, ["score", str(trained_runs["none"] / "final"),
+                                           str(items), str(out)])
+    assert refused.exit_code == 2 and "another mmrm process" in refused.output
+    with exclusive(out, str(out)):                                     # as score holds it
+        refused = CliRunner().invoke(app, ["convert", "--format", "pairs", str(src),
+                                           str(out)])
+    assert refused.exit_code == 2 and "another mmrm process" in refused.output
+
+
+def test_two_trainings_into_one_folder(tiny_vlm_dir, tiny_pairs, tmp_path):
+    from mmrm.config import TrainConfig
+    from mmrm.train import train
+
+    config = TrainConfig.model_validate({
+        "model": str(tiny_vlm_dir), "output_dir": str(tmp_path / "run"),
+        "data": {"train": [str(tiny_pairs[("povid", "train")])]}, "max_steps": 1,
+        "per_device_batch_size": 4, "calibration_pairs": 0})
+    with exclusive(tmp_path / "run", "the first training"):
+        with pytest.raises(ValueError, match="another mmrm process"):
+            train(config, resume=False, log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+    train(config, resume=False, log=lambda line: None)                 # the lock went with it
+    assert (tmp_path / "run" / "final" / "mmrm_files.json").is_file()
+
+
+def test_a_stage_whose_tracking_server_is_down_fails_in_seconds(tmp_path, monkeypatch):
+    from mmrm.lineage import check_tracking_server
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="does not answer within 2 s"):
+        check_tracking_server("http://127.0.0.1:1", timeout=2)
+    assert time.monotonic() - started < 30          # a hang guard, not a timing claim
+    check_tracking_server("sqlite:///x.db")         # a local store needs no server
+
+
+def test_an_image_edited_after_convert_is_found_and_repaired(tmp_path):
+    src = pairs_file(tmp_path / "src", 3)
+    out = tmp_path / "out" / "pairs.jsonl"
+    assert CliRunner().invoke(app, ["convert", "--format", "pairs", str(src),
+                                    str(out)]).exit_code == 0
+    clean = CliRunner().invoke(app, ["validate", str(out)])
+    assert clean.exit_code == 0 and '"problems": []' in clean.output
+    image = sorted((out.parent / "images").iterdir())[0]
+    original = image.read_bytes()
+    image.unlink()              # (published images may be hard links to their sources)
+    image.write_bytes(original[:len(original) // 2])                   # torn on disk
+    found = CliRunner().invoke(app, ["validate", str(out)])
+    assert found.exit_code == 1 and f"{image}: its bytes are not" in " ".join(
+        found.output.split())
+    again = CliRunner().invoke(app, ["convert", "--format", "pairs", str(src), str(out)])
+    assert again.exit_code == 0, again.output
+    assert image.read_bytes() == original
+    assert CliRunner().invoke(app, ["validate", str(out)]).exit_code == 0
+
+
+def test_a_converter_writing_next_to_its_source_deletes_nothing_of_the_users(tmp_path):
+    """OUT beside the source, so its images/ is the user's image folder: the user's files
+    there, whatever their names, survive a conversion and a failed one."""
+    src = pairs_file(tmp_path / "data", 2)
+    images = tmp_path / "data" / "images"
+    images.mkdir()
+    mine = [images / "notes.tmp123", images / ".staging99", images / "photo.png.tmp999999"]
+    for path in mine:
+        path.write_text("the user's")
+    out = tmp_path / "data" / "converted.jsonl"
+    assert CliRunner().invoke(app, ["convert", "--format", "pairs", str(src),
+                                    str(out)]).exit_code == 0
+    bad = tmp_path / "data" / "bad.jsonl"
+    bad.write_text('{"id": 1}\n')
+    assert CliRunner().invoke(app, ["convert", "--format", "pairs", str(bad),
+                                    str(tmp_path / "data" / "x.jsonl")]).exit_code == 2
+    assert all(path.read_text() == "the user's" for path in mine)

@@ -13,6 +13,7 @@ from mmrm.cli import app
 from mmrm.data import load_pairs
 from mmrm.inference import load_reward_model, score_pairs
 from mmrm.interpolate import RECORD, Interpolation, check_compatible
+from mmrm.model import write_files_record
 
 
 def rewards(model_dir, pairs):
@@ -57,6 +58,7 @@ def test_models_of_another_base_or_architecture_are_refused(trained_runs, tmp_pa
     reward_config = json.loads((other / "reward_config.json").read_text())
     reward_config["base_model"] = "models/another-base"
     (other / "reward_config.json").write_text(json.dumps(reward_config))
+    write_files_record(other)                        # saved so: a model of another base
     with pytest.raises(ValueError, match="base_model .* two fine-tunes of one base"):
         check_compatible(a, other)
     reward_config["base_model"] = json.loads((a / "reward_config.json").read_text())[
@@ -65,6 +67,7 @@ def test_models_of_another_base_or_architecture_are_refused(trained_runs, tmp_pa
     config = json.loads((other / "config.json").read_text())
     config["text_config"]["rope_theta"] = 1234.0
     (other / "config.json").write_text(json.dumps(config))
+    write_files_record(other)
     with pytest.raises(ValueError, match="text_config: not one architecture"):
         check_compatible(a, other)
     done = CliRunner().invoke(app, ["interpolate", str(a), str(other), str(tmp_path / "o")])
