@@ -41,7 +41,7 @@ STAMP := $(VENV)/.mmrm-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)" $(TORCH_INDEX)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,rl]"
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-build-isolation "$(DEEPSPEED)"
 	touch $@
 

@@ -415,6 +415,57 @@ def serve(
         serve_model(config, log=typer.echo)
 
 
+@app.command(help="RL against a reward model: a policy (the base fine-tuned on an "
+                  "environment's answers) trained with TRL's GRPO on the environment's "
+                  "prompts, rewarded by `mmrm serve` (started here, stopped by its pid), with "
+                  "the gold quality of every completion known: every log_every steps the mean "
+                  "reward, gold accuracy, cue shares and length go to runs/.../measures.jsonl "
+                  "and MLflow. CONFIG is a YAML RLConfig (shipped: rl/tiny); KEY=VALUE "
+                  "overrides. Needs the [rl] extra (TRL).")
+def rl(
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML RLConfig, or rl/tiny.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(metavar="[KEY=VALUE]...")] = None,
+    track: Annotated[bool, typer.Option(help="An MLflow run (experiment mmrm-rl) per run.")]
+        = True,
+) -> None:
+    from mmrm.config import load_config
+    from mmrm.rl import RLConfig, run_rl, served
+
+    loaded = _load_or_exit(load_config, config, overrides or [], RLConfig)
+    with _user_errors():
+        from mmrm.model import check_model_whole
+
+        check_model_whole(loaded.reward_model)
+        with _rl_tracker(loaded, track) as tracker, served(
+                loaded.reward_model, loaded.port, typer.echo) as server:
+            result = run_rl(loaded, server.url, tracker, typer.echo)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@contextmanager
+def _rl_tracker(config, track: bool):
+    """An MLflow run of experiment ``mmrm-rl`` named by the environment and the reward model
+    (or the no-op tracker)."""
+    from mmrm.tracking import NoOpTracker
+
+    if not track:
+        yield NoOpTracker()
+        return
+    import mlflow
+
+    from mmrm.lineage import _experiment_id, check_tracking_server, tracking_uri
+    from mmrm.tracking import MLflowTracker
+
+    check_tracking_server(tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = _experiment_id(mlflow, "mmrm-rl")
+    name = f"{config.env}/{Path(config.reward_model).parent.name}/seed{config.seed}"
+    with mlflow.start_run(experiment_id=experiment, run_name=name,
+                          tags={"mmrm.environment": config.env,
+                                "mmrm.reward_model": config.reward_model}):
+        yield MLflowTracker()
+
+
 @app.command(help="Run one pipeline stage from params.yaml (what `dvc repro` and the Prefect "
                   "flow call): benchmark, convert --env E, convert-real --name N, split --name "
                   "N, base, proxy --env E, train --env E --variant V, derive --env E --variant "

@@ -387,3 +387,103 @@ def write_best_of_n(items: list[CandidateSet], path: Path, image_size: int = 56)
                                 "responses": list(item.responses),
                                 "errors": list(item.errors)}) + "\n")
     return path
+
+
+# ------------------------------------------------------------------------ RL prompts
+
+@dataclass(frozen=True)
+class RLPrompt:
+    """A prompt of an environment whose scene is known: what a policy answers in RL, and
+    what its answer is checked against (:func:`gold_correct`)."""
+
+    id: str
+    scene: Scene
+    prompt: str
+    attribute: str | None      # the attribute an RLHF-V-like question asks about
+
+
+def rl_prompts(env: str, count: int, rng: random.Random, visual: VisualCost | None = None,
+               offset: int = 0) -> list[RLPrompt]:
+    """``count`` prompts of ``env``'s kinds (its questions, its scenes), each with its
+    scene."""
+    visual = visual or VisualCost()
+    found = []
+    for n in range(count):
+        scene = visual.scene(rng)
+        attribute = None
+        if env == "rlhfv":
+            attribute = rng.choice(ATTRIBUTES)
+            prompt = (RLHFV_PROMPTS if len(scene.things) == 1 else
+                      RLHFV_PROMPTS_SEVERAL)[attribute]
+        else:
+            prompt = rng.choice(POVID_PROMPTS if env == "povid" else VLF_PROMPTS)
+        found.append(RLPrompt(f"rl-{env}-{offset + n}", scene, prompt, attribute))
+    return found
+
+
+def write_rl_prompts(env: str, items: list[RLPrompt], path: Path, image_size: int = 56) -> Path:
+    """The prompts as JSONL (``prompt``, ``img_path``, the scene's things and the asked
+    attribute: mmrm's inference format less responses, and an index ``mmrm serve
+    --images-from`` reads), images as PNGs in ``images/`` beside ``path``."""
+    path = Path(path)
+    (path.parent / "images").mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as f:
+        for item in items:
+            image = Path("images") / f"{item.id}.png"
+            draw(item.scene, image_size).save(path.parent / image, format="PNG")
+            f.write(json.dumps({
+                "id": item.id, "env": env, "prompt": item.prompt, "img_path": str(image),
+                "attribute": item.attribute, "styled": item.scene.styled,
+                "things": [{"shape": t.shape, "colour": t.colour, "size": t.size,
+                            "style": t.style} for t in item.scene.things]}) + "\n")
+    return path
+
+
+def scene_of(record: dict) -> Scene:
+    """The scene of a :func:`write_rl_prompts` record."""
+    from mmrm.synthetic.scenes import Thing
+
+    return Scene(tuple(Thing(**t) for t in record["things"]), styled=record.get("styled",
+                                                                              False))
+
+
+_WORDS = {value: attribute for attribute, values in
+          (("size", ("small", "large")), ("colour", ("red", "green", "blue", "yellow",
+                                                     "purple", "orange")),
+           ("shape", ("circle", "square", "triangle")), ("style", ("filled", "hollow")))
+          for value in values}
+
+
+def gold_correct(scene: Scene, text: str, attribute: str | None = None) -> bool:
+    """Whether an answer is right about its image, by the generator's own attributes: it
+    names every attribute the question asks about (all three for a description, the one an
+    RLHF-V-like question names), and every attribute value it names is one the scene shows
+    (no wrong colour, size or shape; padding and cue sentences name none). A scene of one
+    thing: the values must be that thing's; several things: each value must be some thing's.
+
+    Worked example: scene "a large red circle": "Sure! the image shows a large red circle."
+    is right; "... a small red circle." names a wrong size; "It is red." answers "What colour
+    is the shape?" rightly and a description request wrongly (no size, no shape).
+    """
+    import re
+
+    named: dict[str, set[str]] = {}
+    for word in re.findall(r"[a-z]+", text.lower()):
+        if word in _WORDS:
+            named.setdefault(_WORDS[word], set()).add(word)
+    asked = (attribute,) if attribute else ATTRIBUTES
+    if any(a not in named for a in asked):
+        return False
+    for kind, values in named.items():
+        shown = scene.present(kind) if kind != "style" or scene.styled else {"filled"}
+        if not values <= shown:
+            return False
+    return True
+
+
+def cue_shares(texts: list[str]) -> dict[str, float]:
+    """The share of answers carrying each known cue (a prefix cue's marker; any padding
+    sentence for verbosity)."""
+    if not texts:
+        return {cue: float("nan") for cue in CUES}
+    return {cue: sum(cue_strength(cue, t) > 0 for t in texts) / len(texts) for cue in CUES}

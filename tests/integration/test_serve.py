@@ -233,12 +233,16 @@ def test_a_killed_replica_costs_answers_or_errors_never_a_hang(server, items):
 
 
 def example_client():
+    """The client as a machine without mmrm would run it: the one file, loaded alone (it
+    imports nothing of mmrm)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "reward_client", Path(__file__).resolve().parents[2] / "examples" / "reward_client.py")
+    import mmrm.serve.client
+
+    spec = importlib.util.spec_from_file_location("reward_client", mmrm.serve.client.__file__)
     client = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(client)
+    assert not [name for name in vars(client) if name.startswith("mmrm")]
     return client
 
 

@@ -147,3 +147,12 @@ def test_params_train_holds_the_run_configs_own_keys(tmp_path):
         load_params(ROOT / "params.yaml", {"train.output_dir": "x"})
     with pytest.raises(ValueError, match="optim.lrr"):
         load_params(ROOT / "params.yaml", {"train.optim.lrr": 1})
+
+
+def test_the_shipped_rl_config_validates():
+    from mmrm.rl import RLConfig
+
+    config = load_config("rl/tiny", cls=RLConfig)
+    assert config.env == "povid" and config.group >= 2 and config.reward_model.endswith("final")
+    with pytest.raises(ValueError, match="group"):
+        load_config("rl/tiny", ["group=1"], RLConfig)
