@@ -53,8 +53,8 @@ def publish_matrix(matrix) -> None:
         table=[{"trained on": row, **{col: round(acc, 4) for col, acc in cells.items()},
                 **{k: round(v, 4) for k, v in matrix.row_summary(row).items()}}
                for row, cells in matrix.accuracy.items()],
-        description="Pairwise accuracy: rows trained on, columns tested on (id = own "
-                    "environment, ood = mean of the others).")
+        description="Pairwise accuracy: rows trained on, columns tested on (ID = own "
+                    "environment, OOD = mean of the others).")
     create_markdown_artifact(key="matrix-summary", markdown=matrix.to_markdown())
 
 
@@ -80,7 +80,7 @@ def pipeline_flow(params_file: str = "params.yaml", overrides: dict[str, Any] | 
     """
     from prefect.states import Failed
 
-    from mmrm.lineage import PARENT_ENV, pipeline_run
+    from mmrm.tracking.runs import PARENT_ENV, pipeline_run
 
     logger = get_run_logger()
     try:
@@ -98,8 +98,8 @@ def pipeline_flow(params_file: str = "params.yaml", overrides: dict[str, Any] | 
     finally:
         os.environ.pop(PARENT_ENV, None)
     champion = done["evaluated"]["champion"]
-    logger.info("champion %s: ID %.3f, OOD %.3f", champion["champion"], champion["id"],
-                champion["ood"])
+    logger.info("champion %s: ID %.3f, OOD %.3f", champion["champion"], champion["ID"],
+                champion["OOD"])
     for variant, values in done["evaluated"]["metrics"].items():
         logger.info("%s: %s", variant, ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
     return {"metrics": done["evaluated"]["metrics"], "champion": champion,

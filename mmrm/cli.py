@@ -446,15 +446,15 @@ def rl(
 def _rl_tracker(config, track: bool):
     """An MLflow run of experiment ``mmrm-rl`` named by the environment and the reward model
     (or the no-op tracker)."""
-    from mmrm.tracking import NoOpTracker
+    from mmrm.tracking.tracker import NoOpTracker
 
     if not track:
         yield NoOpTracker()
         return
     import mlflow
 
-    from mmrm.lineage import _experiment_id, check_tracking_server, tracking_uri
-    from mmrm.tracking import MLflowTracker
+    from mmrm.tracking.runs import _experiment_id, check_tracking_server, tracking_uri
+    from mmrm.tracking.tracker import MLflowTracker
 
     check_tracking_server(tracking_uri())
     mlflow.set_tracking_uri(tracking_uri())

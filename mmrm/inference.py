@@ -81,11 +81,15 @@ def reward_statistics(model, collator: PairCollator, pairs: list, batch_size: in
 
 
 class ResponseScorer:
-    """Holds one reward model and scores batches of items (a Ray actor, or plain in tests)."""
+    """Holds one reward model and scores batches of items (a Ray actor, or plain in tests):
+    the one place rewards come from for ``mmrm score``, ``mmrm serve`` and the MLflow
+    pyfunc, normalised here where asked (``(r - reward_mean) / reward_std`` of the model's
+    training rewards), and never non-finite (such an item is an error)."""
 
     def __init__(self, model_dir: str, dtype: str = "fp32", threads: int = 1,
                  device: str | None = None, name: str = "", batch_delay: float = 0.0,
-                 length_buckets: int = 4, trust_remote_code: bool = False):
+                 length_buckets: int = 4, trust_remote_code: bool = False,
+                 normalize: bool = False):
         if threads:
             torch.set_num_threads(threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -94,15 +98,18 @@ class ResponseScorer:
         self.processor = collator.processor
         self.name, self.batch_delay = name, batch_delay
         self.length_buckets = length_buckets
+        self.normalize, self.model_dir = normalize, str(model_dir)
         self.incarnation = f"{os.getpid()}-{time.monotonic_ns()}"
 
-    def score(self, items: list[dict], encoded: list[dict] | None = None) -> dict:
+    def score(self, items: list[dict], encoded: list[dict] | None = None,
+              normalize: bool | None = None) -> dict:
         """Scores of each item; an item that fails is returned with its error instead.
 
         Args:
             items: ``{"line", "prompt", "responses", "image_file"}`` each.
             encoded: model inputs the driver already made for some of them
                 (:func:`encode_groups`); the other items are encoded here.
+            normalize: this call's choice (default: the scorer's).
 
         Returns ``{"results": [{"line", "scores"} | {"line", "error"}], "worker": the
         incarnation (process) that scored it, "actor": the actor's name, "seconds": the
@@ -135,8 +142,26 @@ class ResponseScorer:
                     except Exception as err:  # noqa: BLE001 - reported per item
                         results.append({"line": item["line"],
                                         "error": f"{type(err).__name__}: {err}"})
+        results = [self._finished(r, self.normalize if normalize is None else normalize)
+                   for r in results]
         return {"results": results, "worker": self.incarnation, "actor": self.name,
                 "seconds": time.perf_counter() - started}
+
+    def _finished(self, result: dict, normalize: bool) -> dict:
+        """A result's scores normalised where asked; a non-finite one an error."""
+        import math
+
+        if "error" in result:
+            return result
+        scores = result["scores"]
+        if not all(map(math.isfinite, scores)):
+            return {"line": result["line"], "error": f"the model {self.model_dir} gave a "
+                                                     f"non-finite reward ({scores}): a broken "
+                                                     f"model, never written"}
+        if normalize:
+            config = self.model.config
+            scores = [(s - config.reward_mean) / config.reward_std for s in scores]
+        return {**result, "scores": scores}
 
     def ready(self) -> str:
         return self.incarnation

@@ -13,7 +13,7 @@ from mmrm.config import TrainConfig, with_overrides
 from mmrm.data import fold_of, load_pairs
 from mmrm.inference import load_reward_model, score_pairs
 from mmrm.outputs import write_atomic
-from mmrm.tracking import Tracker
+from mmrm.tracking.tracker import Tracker
 from mmrm.train import train
 from mmrm.weighting import bradley_terry_loss
 

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from mmrm.config import Strict
 from mmrm.outputs import write_atomic
-from mmrm.tracking import NoOpTracker, Tracker, flatten
+from mmrm.tracking.tracker import NoOpTracker, Tracker, flatten
 
 
 class RLConfig(Strict):

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -50,7 +49,7 @@ from mmrm.formats import ImageCheck, ImageRules, InferenceRecord, read_inference
 from mmrm.images import sha256_file
 from mmrm.inference import ResponseScorer, encode_groups
 from mmrm.ledger import Ledger, OnError, RecordError
-from mmrm.model import RewardConfig, model_digest
+from mmrm.model import model_digest
 from mmrm.outputs import exclusive, refuse_overwriting_inputs, write_atomic
 
 __all__ = ["ScoreConfig", "ResponseScorer", "score_file", "start_ray", "preprocess_where",
@@ -246,7 +245,7 @@ def _score_run(config: ScoreConfig, state: ScoreState, where: str, progress, sho
     import ray
     from ray.util import ActorPool
 
-    from mmrm.model import load_processor, read_reward_config
+    from mmrm.model import load_processor
 
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -268,8 +267,7 @@ def _score_run(config: ScoreConfig, state: ScoreState, where: str, progress, sho
         share = _shares_prefix(config.model)
         prepare = (lambda batch: encode_groups(processor, batch, share)) \
             if where == "driver" else (lambda batch: None)
-        run = ScoreRun(config, state, read_reward_config(config.model), progress, names,
-                       _bar(show_bar, config.input))
+        run = ScoreRun(config, state, progress, names, _bar(show_bar, config.input))
         # each actor appears twice: one batch runs while the next waits in its queue, so a
         # worker never idles while the driver prepares, collects and writes
         totals = run.drive(ActorPool(actors * 2), processor.tokenizer, prepare)
@@ -310,8 +308,8 @@ def _start_actors(config: ScoreConfig) -> tuple[list[str], list]:
     delay = float(os.environ.get(BATCH_DELAY_ENV) or 0)
     actors = [actor_class.options(name=name).remote(
         config.model, config.dtype, config.threads_per_worker, name=name, batch_delay=delay,
-        length_buckets=config.length_buckets, trust_remote_code=config.trust_remote_code)
-        for name in names]
+        length_buckets=config.length_buckets, trust_remote_code=config.trust_remote_code,
+        normalize=config.normalize) for name in names]
     return names, actors
 
 
@@ -409,7 +407,6 @@ class ScoreRun:
 
     config: ScoreConfig
     state: ScoreState
-    reward: RewardConfig
     progress: Callable[[dict], None] | None = None
     actor_names: list[str] = field(default_factory=list)
     bar: object = None
@@ -478,9 +475,6 @@ class ScoreRun:
         lines, error_lines = [], []
         for line in window.lines:
             item, result = self.items.pop(line), self.scored.pop(line)
-            if "error" not in result and not all(map(math.isfinite, result["scores"])):
-                result = {"error": f"the model {self.config.model} gave a non-finite reward "
-                                   f"({result['scores']}): a broken model, never written"}
             if "error" in result:
                 err = RecordError(self.config.input, line, "<item>", result["error"],
                                   "scoring_failed")
@@ -511,8 +505,6 @@ class ScoreRun:
 
     def record(self, item: InferenceRecord, line: int, scores: list[float]) -> dict:
         """The output line of an item: its input fields, ``scores`` and ``best``."""
-        if self.config.normalize:
-            scores = [(s - self.reward.reward_mean) / self.reward.reward_std for s in scores]
         record = item.to_json()
         record["id"] = item.id if item.id is not None else f"line-{line}"
         record.update(scores=scores, best=max(range(len(scores)), key=scores.__getitem__))

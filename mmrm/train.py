@@ -35,7 +35,7 @@ from mmrm.finetune import apply_finetune, merge_adapters
 from mmrm.inference import load_reward_model, reward_statistics, score_pairs
 from mmrm.model import RewardModel, load_processor, weight_dtype_named
 from mmrm.outputs import write_atomic
-from mmrm.tracking import NoOpTracker, Tracker, flatten
+from mmrm.tracking.tracker import NoOpTracker, Tracker, flatten
 from mmrm.weighting import PairTerms, PairWeighting, weight_histogram, weight_statistics
 
 STATE_FILE = "trainer_state.json"

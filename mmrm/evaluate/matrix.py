@@ -13,6 +13,19 @@ from mmrm.evaluate.metrics import evaluate_model
 from mmrm.evaluate.plots import plot_matrix
 
 
+def id_ood(accuracy: dict[str, float], source: str) -> dict[str, float]:
+    """The one ID / OOD of mmrm (the matrix, the training runs' MLflow metrics,
+    ``metrics/pipeline.json``): ``ID`` is the accuracy on the test set of the source the RM
+    was trained on, ``OOD`` the mean over the other test sets (NaN where there is none).
+
+    >>> id_ood({"povid": 0.9, "rlhfv": 0.5, "vlf": 0.75}, "povid")
+    {'ID': 0.9, 'OOD': 0.625}
+    """
+    others = [v for column, v in accuracy.items() if column != source]
+    return {"ID": accuracy.get(source, float("nan")),
+            "OOD": statistics.mean(others) if others else float("nan")}
+
+
 @dataclass
 class CrossDistributionMatrix:
     """Accuracy of RMs (rows: trained on) on test sets (columns: tested on).
@@ -33,19 +46,16 @@ class CrossDistributionMatrix:
         return sorted({c for cells in self.accuracy.values() for c in cells})
 
     def row_summary(self, row: str) -> dict[str, float]:
-        cells = self.accuracy[row]
-        source = self.source_of(row)
-        ood = [v for c, v in cells.items() if c != source]
-        return {"id": cells.get(source, float("nan")),
-                "ood": statistics.mean(ood) if ood else float("nan")}
+        """The row's :func:`id_ood`."""
+        return id_ood(self.accuracy[row], self.source_of(row))
 
     def summary(self) -> dict[str, float]:
         """Mean ID over rows that have an ID cell; mean OOD over rows' OOD means."""
         rows = [self.row_summary(r) for r in self.accuracy]
-        ids = [r["id"] for r in rows if not math.isnan(r["id"])]
-        oods = [r["ood"] for r in rows if not math.isnan(r["ood"])]
-        return {"iid_mean": statistics.mean(ids) if ids else float("nan"),
-                "ood_mean": statistics.mean(oods) if oods else float("nan")}
+        ids = [r["ID"] for r in rows if not math.isnan(r["ID"])]
+        oods = [r["OOD"] for r in rows if not math.isnan(r["OOD"])]
+        return {"ID": statistics.mean(ids) if ids else float("nan"),
+                "OOD": statistics.mean(oods) if oods else float("nan")}
 
     def to_json(self) -> dict:
         return {"accuracy": self.accuracy,
@@ -61,9 +71,9 @@ class CrossDistributionMatrix:
             shown = [(f"**{cells[c]:.3f}**" if c == source else f"{cells[c]:.3f}")
                      if c in cells else "" for c in cols]
             s = self.row_summary(row)
-            lines.append(f"| {row} | " + " | ".join(shown) + f" | {s['id']:.3f} | {s['ood']:.3f} |")
+            lines.append(f"| {row} | " + " | ".join(shown) + f" | {s['ID']:.3f} | {s['OOD']:.3f} |")
         total = self.summary()
-        lines.append(f"\nmean ID {total['iid_mean']:.3f} · mean OOD {total['ood_mean']:.3f} "
+        lines.append(f"\nmean ID {total['ID']:.3f} · mean OOD {total['OOD']:.3f} "
                      f"(bold: in distribution)")
         return "\n".join(lines) + "\n"
 

@@ -11,7 +11,7 @@ module per kind: :mod:`~mmrm.pipeline.data`, :mod:`~mmrm.pipeline.base`,
 
 Each stage reads :class:`~mmrm.pipeline.params.PipelineParams` (``params.yaml``) and the files
 earlier stages wrote under ``paths``, records an MLflow child run through
-:func:`mmrm.lineage.stage_run` (a no-op when tracking is off) and prints its progress.
+:func:`mmrm.tracking.runs.stage_run` (a no-op when tracking is off) and prints its progress.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import json
 import random
 from pathlib import Path
 
-from mmrm.lineage import stage_run
+from mmrm.tracking.runs import stage_run
 from mmrm.pipeline import say
 from mmrm.pipeline.params import PipelineParams
 
@@ -41,7 +41,7 @@ def make_benchmark(params: PipelineParams) -> dict:
     """Write the builtin environments in their released formats under ``benchmark/raw``, and
     their best-of-N items."""
     from mmrm.synthetic.environments import write_benchmark
-    from mmrm.tracking import flatten
+    from mmrm.tracking.tracker import flatten
 
     with stage_run(params, "benchmark") as tracker:
         tracker.log_params(flatten(params.benchmark.model_dump(), "benchmark."))

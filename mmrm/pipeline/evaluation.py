@@ -10,8 +10,8 @@ import shutil
 import statistics
 from pathlib import Path
 
-from mmrm.lineage import active_run_id, stage_run
-from mmrm.model_registry import evaluation_key, promote
+from mmrm.tracking.runs import active_run_id, stage_run
+from mmrm.tracking.registry import evaluation_key, promote
 from mmrm.pipeline import say, write_json
 from mmrm.pipeline.params import PipelineParams
 
@@ -84,12 +84,12 @@ def variant_metrics(params: PipelineParams, matrix, shortcut: dict) -> dict[str,
         curve = sorted({k for r in rows for k in shortcut[r] if k.startswith(CURVE_PREFIX)},
                        key=lambda k: int(k[len(CURVE_PREFIX):]))
         keys = [k for k in (*VARIANT_MEASURES, *curve) if any(k in shortcut[r] for r in rows)]
-        metrics[v] = {"id": statistics.mean(r["id"] for r in summaries),
-                      "ood": statistics.mean(r["ood"] for r in summaries),
+        metrics[v] = {"ID": statistics.mean(r["ID"] for r in summaries),
+                      "OOD": statistics.mean(r["OOD"] for r in summaries),
                       **{key: statistics.mean(shortcut[r][key] for r in rows
                                               if key in shortcut[r]) for key in keys}}
     total = matrix.summary()
-    metrics["all"] = {"id": total["iid_mean"], "ood": total["ood_mean"]}
+    metrics["all"] = total
     return {name: {k: round(x, 6) for k, x in values.items()}
             for name, values in metrics.items()}
 
@@ -97,12 +97,12 @@ def variant_metrics(params: PipelineParams, matrix, shortcut: dict) -> dict[str,
 def choose_champion(params: PipelineParams, matrix, models: dict[str, Path], tests: dict,
                     tracker) -> dict:
     """The best mean-OOD model, and (tracking on) the registry's decision about it."""
-    champion = max(models, key=lambda row: matrix.row_summary(row)["ood"])
+    champion = max(models, key=lambda row: matrix.row_summary(row)["OOD"])
     chosen = {"champion": champion, "champion_dir": str(models[champion]),
               **matrix.row_summary(champion)}
     if params.tracking.enabled:
         chosen["decision"] = promote(params.tracking.registered_model, models[champion],
-                                     matrix.row_summary(champion)["ood"],
+                                     matrix.row_summary(champion)["OOD"],
                                      evaluation_key(tests), active_run_id())
         tracker.set_tags({"mmrm.champion_decision": chosen["decision"]["why"]})
         say(f"registry: {champion} -> @{chosen['decision']['alias']} "

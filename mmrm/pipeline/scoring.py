@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmrm.lineage import stage_run
+from mmrm.tracking.runs import stage_run
 from mmrm.pipeline import say, write_json
 from mmrm.pipeline.evaluation import best_of_n_source
 from mmrm.pipeline.params import PipelineParams

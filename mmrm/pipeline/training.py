@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 from mmrm.config import with_overrides
-from mmrm.lineage import stage_run
-from mmrm.model_registry import register_reward_model
+from mmrm.tracking.runs import stage_run
+from mmrm.tracking.registry import register_reward_model
 from mmrm.pipeline import say, write_json
 from mmrm.pipeline.params import (INTERPOLATED, STANDARD, PipelineParams, proxy_run_config,
                                   train_config)
@@ -39,8 +38,8 @@ def train_proxy(params: PipelineParams, env: str) -> dict:
 def train_variant(params: PipelineParams, env: str, variant: str) -> dict:
     """One reward model: train on ``env``, evaluate on every environment's test split.
 
-    Metric names are the same for every variant (``eval/<env>/accuracy``, ``iid_mean``,
-    ``ood_mean``, ``weight/...``), so MLflow's compare view lines them up.
+    Metric names are the same for every variant (``eval/<env>/accuracy``, ``ID``, ``OOD``,
+    ``weight/...``), so MLflow's compare view lines them up.
     """
     from mmrm.train import train
 
@@ -59,9 +58,8 @@ def train_variant(params: PipelineParams, env: str, variant: str) -> dict:
         tracker.log_artifact(write_json(Path(config.output_dir) / "resolved_config.json",
                                         config.model_dump(mode="json")))
         result = train(config, tracker, log=say, resume=False)
-        summary = id_ood(result, env, params.test_columns)
-        # ID / OOD again under names that sort first in MLflow's compare view
-        tracker.log_metrics({**summary, "ID": summary["iid_mean"], "OOD": summary["ood_mean"]})
+        summary = run_id_ood(result, env, params.test_columns)
+        tracker.log_metrics(summary)         # ID / OOD: names that sort first in MLflow
         if params.tracking.enabled:
             register_reward_model(Path(config.output_dir) / "final",
                                   params.tracking.registered_model,
@@ -109,9 +107,8 @@ def interpolate_variant(params: PipelineParams, env: str) -> dict:
                              "val/proxy_wrong_accuracy": chosen["val_proxy_wrong_accuracy"]})
         tracker.log_artifact(out / "selection.json")
         result = evaluate_saved(out / "final", params)
-        summary = id_ood(result, env, params.test_columns)
-        tracker.log_metrics({**result, **summary, "ID": summary["iid_mean"],
-                             "OOD": summary["ood_mean"]})
+        summary = run_id_ood(result, env, params.test_columns)
+        tracker.log_metrics({**result, **summary})
         write_json(out / "result.json", result)
         if params.tracking.enabled:
             register_reward_model(out / "final", params.tracking.registered_model,
@@ -180,12 +177,11 @@ def evaluate_saved(model_dir: Path, params: PipelineParams) -> dict[str, float]:
         model, collator, load_pairs(params.pairs(e, "test")))) for e in params.test_columns}
 
 
-def id_ood(result: dict, env: str, environments: list[str]) -> dict[str, float]:
-    """``iid_mean`` (accuracy on the training environment's test split) and ``ood_mean``
-    (mean accuracy on the others) from a run's ``eval/<env>/accuracy`` results."""
-    ood = [result[f"eval/{e}/accuracy"] for e in environments if e != env]
-    return {"iid_mean": result[f"eval/{env}/accuracy"],
-            "ood_mean": statistics.mean(ood) if ood else float("nan")}
+def run_id_ood(result: dict, env: str, environments: list[str]) -> dict[str, float]:
+    """The :func:`mmrm.evaluate.matrix.id_ood` of a run's ``eval/<env>/accuracy`` results."""
+    from mmrm.evaluate.matrix import id_ood
+
+    return id_ood({e: result[f"eval/{e}/accuracy"] for e in environments}, env)
 
 
 def launch_command(params: PipelineParams, stage: str, env: str, variant: str,

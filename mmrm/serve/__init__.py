@@ -102,7 +102,7 @@ def resolve_model(model: str) -> str:
         return model
     import mlflow
 
-    from mmrm.lineage import tracking_uri
+    from mmrm.tracking.runs import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_registry_uri(tracking_uri())

@@ -30,7 +30,7 @@ class RewardService:
 
         self.config = config
         self.scorer = ResponseScorer(config.model, config.dtype, threads=config.threads,
-                                     trust_remote_code=False)
+                                     trust_remote_code=False, normalize=config.normalize)
         own = []
         for with_image in (True, False):
             parts = filled_template(self.scorer.processor, with_image=with_image)._full
@@ -51,8 +51,6 @@ class RewardService:
               ) -> list[list[float]]:
         """Rewards of every response of ``items`` (in order), in forwards of at most
         ``batch_responses`` responses; stops between them once ``cancelled`` is set."""
-        import math
-
         scored: dict = {}
         for chunk in self._chunks(items):
             if cancelled is not None and cancelled.is_set():
@@ -64,19 +62,7 @@ class RewardService:
                                        line[1] if isinstance(line, tuple) else line,
                                        reason="unscorable")
                 scored[line] = result["scores"]
-        rewards = [scored[it["line"]] for it in items]
-        if self.config.normalize:
-            mean = self.scorer.model.config.reward_mean
-            std = self.scorer.model.config.reward_std
-            rewards = [[(r - mean) / std for r in rs] for rs in rewards]
-        bad = next((it for it, rs in zip(items, rewards) if not all(map(math.isfinite, rs))),
-                   None)
-        if bad is not None:
-            line = bad["line"]
-            raise RequestError(500, "the model gave a non-finite reward (a broken model)",
-                               line[1] if isinstance(line, tuple) else line,
-                               reason="non_finite")
-        return rewards
+        return [scored[it["line"]] for it in items]
 
     def _chunks(self, items: list[dict]):
         """Items in forwards of at most ``batch_responses`` responses (an item whole)."""

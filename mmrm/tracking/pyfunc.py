@@ -46,8 +46,6 @@ class RewardModelPyfunc(mlflow.pyfunc.PythonModel):
     # a DataFrame hint: MLflow neither wraps predict nor infers a signature from it (the
     # logged signature is signature() below), and it does not warn that a hint is missing
     def predict(self, context, model_input: pd.DataFrame, params=None):
-        from mmrm.inference import score_items
-
         params = params or {}
         refused = sorted(k for k, v in params.items()
                          if k not in REQUEST_PARAMS and v not in (None, "", 0))
@@ -56,13 +54,15 @@ class RewardModelPyfunc(mlflow.pyfunc.PythonModel):
                              f"request; a request may set {list(REQUEST_PARAMS)}")
         rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") \
             else list(model_input)
-        items = [self._item(n, row) for n, row in enumerate(rows)]
-        rewards = [s[0] for s in score_items(self.scorer.model, self.scorer.processor, items,
-                                              self.scorer.device)] if items else []
-        if params.get("normalize"):
-            config = self.scorer.model.config
-            rewards = [(r - config.reward_mean) / config.reward_std for r in rewards]
-        return rewards
+        items = [{"line": n, **self._item(n, row)} for n, row in enumerate(rows)]
+        if not items:
+            return []
+        found = {r["line"]: r for r in self.scorer.score(
+            items, normalize=bool(params.get("normalize")))["results"]}
+        bad = next((found[n] for n in sorted(found) if "error" in found[n]), None)
+        if bad is not None:
+            raise ValueError(f"row {bad['line']}: {bad['error']}")
+        return [found[n]["scores"][0] for n in range(len(items))]
 
     def _item(self, n: int, row: dict) -> dict:
         """One row as a scoring item, every field and the image checked (``row n: ...``)."""

@@ -1,5 +1,5 @@
 """The MLflow model registry of the pipeline: every trained reward model is registered as a
-version of ``mmrm-reward-model`` (a pyfunc from code, :mod:`mmrm.serving`, over its
+version of ``mmrm-reward-model`` (a pyfunc from code, :mod:`mmrm.tracking.pyfunc`, over its
 safetensors folder), and the champion policy gives the best one the ``@champion`` alias."""
 
 from __future__ import annotations
@@ -29,18 +29,18 @@ def register_reward_model(model_dir: str | Path, registered_name: str,
     import torch
     import transformers
 
-    import mmrm.serving
+    import mmrm.tracking.pyfunc
 
     with warnings.catch_warnings():
         # the signature is given; an input example would make MLflow load the model and
         # score the example while logging it (its serving-input check), an image included
         warnings.filterwarnings("ignore", ".*An input example was not provided", UserWarning)
         info = mlflow.pyfunc.log_model(     # a model from code: no pickled objects
-            name="reward_model", python_model=mmrm.serving.__file__,
-            artifacts={"reward_model": str(model_dir)}, signature=mmrm.serving.signature(),
+            name="reward_model", python_model=mmrm.tracking.pyfunc.__file__,
+            artifacts={"reward_model": str(model_dir)}, signature=mmrm.tracking.pyfunc.signature(),
             # the server's settings, empty = the defaults; MLflow lets
             # load_model(model_config=) override only the keys logged here
-            model_config=dict.fromkeys(mmrm.serving.SERVER_SETTINGS, ""),
+            model_config=dict.fromkeys(mmrm.tracking.pyfunc.SERVER_SETTINGS, ""),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                               f"transformers=={transformers.__version__}", "mmrm"],
             registered_model_name=registered_name)
@@ -59,7 +59,7 @@ def register_reward_model(model_dir: str | Path, registered_name: str,
 def evaluation_key(tests: dict[str, str | Path]) -> str:
     """What an OOD score was measured on: the test sets' names, content (md5) and sizes. Two
     scores compare only under the same key."""
-    from mmrm.tracking import file_md5
+    from mmrm.tracking.tracker import file_md5
 
     parts = [f"{name}:{file_md5(path)}:{sum(1 for _ in open(path))}"
              for name, path in sorted(tests.items())]

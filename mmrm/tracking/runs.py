@@ -1,6 +1,6 @@
 """The MLflow runs of the pipeline (an adapter beside :mod:`mmrm.pipeline`; the core logs
 through :mod:`mmrm.tracking` only); the model registry and the champion alias are
-:mod:`mmrm.model_registry`.
+:mod:`mmrm.tracking.registry`.
 
 Layout: one parent run per pipeline run (found by a key of the params and the git commit, or
 given as ``MMRM_PARENT_RUN_ID``), one child run per stage (:func:`stage_run`). The store is
@@ -16,7 +16,7 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
-from mmrm.tracking import MLflowTracker, NoOpTracker, _short, flatten
+from mmrm.tracking.tracker import MLflowTracker, NoOpTracker, _short, flatten
 
 PARENT_ENV = "MMRM_PARENT_RUN_ID"
 

@@ -4,7 +4,7 @@ twins; a leaf (nothing of mmrm above the core).
 Code calls ``tracker.log_metrics(...)`` unconditionally; whether anything is recorded depends
 on which tracker it was handed (:class:`NoOpTracker` in tests or with tracking off,
 :class:`MLflowTracker` inside an MLflow run). Which runs exist, the model registry and the
-champion alias are the pipeline's business (:mod:`mmrm.lineage`). Nothing here runs at import
+champion alias are the pipeline's business (:mod:`mmrm.tracking.runs`). Nothing here runs at import
 time.
 """
 

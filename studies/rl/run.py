@@ -104,7 +104,7 @@ def main(argv=None) -> None:
                 os.replace(tmp, path)
                 print(f"done {path}", flush=True)
     sys.path.insert(0, str(HERE))
-    from report import write_report
+    from rl_report import write_report
 
     write_report(args.results)
 

@@ -8,7 +8,7 @@ while a cell it needs has no results; ``detail`` carries the numbers it was deci
 
 from __future__ import annotations
 
-import report
+import stats
 from sweep import AWARE, GRIDS     # the shortcut-aware methods; grid 2's cells
 
 #: The methods the best non-paper method is chosen from.
@@ -40,14 +40,14 @@ class Cells:
 
     def env_mean(self, key, method, measure) -> dict[str, float]:
         rows = [r for r in self.rows.get(key, []) if r["method"] == method]
-        return {env: report.mean(r[measure] for r in rows if r["env"] == env)
+        return {env: stats.mean(r[measure] for r in rows if r["env"] == env)
                 for env in sorted({r["env"] for r in rows})}
 
     def cell_mean(self, key, method, measure) -> float:
-        return report.mean(r[method][measure] for r in self.reps[key].values() if method in r)
+        return stats.mean(r[method][measure] for r in self.reps[key].values() if method in r)
 
     def gain(self, key, method, measure="ood") -> dict:
-        return report.paired(self.reps[key], method, measure)
+        return stats.paired(self.reps[key], method, measure)
 
     def headroom(self, key) -> float:
         return self.gain(key, "neutral")["mean"]
@@ -95,7 +95,7 @@ def targets(cells: Cells, key: str) -> list[dict]:
     out = []
     for m in AWARE:
         ood, id_, bon = (cells.gain(key, m, k) for k in ("ood", "id", "bon_correct"))
-        capture = report.headroom_capture(cells.reps[key], m)
+        capture = stats.headroom_capture(cells.reps[key], m)
         out.append({"method": m, "best": m == best, "ood": ood, "id": id_, "bon": bon,
                     "capture": capture,
                     "met": {"ood": ood["mean"] >= 0.10 and ood["low"] > 0,
@@ -223,7 +223,7 @@ def product_of_experts(cells, default, slacks) -> dict:
     parts, held = [], True
     for k in top:
         best = best_aware(cells, k)
-        capture = report.headroom_capture(cells.reps[k], "poe")["mean"]
+        capture = stats.headroom_capture(cells.reps[k], "poe")["mean"]
         held &= best == "poe" and capture >= 0.5
         parts.append(f"{k}: largest gain {best}, poe capture {capture:.0%}")
     for k in low:

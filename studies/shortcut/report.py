@@ -13,12 +13,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import predictions
+from stats import NAN, fmt, headroom_capture, mean, paired  # noqa: F401 (also report.*)
 
 ORDER = ("none", "neutral", "sfc_joint", "sfc_two_stage", "group_balance", "poe")
 MEASURES = ("id", "ood", "anticue", "cue_balanced", "bon_correct", "sfd")
 #: The SFC-free default rule (README, grid 2): per environment, over the cell's replicates.
 RULE = {"anticue": 0.30, "proxy": 0.05, "headroom": 0.10, "image": 0.05}
-NAN = float("nan")
 
 
 def load_results(results: Path) -> list[dict]:
@@ -51,11 +51,6 @@ def model_rows(result: dict) -> list[dict]:
 
 def cell_key(cell: dict) -> str:
     return f"{cell['visual']}-c{cell['cue']}-f{cell['foreign']}-{cell['reuse']}"
-
-
-def mean(values) -> float:
-    values = [v for v in values if v == v]
-    return statistics.fmean(values) if values else NAN
 
 
 def by_cell(rows: list[dict]) -> dict[str, list[dict]]:
@@ -116,38 +111,6 @@ def replicate_means(rows: list[dict]) -> dict[tuple, dict[str, dict[str, float]]
     return {rep: {m: {k: mean(r[k] for r in rs) for k in rs[0] if k not in
                       ("cell", "replicate", "env", "method")}
                   for m, rs in methods.items()} for rep, methods in grouped.items()}
-
-
-def paired(reps: dict, method: str, measure: str, against: str = "none") -> dict:
-    from mmrm.evaluate.metrics import paired_bootstrap
-
-    diffs = [m[method][measure] - m[against][measure] for m in reps.values()
-             if method in m and against in m]
-    return paired_bootstrap(diffs)
-
-
-def headroom_capture(reps: dict, method: str, resamples: int = 10000, seed: int = 0) -> dict:
-    """(method OOD - none OOD) / (neutral OOD - none OOD), as a ratio of the replicates'
-    summed differences, with a percentile bootstrap CI over replicates."""
-    import numpy as np
-
-    pairs = [(m[method]["ood"] - m["none"]["ood"], m["neutral"]["ood"] - m["none"]["ood"])
-             for m in reps.values() if {method, "none", "neutral"} <= set(m)]
-    if not pairs:
-        return {"n": 0, "mean": NAN, "low": NAN, "high": NAN}
-    gain, room = np.array(pairs).T
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(pairs), (resamples, len(pairs)))
-    ratios = gain[idx].sum(1) / room[idx].sum(1)
-    low, high = np.quantile(ratios, [0.025, 0.975])
-    return {"n": len(pairs), "mean": float(gain.sum() / room.sum()), "low": float(low),
-            "high": float(high)}
-
-
-def fmt(ci: dict) -> str:
-    if not ci.get("n"):
-        return "—"
-    return f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
 
 
 def write_report(results: Path, grid) -> dict:

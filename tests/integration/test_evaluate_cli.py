@@ -48,7 +48,7 @@ def test_matrix_rows_and_in_distribution_cells(trained_runs, tiny_pairs, tmp_pat
         trained = json.loads((trained_runs[weighting] / "result.json").read_text())
         assert matrix["accuracy"][row] == {e: trained[f"eval/{e}/accuracy"]
                                            for e in ENVIRONMENTS}
-        assert matrix["rows"][row]["id"] == trained["eval/povid/accuracy"]
+        assert matrix["rows"][row]["ID"] == trained["eval/povid/accuracy"]
     assert (tmp_path / "matrix.png").stat().st_size > 1000
     assert "| povid/none |" in (tmp_path / "matrix.md").read_text()
 

@@ -91,7 +91,7 @@ def test_a_killed_converter_leaves_no_image_that_no_finished_run_wrote(tmp_path)
 @pytest.fixture(scope="module")
 def served(trained_runs, tmp_path_factory):
     """The MLflow pyfunc over a trained RM, loaded as a server would, with its image root."""
-    from mmrm.serving import RewardModelPyfunc
+    from mmrm.tracking.pyfunc import RewardModelPyfunc
 
     root = tmp_path_factory.mktemp("served")
     (root / "img.png").write_bytes(png(3))
@@ -310,7 +310,7 @@ def test_two_trainings_into_one_folder(tiny_vlm_dir, tiny_pairs, tmp_path):
 
 
 def test_a_stage_whose_tracking_server_is_down_fails_in_seconds(tmp_path, monkeypatch):
-    from mmrm.lineage import check_tracking_server
+    from mmrm.tracking.runs import check_tracking_server
 
     started = time.monotonic()
     with pytest.raises(ValueError, match="does not answer within 2 s"):

@@ -4,7 +4,7 @@ beating the champion on the same evaluation; a tiny run cannot take over."""
 import mlflow
 import pytest
 
-from mmrm.model_registry import CANDIDATE, CHAMPION, evaluation_key, promote
+from mmrm.tracking.registry import CANDIDATE, CHAMPION, evaluation_key, promote
 
 NAME = "rm"
 
@@ -66,8 +66,8 @@ def test_logging_data_and_registering_a_model_leave_no_mlflow_warnings(registry,
     example, no type hint on predict) are answered or explained, not printed to the user."""
     import warnings
 
-    from mmrm.model_registry import register_reward_model
-    from mmrm.tracking import MLflowTracker
+    from mmrm.tracking.registry import register_reward_model
+    from mmrm.tracking.tracker import MLflowTracker
 
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"id": "1"}\n')

@@ -76,7 +76,7 @@ def test_repro_runs_everything_then_nothing_then_only_what_a_param_touches(proje
     assert "step 2/2 loss" in first and "evaluating 4 models" in first and "anticue" in first
     metrics = json.loads((folder / "metrics/pipeline.json").read_text())
     assert set(metrics) == {"none", "sfc_two_stage", "all"}
-    assert {"id", "ood", "anticue", "bon_correct", "bon_random"} <= set(metrics["none"])
+    assert {"ID", "OOD", "anticue", "bon_correct", "bon_random"} <= set(metrics["none"])
     assert all(isinstance(v, float) for values in metrics.values() for v in values.values())
     assert (folder / "metrics/matrix.png").stat().st_size > 1000
     scores = [json.loads(line) for line in open(folder / "runs/pipeline/scores/scores.jsonl")]
@@ -159,10 +159,10 @@ def test_mlflow_holds_the_lineage_of_the_pipeline(project):
              for variant in ("none", "sfc_two_stage")}
     assert names["none"] and names["sfc_two_stage"]
     assert all(n == names["none"][0] for runs in names.values() for n in runs)
-    assert {"iid_mean", "ood_mean", "eval/povid/accuracy", "eval/rlhfv/accuracy", "loss",
+    assert {"ID", "OOD", "eval/povid/accuracy", "eval/rlhfv/accuracy", "loss",
             "weight/mean", "weight/p90", "weight/mean_proxy_wrong", "proxy_loss"} \
         <= names["none"][0]
-    from mmrm.tracking import file_md5
+    from mmrm.tracking.tracker import file_md5
     for r in trains:
         digests = {d.dataset.name: d.dataset.digest for d in r.inputs.dataset_inputs}
         env = r.data.tags["mmrm.environment"]

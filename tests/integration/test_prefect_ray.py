@@ -39,4 +39,4 @@ def test_flow_on_ray_runs_independent_trainings_at_the_same_time(tmp_path):
     overlaps = [a for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
     assert overlaps, spans                      # at least two trainings ran side by side
     assert (tmp_path / "runs/pipeline/scores/scores.jsonl").exists()
-    assert json.loads((tmp_path / "metrics/pipeline.json").read_text())["none"]["id"] >= 0
+    assert json.loads((tmp_path / "metrics/pipeline.json").read_text())["none"]["ID"] >= 0

@@ -106,7 +106,7 @@ def test_released_data_sets_run_through_the_pipeline_and_a_clone_reproduces_them
     import mlflow
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["mmrm"], output_format="list")
-    from mmrm.tracking import file_md5
+    from mmrm.tracking.tracker import file_md5
     converts = [r for r in runs if r.data.tags.get("mmrm.stage") == "convert/povid_real"]
     raw_digest = {d.dataset.name: d.dataset.digest
                   for d in converts[0].inputs.dataset_inputs}["povid_real/raw"]

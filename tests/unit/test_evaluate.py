@@ -87,10 +87,10 @@ def test_matrix_summary_markdown_and_heatmap(tmp_path):
     matrix = CrossDistributionMatrix(
         {"povid/none": {"povid": 0.9, "rlhfv": 0.6, "vlf": 0.5},
          "rlhfv": {"povid": 0.7, "rlhfv": 0.8, "vlf": 0.6}})
-    assert matrix.row_summary("povid/none") == {"id": 0.9, "ood": pytest.approx(0.55)}
+    assert matrix.row_summary("povid/none") == {"ID": 0.9, "OOD": pytest.approx(0.55)}
     summary = matrix.summary()
-    assert summary["iid_mean"] == pytest.approx(0.85)
-    assert summary["ood_mean"] == pytest.approx((0.55 + 0.65) / 2)
+    assert summary["ID"] == pytest.approx(0.85)
+    assert summary["OOD"] == pytest.approx((0.55 + 0.65) / 2)
     paths = matrix.write(tmp_path)
     data = json.loads(paths["json"].read_text())
     assert data["sources"] == {"povid/none": "povid", "rlhfv": "rlhfv"}

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import report
+import rl_report as report
 
 
 def run(rm, seed, gold, sure, reward=(0.0, 1.0)):
