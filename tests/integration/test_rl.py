@@ -3,6 +3,7 @@ running ``mmrm serve`` (started and stopped by the command), the measures writte
 window, nothing left running."""
 
 import json
+import uuid
 
 import psutil
 import pytest
@@ -14,8 +15,12 @@ pytest.importorskip("trl")
 
 
 def test_a_tiny_rl_run_measures_every_window_and_stops_its_server(tiny_vlm_dir, tiny_pairs,
-                                                                  trained_runs, tmp_path):
-    before = {p.pid for p in psutil.process_iter()}
+                                                                  trained_runs, tmp_path,
+                                                                  monkeypatch):
+    # every process the run starts (the server, its Ray cluster) inherits this mark; other
+    # tests' servers running beside this one in the same session do not have it
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv("MMRM_TEST_RL_MARK", mark)
     out = tmp_path / "rl"
     result = CliRunner().invoke(app, [
         "rl", "rl/tiny", f"base={tiny_vlm_dir}", f"reward_model={trained_runs['none'] / 'final'}",
@@ -33,6 +38,19 @@ def test_a_tiny_rl_run_measures_every_window_and_stops_its_server(tiny_vlm_dir, 
     assert json.loads((out / "result.json").read_text())["windows"] == 2
     policy = next((out / "cache" / "policies").iterdir())
     assert (policy / "policy.json").is_file() and (policy / "config.json").is_file()
-    left = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before
-            and "serve" in " ".join(p.info["cmdline"] or [])]
-    assert not left, [" ".join(p.info["cmdline"]) for p in left]
+    left = [" ".join(p.cmdline()) for p in _marked(mark)]
+    assert not left, left
+
+
+def _marked(mark: str) -> list[psutil.Process]:
+    """The live processes other than this one whose environment holds ``mark``."""
+    found = []
+    for p in psutil.process_iter():
+        if p.pid == psutil.Process().pid:
+            continue
+        try:
+            if p.environ().get("MMRM_TEST_RL_MARK") == mark and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
