@@ -472,15 +472,40 @@ def read_yaml(path: Path) -> Any:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
 
 
-def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
-                cls: type[C] = TrainConfig) -> C:
-    """Load and validate a YAML config (a path or a shipped name); errors name the file and
-    the dotted key (a key given twice, or an alias, names the line)."""
-    path = config_path(path)
+def read_config(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping, with ``extends: NAME`` resolved: the YAML file ``NAME`` in
+    the same folder (itself perhaps extending another) is read first and this file's keys
+    are set over it, section by section. So a preset is its difference from one base
+    (``tiny/sfc_two_stage.yaml`` is ``extends: base`` and its ``shortcut:``)."""
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
-    return validate(cls, apply_overrides(raw, overrides or []), path)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    parent = path.parent / f"{base}.yaml"
+    if not isinstance(base, str) or not parent.is_file():
+        raise ValueError(f"{path}: extends: {base!r}: no such config beside it ({parent})")
+    if parent.resolve() in seen:
+        raise ValueError(f"{path}: extends: {base!r}: a config cannot extend itself")
+    return _merged(read_config(parent, (*seen, path.resolve())), raw)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = _copy(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) and key != "eval" else value
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
+                cls: type[C] = TrainConfig) -> C:
+    """Load and validate a YAML config (a path or a shipped name, ``extends`` resolved);
+    errors name the file and the dotted key (a key given twice, or an alias, names the
+    line)."""
+    path = config_path(path)
+    return validate(cls, apply_overrides(read_config(path), overrides or []), path)
 
 
 def variant_shortcut(variant: str, proxy_losses: str | Path | None = None) -> dict:

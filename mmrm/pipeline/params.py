@@ -144,9 +144,6 @@ SET_BY_PIPELINE = ("model", "output_dir", "data.train", "data.eval", "shortcut.p
 INTERPOLATED = "interpolated"
 #: The variant whose RM teaches conf_reg and anchors the interpolation: the standard RM.
 STANDARD = "none"
-#: ``train:`` keys of earlier releases (renamed copies of run-config fields) and their names.
-RENAMED_TRAIN = {"batch_size": "per_device_batch_size", "lr": "optim.lr",
-                 "overrides": "the run config's own (dotted) keys, directly under train:"}
 #: Variants that train on another split of their environment than ``train``: the cue-neutral
 #: reference RM, the standard recipe on pairs whose own cue sits on either side at random
 #: (what reading the image is worth under the same recipe: the headroom).
@@ -201,9 +198,6 @@ class PipelineParams(Strict):
     @classmethod
     def _recipe_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key in dotted(value):
-            if key in RENAMED_TRAIN:
-                raise ValueError(f"train.{key} is now {RENAMED_TRAIN[key]} (train: holds the "
-                                 f"run config's own keys)")
             if key in SET_BY_PIPELINE or any(key.startswith(k + ".") for k in
                                              SET_BY_PIPELINE):
                 raise ValueError(f"train.{key}: set by the pipeline for every run")
