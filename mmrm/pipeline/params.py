@@ -187,16 +187,16 @@ class PipelineParams(Strict):
                                         "weights averaged with a shortcut-aware variant's).")
     interpolation: InterpolationParams = Field(default_factory=InterpolationParams)
     model: ModelParams = Field(default_factory=ModelParams)
-    train: dict[str, Any] = Field(default_factory=dict, description="The recipe: keys of the "
-                                  "run config (nested or dotted, e.g. optim.lr) set in every "
-                                  "run over its model.config.")
+    train: dict[str, Any] = Field(default_factory=dict, description="Keys of the run config "
+                                  "(nested or dotted, e.g. optim.lr) set in every run over its "
+                                  "model.config; empty: the configs' own values.")
     score: ScoreParams = Field(default_factory=ScoreParams)
     paths: Paths = Field(default_factory=Paths)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
 
     @field_validator("train")
     @classmethod
-    def _recipe_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _not_set_by_pipeline(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key in dotted(value):
             if key in SET_BY_PIPELINE or any(key.startswith(k + ".") for k in
                                              SET_BY_PIPELINE):
@@ -238,8 +238,8 @@ class PipelineParams(Strict):
                                      f"released environments (here {released})")
         self._derived()
         proxies = {}
-        for variant in self.trained_variants:  # each run config exists and takes the recipe
-            shortcut = recipe(self, variant).shortcut
+        for variant in self.trained_variants:  # each run config exists and takes train:
+            shortcut = variant_config(self, variant).shortcut
             if shortcut.proxy is ProxySource.CROSS_FIT:
                 proxies[variant] = (shortcut.proxy_mode.value, shortcut.proxy_folds)
             if (shortcut.weighting is Weighting.CONF_REG) != (variant in self.derived_variants):
@@ -293,7 +293,7 @@ class PipelineParams(Strict):
         """The variants ``interpolated`` may average ``none`` with."""
         if self.interpolation.partners is not None:
             return list(self.interpolation.partners)
-        return [v for v in self.variants if v != STANDARD and recipe(self, v).shortcut.aware]
+        return [v for v in self.variants if v != STANDARD and variant_config(self, v).shortcut.aware]
 
     # -------------------------------------------------------------- where things lie
     def pairs(self, env: str, split: str) -> Path:
@@ -335,9 +335,10 @@ class PipelineParams(Strict):
         return Path(self.paths.metrics)
 
 
-def recipe(params: PipelineParams, variant: str) -> TrainConfig:
-    """A variant's run config with the params' recipe (``train:``) over it: what every run of
-    that variant starts from, before the pipeline sets its data, base and folders."""
+def variant_config(params: PipelineParams, variant: str) -> TrainConfig:
+    """A variant's run config (``model.config``) with the params' ``train:`` over it: what
+    every run of that variant starts from, before the pipeline sets its data, base and
+    folders."""
     name = params.model.config.format(variant=variant)
     try:
         return load_config(name, dotted(params.train))
@@ -346,9 +347,9 @@ def recipe(params: PipelineParams, variant: str) -> TrainConfig:
 
 
 def train_config(params: PipelineParams, env: str, variant: str) -> TrainConfig:
-    """The run config of one (environment, variant): the variant's config and the recipe,
-    with the pipeline's data, base and output folder."""
-    config = recipe(params, variant)
+    """The run config of one (environment, variant): :func:`variant_config` with the
+    pipeline's data, base and output folder."""
+    config = variant_config(params, variant)
     split = TRAINED_ON.get(variant, "train")
     changes = {"model": params.base_model, "output_dir": str(params.model_dir(env, variant)),
                "data.train": [str(params.pairs(env, split))],
@@ -369,12 +370,12 @@ def proxy_variant(params: PipelineParams) -> str:
     ``shortcut.proxy: cross_fit`` (its proxy mode and folds), else ``none`` (the proxies
     then serve the standard runs' statistics only)."""
     return next((v for v in params.trained_variants
-                 if recipe(params, v).shortcut.proxy is ProxySource.CROSS_FIT), "none")
+                 if variant_config(params, v).shortcut.proxy is ProxySource.CROSS_FIT), "none")
 
 
 def proxy_run_config(params: PipelineParams, env: str) -> TrainConfig:
     """The run config the text-only proxies of ``env`` are cross-fitted from
-    (:func:`proxy_variant`, with the recipe), the proxy cache in the proxy stage's folder."""
+    (:func:`proxy_variant`, with ``train:``), the proxy cache in the proxy stage's folder."""
     config = train_config(params, env, proxy_variant(params))
     return with_overrides(config, {"output_dir": str(params.proxy_dir(env)),
                                    "shortcut.proxy_losses": str(params.proxy_dir(env) /
@@ -389,5 +390,5 @@ def load_params(path: str | Path = "params.yaml",
     return load_config(path, overrides or [], PipelineParams)
 
 
-__all__ = ["PipelineParams", "load_params", "train_config", "proxy_run_config", "recipe",
+__all__ = ["PipelineParams", "load_params", "train_config", "proxy_run_config", "variant_config",
            "apply_overrides"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmrm.pipeline.params import PipelineParams, load_params, recipe
+from mmrm.pipeline.params import PipelineParams, load_params, variant_config
 from tiny_pipeline import tiny_params
 
 
@@ -30,8 +30,22 @@ def test_shipped_params_and_dvc_stages_validate():
     real = load_params(ROOT / "params.real.yaml")
     assert not real.builtin and set(real.real_datasets) == set(real.environments)
     for variant in real.variants:                       # its GPU run configs exist
-        assert recipe(real, variant).epochs == 1.0
+        assert variant_config(real, variant).epochs == 1.0
     PipelineParams.model_validate(TINY)
+
+
+@pytest.mark.parametrize("file", ["params.yaml", "params.real.yaml"])
+def test_dvc_reads_the_shipped_dvc_yaml_with_each_shipped_params_file(file, tmp_path):
+    """Every key dvc.yaml's templates name is in the file (DVC refuses the whole pipeline
+    otherwise: 'Could not find ...')."""
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(ROOT / file, tmp_path / "params.yaml")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    listed = subprocess.run([dvc, "stage", "list"], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert "train@" in listed.stdout and "evaluate" in listed.stdout
 
 
 def run(cmd, cwd, **kw):
