@@ -5,9 +5,9 @@ response) is its own sequence, so the image is preprocessed and encoded once per
 batches hold the same number of responses as mmrm's. Both use one torch thread per worker.
 Same process, same model (the tiny base with a fresh value head), same items.
 
-``mmrm score --preprocess auto`` (the default) decodes images and tokenizes in the driver
+``mmrm score`` with ``preprocess=auto`` (the default) decodes images and tokenizes in the driver
 process while the workers run the model when the workers leave a CPU free (1 worker on 2
-CPUs): that is a second busy process beside the worker. The ``--preprocess worker`` row and
+CPUs): that is a second busy process beside the worker. The ``preprocess=worker`` row and
 the in-process row keep everything in one process, like the naive loop.
 
     python benchmarks/score_throughput.py          # after make run: data/base/tiny, data/envs

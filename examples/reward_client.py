@@ -11,7 +11,7 @@ to a machine without mmrm).
                           train_dataset=dataset_with_an_image_column, ...)
 
     # OpenRLHF: --remote_rm_url http://127.0.0.1:8000/get_reward, the server started with
-    # --images-from the prompts file (OpenRLHF sends no images)
+    # images_from= the prompts file (OpenRLHF sends no images)
 """
 
 from mmrm.serve.client import MmrmReward, get_reward, main, score  # noqa: F401

@@ -8,10 +8,11 @@ import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional, get_args, get_origin
 
 import typer
 
+from mmrm.config import ScoreConfig, ServeConfig
 from mmrm.convert import FORMATS, convert as run_convert
 from mmrm.formats import (ImageCheck, ImageRules, InferenceRecord, MultiRecord, PairRecord,
                           read_records)
@@ -69,20 +70,9 @@ def _stage_names() -> list[str]:
     return [stage.name for stage in STAGES]
 
 
-class Dtype(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
 #: The pipeline's stages, from its registry (mmrm.pipeline.registry).
 StageName = Enum("StageName", {n: n for n in _stage_names()}, type=str)
 
-
-class Preprocess(str, Enum):
-    auto = "auto"
-    driver = "driver"
-    worker = "worker"
 
 SourceFormat = Enum("SourceFormat", {name: name for name in FORMATS}, type=str)
 _FORMAT_LINES = "\n".join(f"  {name:<14} {fmt.description}" for name, fmt in FORMATS.items())
@@ -311,49 +301,52 @@ def _training_pairs_of(model: Path) -> list:
         return []
 
 
+def _keys_help(cls, options: set[str]) -> str:
+    """A command's epilog: the keys of its config class that KEY=VALUE sets (those without
+    an option of their own), each with its default, choices and description, read from the
+    class so they are written once."""
+    lines = ["\b", "KEY=VALUE keys (key=default <choices>  what it sets):"]
+    for name, field in cls.model_fields.items():
+        if name in options or field.is_required():
+            continue
+        default = field.default
+        shown = json.dumps(default) if default is None or isinstance(default, bool) else default
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else ()
+        lines.append(f"  {name}={shown}" + (f" <{'|'.join(choices)}>" if choices else "") +
+                     (f"  {field.description}" if field.description else ""))
+    return "\n".join(lines)
+
+
+_SCORE_OPTIONS = {"errors", "on_error", "image_root", "trust_remote_code"}
+
+
 @app.command(help="Score every response of an inference file with a saved reward model, on "
                   "Ray workers: one output line per input item, in input order, with `scores` "
-                  "and `best`. Rerunning with the same OUTPUT resumes where it stopped.")
+                  "and `best`. Rerunning with the same OUTPUT resumes where it stopped. "
+                  "KEY=VALUE sets the run (workers=8 gpus_per_worker=1 normalize=true; the "
+                  "keys below).", epilog=_keys_help(ScoreConfig, _SCORE_OPTIONS))
 def score(
     model: Annotated[Path, typer.Argument(metavar="MODEL", help="Saved RM directory.")],
     input: Annotated[Path, typer.Argument(metavar="INPUT", help="Inference JSONL: prompt, "
                                           "img_path, responses, optional id.")],
     output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="JSONL to write.")],
-    workers: Annotated[int, typer.Option(help="Scorer actors.")] = 1,
-    gpus_per_worker: Annotated[float, typer.Option(
-        help="GPUs per actor: 1, or 0.5 for two per GPU; 0 runs on CPU.")] = 0.0,
-    threads_per_worker: Annotated[int, typer.Option(help="torch threads of a CPU actor.")] = 1,
-    batch_responses: Annotated[int, typer.Option(help="Responses per forward.")] = 64,
-    length_buckets: Annotated[int, typer.Option(
-        min=1, help="A batch's responses run in up to this many groups of similar length.")] = 4,
-    chunk_items: Annotated[int, typer.Option(help="Items per written chunk.")] = 256,
-    normalize: Annotated[bool, typer.Option(
-        help="Scores as (r - mean) / std of the model's training rewards.")] = False,
-    dtype: Annotated[Dtype, typer.Option(help="Weights on the workers.")] = Dtype.fp32,
-    preprocess: Annotated[Preprocess, typer.Option(
-        help="Where images and text are encoded: driver (while the workers run the model), "
-             "worker, or auto (the driver where it has a CPU of its own).")] = Preprocess.auto,
-    address: Annotated[Optional[str], typer.Option(
-        help="Ray cluster address (default RAY_ADDRESS, else a local Ray).")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[KEY=VALUE]...", help="ScoreConfig keys (below).")] = None,
     errors: Annotated[Optional[Path], typer.Option(
         help="Bad items file (default OUTPUT stem + .errors.jsonl).")] = None,
     on_error: OnErrorOption = OnError.RAISE,
     image_root: ImageRootOption = None,
     trust_remote_code: TrustOption = False,
 ) -> None:
-    from mmrm.config import ScoreConfig, validate
+    from mmrm.config import apply_overrides, validate
     from mmrm.score import score_file
 
     with _user_errors():
-        config = validate(ScoreConfig, dict(
-            model=str(model), input=str(input), output=str(output),
-            errors=str(errors) if errors else None, workers=workers,
-            gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker,
-            batch_responses=batch_responses, length_buckets=length_buckets,
-            chunk_items=chunk_items, normalize=normalize, on_error=on_error.value,
-            address=address, image_root=str(image_root) if image_root else None,
-            dtype=dtype.value, preprocess=preprocess.value,
-            trust_remote_code=trust_remote_code), "mmrm score")
+        raw = dict(model=str(model), input=str(input), output=str(output),
+                   errors=str(errors) if errors else None, on_error=on_error.value,
+                   image_root=str(image_root) if image_root else None,
+                   trust_remote_code=trust_remote_code)
+        config = validate(ScoreConfig, apply_overrides(raw, overrides or []), "mmrm score")
         totals = score_file(config, show_bar=True)
     if totals.get("already_complete"):
         typer.echo(f"{output} is already complete ({totals['items_written']} items)")
@@ -365,52 +358,31 @@ def score(
                f"{totals['ledger']['written']} + skipped {totals['ledger']['skipped']}")
 
 
+_SERVE_OPTIONS = {"port", "image_root"}
+
+
 @app.command(help="Serve a reward model over HTTP (replicas on Ray Serve), for RL loops: "
                   "POST /score (mmrm's items, images as base64 or paths under --image-root), "
                   "POST /get_reward (OpenRLHF's remote reward model: queries in the policy's "
                   "chat template, images optional), GET /health, /info, /metrics. Listens on "
-                  "127.0.0.1 unless --host says otherwise (then --token-file is required). "
-                  "KEY=VALUE overrides set the limits and batching (max_tokens=2048 "
-                  "max_request_pixels=1e8 batch_requests=16 request_timeout_s=30; every key: "
-                  "docs/scoring.md). Runs until interrupted.")
+                  "127.0.0.1 unless host= says otherwise (then token_file= is required). "
+                  "KEY=VALUE sets the server (replicas=8 gpus_per_replica=1 "
+                  "images_from=prompts.jsonl max_tokens=2048; the keys below). Runs until "
+                  "interrupted.", epilog=_keys_help(ServeConfig, _SERVE_OPTIONS))
 def serve(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Saved RM folder, or a "
                                          "registry URI: models:/mmrm-reward-model@champion")],
     overrides: Annotated[Optional[list[str]], typer.Argument(
-        metavar="[KEY=VALUE]...", help="Server settings (ServeConfig keys).")] = None,
-    host: Annotated[str, typer.Option(help="Address the HTTP server listens on.")] =
-        "127.0.0.1",
+        metavar="[KEY=VALUE]...", help="ServeConfig keys (below).")] = None,
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    replicas: Annotated[int, typer.Option(help="Model replicas (Ray actors).")] = 1,
-    token_file: Annotated[Optional[Path], typer.Option(
-        help="File with the bearer token (required for a non-loopback --host).")] = None,
     image_root: ImageRootOption = None,
-    images_from: Annotated[Optional[Path], typer.Option(
-        help="The RL prompts' JSONL (prompt, img_path): the image of a query sent without "
-             "one, by its prompt.")] = None,
-    text_only: Annotated[bool, typer.Option(
-        help="Score a query without an image against a blank image instead of refusing "
-             "it.")] = False,
-    policy_template: Annotated[Optional[str], typer.Option(
-        help="The policy's chat template: qwen2_vl, internvl, llava, llava_mistral, "
-             "idefics3, or a tokenizer folder (default: any of them).")] = None,
-    normalize: Annotated[bool, typer.Option(
-        help="Rewards as (r - mean) / std of the model's training rewards.")] = False,
-    dtype: Annotated[Dtype, typer.Option(help="Weights on the replicas.")] = Dtype.fp32,
-    gpus_per_replica: Annotated[float, typer.Option(help="GPUs per replica.")] = 0.0,
-    address: Annotated[Optional[str], typer.Option(
-        help="Ray cluster to join (default: a local one on 127.0.0.1).")] = None,
 ) -> None:
-    from mmrm.config import ServeConfig, apply_overrides, validate
+    from mmrm.config import apply_overrides, validate
     from mmrm.serve import resolve_model, serve_model
 
     with _user_errors():
-        raw = dict(model=resolve_model(model), host=host, port=port, replicas=replicas,
-                   address=address, token_file=str(token_file) if token_file else None,
-                   image_root=str(image_root) if image_root else None,
-                   images_from=str(images_from) if images_from else None,
-                   text_only=text_only, policy_template=policy_template, dtype=dtype.value,
-                   normalize=normalize, gpus_per_replica=gpus_per_replica)
+        raw = dict(model=resolve_model(model), port=port,
+                   image_root=str(image_root) if image_root else None)
         config = validate(ServeConfig, apply_overrides(raw, overrides or []), "mmrm serve")
         serve_model(config, log=typer.echo)
 

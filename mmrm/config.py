@@ -350,7 +350,7 @@ class ServeConfig(Strict):
                                     "img_path): the image of a query sent without one, "
                                     "looked up by its prompt.")
     text_only: bool = Field(False, description="Score a query sent without an image (and "
-                                "not in --images-from) against a blank image instead of "
+                                "not in images_from) against a blank image instead of "
                                 "refusing it: a multimodal reward without its image.")
 
 

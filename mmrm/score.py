@@ -30,8 +30,9 @@ How it runs:
   dtype and normalisation; a run that differs in any of them refuses to resume.
 * **The state of a call** is a :class:`ScoreRun`: the windows in flight, the results not yet
   written, the reader's ledger and the totals.
-* **The local cluster** (:func:`start_ray`) listens on 127.0.0.1 only, with Ray's token
-  authentication as Ray sets it; ``--address`` / ``RAY_ADDRESS`` joins a cluster instead.
+* **The local cluster** (:func:`mmrm.cluster.start_ray`) listens on 127.0.0.1 only, with
+  Ray's token authentication as Ray sets it; ``address=`` / ``RAY_ADDRESS`` joins a cluster
+  instead.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mmrm.cluster import start_ray
 from mmrm.config import ScoreConfig
 from mmrm.formats import ImageCheck, ImageRules, InferenceRecord, read_inference
 from mmrm.images import sha256_file
@@ -52,8 +54,7 @@ from mmrm.ledger import Ledger, OnError, RecordError
 from mmrm.model import model_digest
 from mmrm.outputs import exclusive, refuse_overwriting_inputs, write_atomic
 
-__all__ = ["ScoreConfig", "ResponseScorer", "score_file", "start_ray", "preprocess_where",
-           "model_digest"]
+__all__ = ["ScoreConfig", "ResponseScorer", "score_file", "preprocess_where"]
 
 STATE_SUFFIX = ".state.json"
 #: Test hook: seconds each batch sleeps inside the actor (read when a run starts, so a test
@@ -320,46 +321,6 @@ def _shares_prefix(model_dir: str) -> bool:
     return can_share_prefix(model_type)
 
 
-def start_ray(address: str | None, **init_kwargs) -> None:
-    """Join the cluster at ``address``, or start a local one that only this machine can
-    reach: every Ray process binds to 127.0.0.1 (Ray treats a node whose IP is loopback as
-    local-only), no dashboard, and Ray's token authentication as Ray sets it (on by default
-    for local clusters since Ray 2.59; mmrm never turns it off)."""
-    import ray
-
-    check_address(address)
-    if address is None:
-        from ray._private import ray_constants
-
-        # On Linux Ray advertises (and binds to) the machine's network address unless this
-        # is off; then the node IP is 127.0.0.1 and GCS, raylet, workers and agents listen
-        # there only. The variable reaches Ray's own subprocesses; the constant this process.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(address=address, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, **init_kwargs)
-
-
-def check_address(address: str | None, timeout: float = 5.0) -> None:
-    """A cluster ``address`` (``host:port``, ``ray://host:port``) that accepts a connection
-    within ``timeout`` seconds, or a one-line error at once (Ray itself waits and retries
-    for minutes). ``auto`` and None are Ray's own lookups."""
-    import socket
-
-    if address in (None, "auto", "local"):
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not port.isdigit() or not host:
-        raise ValueError(f"--address {address}: expected host:port (or ray://host:port)")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return
-    except OSError as err:
-        raise ValueError(f"--address {address}: no Ray cluster answers there within "
-                         f"{timeout:g} s ({err.strerror or err})") from None
-
-
 def check_resources(config: ScoreConfig) -> None:
     """The workers fit the cluster: ``workers`` x ``threads_per_worker`` CPUs (CPU workers)
     or ``workers`` x ``gpus_per_worker`` GPUs, else a one-line error before any actor is
@@ -373,8 +334,8 @@ def check_resources(config: ScoreConfig) -> None:
         per = f"{config.gpus_per_worker:g} GPU" if kind == "GPU" else \
             f"{config.threads_per_worker} thread(s)"
         raise ValueError(f"{config.workers} workers x {per} need {need:g} {kind}s; the Ray "
-                         f"cluster has {have.get(kind, 0):g}: ask for fewer (--workers, "
-                         f"--gpus-per-worker, --threads-per-worker)")
+                         f"cluster has {have.get(kind, 0):g}: ask for fewer (workers=, "
+                         f"gpus_per_worker=, threads_per_worker=)")
 
 
 def preprocess_where(config: ScoreConfig) -> str:

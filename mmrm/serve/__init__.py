@@ -12,8 +12,8 @@ Endpoints (JSON in, JSON out):
   "scores": [...], "images": [...]}``. Each query is split into the user's prompt and the
   policy's response in whatever template the policy rendered it
   (:mod:`mmrm.serve.templates`) and rendered again in the reward model's. A query without
-  an image takes the one the server's index (``--images-from``) has for its prompt, else it
-  is refused, unless the server was started ``--text-only``.
+  an image takes the one the server's index (``images_from=``) has for its prompt, else it
+  is refused, unless the server was started ``text_only=true``.
 * ``GET /health`` (never needs the token: ready only when a replica answers), ``GET /info``
   (model digest, dtype, normalisation, limits, where images come from), ``GET /metrics``
   (Prometheus text).
@@ -25,7 +25,7 @@ empty answer), never a failed batch. Every request passes the limits before any 
 ``{"error", "index", "field"}`` and never takes a replica down, and a request whose client
 gives up or whose time runs out stops using the replica. The replicas
 (:mod:`mmrm.serve.replica`) batch concurrent requests. Everything listens on 127.0.0.1
-unless ``--host`` says otherwise, and a non-loopback host needs a bearer token.
+unless ``host=`` says otherwise, and a non-loopback host needs a bearer token.
 """
 
 from __future__ import annotations
@@ -55,14 +55,14 @@ def resolved(config: ServeConfig) -> ServeConfig:
 
 
 def serve_model(config: ServeConfig, log=print) -> str:
-    """Start Ray (a local cluster on 127.0.0.1, or ``--address``), the deployment (without
+    """Start Ray (a local cluster on 127.0.0.1, or ``address=``), the deployment (without
     Serve's own HTTP proxy) and the HTTP front on ``host:port``; serve until SIGINT or
     SIGTERM, then stop what was started. Returns the base URL."""
     import ray
     from ray import serve
 
     from mmrm.model import check_model_whole
-    from mmrm.score import start_ray
+    from mmrm.cluster import start_ray
     from mmrm.serve.front import Front, http_server
     from mmrm.serve.network import read_token
     from mmrm.serve.replica import deployment

@@ -8,8 +8,8 @@ uses it as it is).
 
 OpenRLHF: point its remote reward model at ``http://HOST:8000/get_reward``
 (``--remote_rm_url``); it sends ``{"query": [...], "prompts": [...]}`` in the policy's chat
-template and no images: start the server with ``--images-from`` the RL prompts' JSONL (the
-image of each prompt) or ``--text-only``. TRL: ``GRPOTrainer(reward_funcs=[MmrmReward(url)],
+template and no images: start the server with ``images_from=`` the RL prompts' JSONL (the
+image of each prompt) or ``text_only=true``. TRL: ``GRPOTrainer(reward_funcs=[MmrmReward(url)],
 ...)`` calls :class:`MmrmReward` with the prompts, the completions and the dataset's
 ``image`` column.
 

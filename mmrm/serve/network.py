@@ -22,11 +22,11 @@ def is_loopback(host: str) -> bool:
 
 
 def read_token(config: ServeConfig) -> str | None:
-    """The bearer token (``--token-file``); refuses to go on without one where the host is
+    """The bearer token (``token_file=``); refuses to go on without one where the host is
     not loopback."""
     if config.token_file is None:
         if not is_loopback(config.host):
-            raise ValueError(f"--host {config.host} is not loopback: give --token-file (a "
+            raise ValueError(f"host={config.host} is not loopback: give token_file= (a "
                              f"bearer token every request but /health must carry)")
         return None
     token = Path(config.token_file).read_text().strip()

@@ -20,7 +20,7 @@ class Cancelled(Exception):
 
 class RewardService:
     """A model and the parser of its requests: checked items in, rewards out (normalised
-    where the server was started with ``--normalize``). Plain Python: tests call it without
+    where the server was started with ``normalize=true``). Plain Python: tests call it without
     Ray."""
 
     def __init__(self, config: ServeConfig):

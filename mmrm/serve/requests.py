@@ -39,7 +39,7 @@ class RequestError(Exception):
 
 
 class ImageIndex:
-    """``--images-from``: the RL prompts' JSONL (``prompt`` and ``img_path``, under
+    """``images_from=``: the RL prompts' JSONL (``prompt`` and ``img_path``, under
     ``--image-root`` or the file's folder: mmrm's inference or pairwise format will do),
     looked up by prompt text, for clients that cannot send
     images (OpenRLHF's remote reward model). A prompt given twice with two different images
@@ -51,7 +51,7 @@ class ImageIndex:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise ValueError(f"--images-from {self.path}: no such file")
+            raise ValueError(f"images_from={self.path}: no such file")
         # img_path under --image-root, else the index file's folder (as every mmrm reader)
         rules = ImageRules(root=Path(root) if root else None, check=ImageCheck.HEADER,
                            max_pixels=max_pixels)
@@ -179,7 +179,7 @@ class RequestParser:
             known = ", ".join(dict.fromkeys(s.name for s in self.shapes))
             raise RequestError(400, f"cannot split the query into prompt and response: give "
                                     f"prompts[i] (the query's start), or a query in a known "
-                                    f"chat template ({known}; --policy-template names "
+                                    f"chat template ({known}; policy_template= names "
                                     f"another)", n, "query", "unsplittable")
         return found[0], found[1]
 
@@ -258,7 +258,7 @@ class RequestParser:
         where = f"; the index {self.index.path} has no such prompt" if self.index else ""
         sent = "image (base64) or img_path" if path_allowed else "images[i]"
         raise RequestError(400, f"no image: send {sent}, or start the server with "
-                                f"--images-from (the RL prompts' file) or --text-only{where}",
+                                f"images_from= (the RL prompts' file) or text_only=true{where}",
                            n, "image" if path_allowed else "images", "no_image")
 
     def image(self, raw: dict, n: int, budget: PixelBudget) -> dict:

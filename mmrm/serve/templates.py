@@ -11,7 +11,7 @@ reward scale. So a query is split:
   with the policy's end and pad tokens taken off its end;
 * else in the first template that fits: the reward model's own, then the known families'
   (:data:`FAMILIES`: Qwen2-VL, InternVL, LLaVA, LLaVA-NeXT (Mistral), Idefics3), or only
-  the family or tokenizer folder the server was started with (``--policy-template``).
+  the family or tokenizer folder the server was started with (``policy_template=``).
 
 Image placeholders (``<image>``, ``<|vision_start|>...<|vision_end|>``, ...) are taken out
 of the user text: the image is the request's (or the server's index's), not a token.
@@ -101,7 +101,7 @@ def literal_shape(name: str, head: str, between: str, tail: str, ends=()) -> Sha
 
 
 def shape_of_folder(folder: str | Path) -> Shape:
-    """The shape of the chat template in a tokenizer or processor folder (``--policy-template
+    """The shape of the chat template in a tokenizer or processor folder (``policy_template=
     FOLDER``): rendered once with placeholders, as mmrm renders its own."""
     from transformers import AutoProcessor, AutoTokenizer
 
@@ -116,7 +116,7 @@ def shape_of_folder(folder: str | Path) -> Shape:
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             renderer = None
     if renderer is None or not getattr(renderer, "chat_template", None):
-        raise ValueError(f"--policy-template {folder}: no chat template there (a tokenizer or "
+        raise ValueError(f"policy_template={folder}: no chat template there (a tokenizer or "
                          f"processor folder with chat_template)")
     for with_image in (True, False):
         try:
@@ -127,20 +127,20 @@ def shape_of_folder(folder: str | Path) -> Shape:
             tokenizer = getattr(renderer, "tokenizer", renderer)
             ends = tuple(t for t in (tokenizer.eos_token, tokenizer.pad_token) if t)
             return literal_shape(str(folder), *parts, ends=ends)
-    raise ValueError(f"--policy-template {folder}: its chat template does not render a "
+    raise ValueError(f"policy_template={folder}: its chat template does not render a "
                      f"(prompt, response) conversation")
 
 
 def policy_shapes(policy: str | None) -> list[Shape]:
     """The shapes a query may come in: the known families (default), or the one family or
-    tokenizer folder named by ``--policy-template``."""
+    tokenizer folder named by ``policy_template=``."""
     if policy is None:
         return list(FAMILIES.values())
     if policy in FAMILIES:
         return [FAMILIES[policy]]
     if Path(policy).is_dir():
         return [shape_of_folder(policy)]
-    raise ValueError(f"--policy-template {policy}: neither a known family "
+    raise ValueError(f"policy_template={policy}: neither a known family "
                      f"({', '.join(FAMILIES)}) nor a tokenizer folder")
 
 

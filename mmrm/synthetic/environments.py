@@ -424,7 +424,7 @@ def rl_prompts(env: str, count: int, rng: random.Random, visual: VisualCost | No
 def write_rl_prompts(env: str, items: list[RLPrompt], path: Path, image_size: int = 56) -> Path:
     """The prompts as JSONL (``prompt``, ``img_path``, the scene's things and the asked
     attribute: mmrm's inference format less responses, and an index ``mmrm serve
-    --images-from`` reads), images as PNGs in ``images/`` beside ``path``."""
+    images_from=`` reads), images as PNGs in ``images/`` beside ``path``."""
     path = Path(path)
     (path.parent / "images").mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:

@@ -304,16 +304,16 @@ def score_cases(root: Path, data: Path, model_dir: Path) -> list[Case]:
             (other / "reward_config.json").write_text(json.dumps(config))
             write_files_record(other)         # a model saved with other statistics
     score = lambda out, *extra, src=items, model=model_dir: [   # noqa: E731
-        "score", str(model), str(src), str(out), "--chunk-items", "1", *extra]
+        "score", str(model), str(src), str(out), "chunk_items=1", *extra]
     done = root / "scored" / "done.jsonl"
     return [
         Case("score-resume-with-another-model", score(done, model=other),
              before=score(done), says=(str(done), "model_digest"), prepare=make_other),
-        Case("score-resume-with-normalize-changed", score(done, "--normalize"),
+        Case("score-resume-with-normalize-changed", score(done, "normalize=true"),
              before=score(done), says=(str(done), "normalize")),
-        Case("score-resume-with-dtype-changed", score(done, "--dtype", "bf16"),
+        Case("score-resume-with-dtype-changed", score(done, "dtype=bf16"),
              before=score(done), says=(str(done), "dtype")),
-        Case("score-unknown-dtype", score(root / "scored" / "x.jsonl", "--dtype", "bfloat16"),
+        Case("score-unknown-dtype", score(root / "scored" / "x.jsonl", "dtype=bfloat16"),
              says=("dtype", "bfloat16"), absent=(root / "scored" / "x.jsonl",)),
         Case("score-bad-items-raise", score(root / "scored" / "bad.jsonl", src=bad_items),
              says=(f"{bad_items}:2: img_path", "not found")),
@@ -546,7 +546,7 @@ def output_cases(root: Path, data: Path, model_dir: Path) -> list[Case]:
     uses_picture = jsonl(data / "uses_picture.jsonl", [pair(0, img_path="picture.png")])
     state_gone, truncated = root / "scored" / "gone.jsonl", root / "scored" / "short.jsonl"
     score = lambda out, *extra: ["score", str(model_dir), str(items), str(out),  # noqa: E731
-                                 "--chunk-items", "1", *extra]
+                                 "chunk_items=1", *extra]
     tests_dir = root / "matrix_out"
     tests_dir.mkdir(exist_ok=True)
     matrix_json = jsonl(tests_dir / "matrix.json", [pair(0)])
@@ -787,20 +787,19 @@ def system_cases(root: Path, data: Path, model_dir: Path, base_dir: Path) -> lis
                                                str(errors)),
              says=(str(errors), "--errors", "exists"), unchanged=(errors,),
              absent=(root / "scored" / "mine.jsonl",)),
-        Case("score-more-workers-than-cpus", score(root / "scored" / "w.jsonl", "--workers",
-                                                   "1000"),
+        Case("score-more-workers-than-cpus", score(root / "scored" / "w.jsonl", "workers=1000"),
              says=("1000 workers", "CPUs", "the Ray cluster has"),
              absent=(root / "scored" / "w.jsonl",)),
         Case("score-gpu-workers-without-gpus", score(root / "scored" / "g.jsonl",
-                                                     "--gpus-per-worker", "1"),
+                                                     "gpus_per_worker=1"),
              says=("need 1 GPUs", "the Ray cluster has 0"),
              absent=(root / "scored" / "g.jsonl",)),
         Case("score-more-threads-than-cpus", score(root / "scored" / "t.jsonl",
-                                                   "--threads-per-worker", "64"),
+                                                   "threads_per_worker=64"),
              says=("x 64 thread(s)", "CPUs"), absent=(root / "scored" / "t.jsonl",)),
-        Case("score-cluster-not-there", score(root / "scored" / "a.jsonl", "--address",
-                                              "127.0.0.1:1"),
-             says=("--address 127.0.0.1:1", "no Ray cluster answers"),
+        Case("score-cluster-not-there", score(root / "scored" / "a.jsonl",
+                                              "address=127.0.0.1:1"),
+             says=("address=127.0.0.1:1", "no Ray cluster answers"),
              absent=(root / "scored" / "a.jsonl",)),
     ]
 

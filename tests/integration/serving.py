@@ -34,7 +34,7 @@ class Server:
         env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mmrm", "serve", str(model), "--port", str(self.port),
-             "--token-file", str(token_file), "request_timeout_s=30", *extra],
+             f"token_file={token_file}", "request_timeout_s=30", *extra],
             env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         deadline = time.time() + 240

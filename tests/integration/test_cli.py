@@ -72,7 +72,10 @@ def test_cli_names_its_choices_and_version():
     stage = runner.invoke(app, ["stage", "--help"], env={"COLUMNS": "200"}).output
     assert "--variant" in stage and "benchmark, convert" in stage
     score = runner.invoke(app, ["score", "--help"], env={"COLUMNS": "200"}).output
-    assert "<fp32|bf16|fp16>" in score and "<auto|driver|worker>" in score
+    assert "dtype=fp32 <fp32|bf16|fp16>" in score and "preprocess=auto <auto|driver|worker>" in score
+    assert "workers=1" in score and "--workers" not in score      # a key, not an option
+    serve = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    assert "max_tokens=null" in serve and "--port" in serve and "--replicas" not in serve
     train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     assert "--resume / --no-resume" in train and "no-no-resume" not in train
     assert "<list[str]>" not in train
@@ -81,9 +84,9 @@ def test_cli_names_its_choices_and_version():
 
 
 def test_score_and_serve_without_options_build_their_configs_defaults(tmp_path, monkeypatch):
-    """The commands restate ScoreConfig's and ServeConfig's defaults as their options'
-    defaults (for --help): run with none of their options, they build the very config the
-    defaults give, so the two cannot drift apart."""
+    """Run with nothing but their arguments, the commands build the very config the classes'
+    defaults give (the few options left, --port and the files, have the same defaults), and
+    KEY=VALUE sets any other key."""
     import mmrm.score
     import mmrm.serve
     from mmrm.config import ScoreConfig, ServeConfig
@@ -103,3 +106,13 @@ def test_score_and_serve_without_options_build_their_configs_defaults(tmp_path, 
         assert result.exit_code == 0, result.output
     assert built["score"] == ScoreConfig(model=paths[0], input=paths[1], output=paths[2])
     assert built["serve"] == ServeConfig(model=paths[0])
+    built.clear()
+    for args in (["score", *paths, "workers=3", "dtype=bf16"],
+                 ["serve", paths[0], "replicas=2", "max_tokens=512", "--port", "9001"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert (built["score"].workers, built["score"].dtype) == (3, "bf16")
+    assert (built["serve"].replicas, built["serve"].max_tokens, built["serve"].port) == \
+        (2, 512, 9001)
+    bad = CliRunner().invoke(app, ["score", *paths, "wokers=3"])
+    assert bad.exit_code == 2 and "wokers" in bad.output

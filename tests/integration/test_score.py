@@ -26,7 +26,7 @@ def ray_cluster():
     one (loopback only); stopped at the end."""
     import ray
 
-    from mmrm.score import start_ray
+    from mmrm.cluster import start_ray
 
     start_ray(None, num_cpus=2)
     yield ray.get_runtime_context().gcs_address
@@ -231,8 +231,8 @@ def test_driver_killed_halfway_then_rerun_gives_the_clean_output(
     out = tmp_path / "scores.jsonl"
     state = tmp_path / "scores.jsonl.state.json"
     cmd = [sys.executable, "-m", "mmrm", "score", str(reward_dir), str(inference_file), str(out),
-           "--workers", "2", "--batch-responses", "12", "--chunk-items", "4",
-           "--address", ray_cluster, "--image-root", "/"]
+           "workers=2", "batch_responses=12", "chunk_items=4", f"address={ray_cluster}",
+           "--image-root", "/"]
     env = {**os.environ, "MMRM_TEST_BATCH_DELAY": "0.4"}   # slow enough to stop halfway
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

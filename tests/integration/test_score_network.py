@@ -48,7 +48,7 @@ def test_local_cluster_binds_to_loopback_only(trained_runs, tiny_pairs, tmp_path
     env["MMRM_TEST_BATCH_DELAY"] = "1.0"          # keeps the cluster up while we look
     proc = subprocess.Popen([sys.executable, "-m", "mmrm", "score",
                              str(trained_runs["none"] / "final"), str(items), str(out),
-                             "--workers", "1", "--chunk-items", "2", "--batch-responses", "4",
+                             "workers=1", "chunk_items=2", "batch_responses=4",
                              "--image-root", "/"],
                             env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

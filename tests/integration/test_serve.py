@@ -48,9 +48,9 @@ def scored_by_mmrm_score(model: Path, items: Path, out: Path, *extra: str) -> li
 
 def test_a_non_loopback_host_without_a_token_is_refused(trained_runs):
     done = subprocess.run([sys.executable, "-m", "mmrm", "serve",
-                           str(trained_runs["none"] / "final"), "--host", "0.0.0.0"],
+                           str(trained_runs["none"] / "final"), "host=0.0.0.0"],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "--token-file" in done.stderr, done.stderr[-1000:]
+    assert done.returncode == 2 and "token_file=" in done.stderr, done.stderr[-1000:]
 
 
 @pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
@@ -58,7 +58,7 @@ def test_http_rewards_equal_mmrm_score_through_both_endpoints(trained_runs, item
                                                               normalize):
     model = trained_runs["none"] / "final"
     path, http = items
-    flag = ["--normalize"] if normalize else []
+    flag = ["normalize=true"] if normalize else []
     expected = scored_by_mmrm_score(model, path, tmp_path / "scores.jsonl", *flag)
     server = Server(model, tmp_path, *flag)
     try:
@@ -147,7 +147,7 @@ def test_a_query_in_every_policy_template_gets_the_reward_of_mmrm_score(server, 
 
 def test_openrlhfs_exact_shape_against_an_image_index(trained_runs, items, tiny_pairs,
                                                        tmp_path):
-    """OpenRLHF sends ``query`` + ``prompts`` and no images: with ``--images-from`` the
+    """OpenRLHF sends ``query`` + ``prompts`` and no images: with ``images_from=`` the
     server finds each prompt's image and the reward equals ``/score``'s with the image; a
     prompt the index lacks is refused, never scored against a blank image."""
     path, http = items
@@ -155,7 +155,7 @@ def test_openrlhfs_exact_shape_against_an_image_index(trained_runs, items, tiny_
     index = tmp_path / "prompts.jsonl"
     index.write_text("".join(json.dumps({"prompt": r["prompt"], "img_path": r["img_path"]})
                              + "\n" for r in rows[:1]))
-    running = Server(trained_runs["none"] / "final", tmp_path, "--images-from", str(index),
+    running = Server(trained_runs["none"] / "final", tmp_path, f"images_from={index}",
                      "--image-root", "/")
     try:
         status, scored = running.post("/score", {"items": http[:1]})

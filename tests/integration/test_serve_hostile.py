@@ -166,7 +166,7 @@ def cases(port: int, pairs, bomb_png: bytes) -> dict:
                                    413, "pixels"),
         "a 100000x1 image": (score(image=strip), 400, "aspect ratio"),
         "no image (OpenRLHF's remote RM)": (post("/get_reward", {"query": [query]}), 400,
-                                            "--images-from"),
+                                            "images_from="),
         "query unsplittable": (post("/get_reward", {"query": ["no template here"],
                                                     "images": [small]}), 400, "cannot split"),
         "prompts[i] not the query's start": (post("/get_reward", {
