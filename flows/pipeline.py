@@ -122,7 +122,7 @@ def _on_ray(params: PipelineParams, address: str | None, cpus: int | None) -> di
     import ray
     from prefect_ray.task_runners import RayTaskRunner
 
-    from mmrm.score import start_ray
+    from mmrm.cluster import start_ray
 
     started = not ray.is_initialized() and address is None
     if started:                 # a local cluster listens on loopback only, as mmrm score's
