@@ -357,6 +357,19 @@ class ServeConfig(Strict):
 C = TypeVar("C", bound=BaseModel)
 
 
+def flatten(tree: dict, prefix: str = "", keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``: the dotted keys overrides take and
+    trackers log (a key in ``keep`` stays a mapping)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and name not in keep:
+            flat.update(flatten(value, f"{name}.", keep))
+        else:
+            flat[name] = value
+    return flat
+
+
 def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any]) -> dict:
     """Set dotted keys from ``key=value`` strings (values parse as YAML: ``1e-4``, ``true``)
     or from a ``{dotted key: value}`` mapping; returns a new dict."""

@@ -30,9 +30,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from mmrm.config import Strict
+from mmrm.config import Strict, flatten
 from mmrm.outputs import write_atomic
-from mmrm.tracking.tracker import NoOpTracker, Tracker, flatten
+from mmrm.tracking.tracker import NoOpTracker, Tracker
 
 
 class RLConfig(Strict):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmrm.config import ProxySource, TrainConfig, Weighting
+from mmrm.config import ProxySource, TrainConfig, Weighting, flatten
 from mmrm.data import (PairCollator, load_pairs, pairs_with_unknown_tokens, select_folds,
                        unknown_tokens_note)
 from mmrm.evaluate.metrics import pairwise_accuracy
@@ -35,7 +35,7 @@ from mmrm.finetune import apply_finetune, merge_adapters
 from mmrm.inference import load_reward_model, reward_statistics, score_pairs
 from mmrm.model import RewardModel, load_processor, weight_dtype_named
 from mmrm.outputs import write_atomic
-from mmrm.tracking.tracker import NoOpTracker, Tracker, flatten
+from mmrm.tracking.tracker import NoOpTracker, Tracker
 from mmrm.weighting import PairTerms, PairWeighting, weight_histogram, weight_statistics
 
 STATE_FILE = "trainer_state.json"

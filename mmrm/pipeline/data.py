@@ -41,7 +41,7 @@ def make_benchmark(params: PipelineParams) -> dict:
     """Write the builtin environments in their released formats under ``benchmark/raw``, and
     their best-of-N items."""
     from mmrm.synthetic.environments import write_benchmark
-    from mmrm.tracking.tracker import flatten
+    from mmrm.config import flatten
 
     with stage_run(params, "benchmark") as tracker:
         tracker.log_params(flatten(params.benchmark.model_dump(), "benchmark."))

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from mmrm.config import (ProxySource, Strict, TrainConfig, Weighting, apply_overrides,
-                         load_config, with_overrides)
+                         flatten, load_config, with_overrides)
 from mmrm.synthetic.environments import ENVIRONMENTS
 from mmrm.synthetic.visual import LevelName
 
@@ -150,16 +150,9 @@ STANDARD = "none"
 TRAINED_ON = {"neutral": "neutral"}
 
 
-def dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}`` (keys that are dotted already stay)."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value and name not in ("data.eval",):
-            flat.update(dotted(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+def dotted(tree: dict) -> dict[str, Any]:
+    """``train:``'s keys dotted (``data.eval``, a mapping of names to files, stays whole)."""
+    return flatten(tree, keep=("data.eval",))
 
 
 class PipelineParams(Strict):

@@ -8,6 +8,6 @@
 * :mod:`~mmrm.tracking.pyfunc`: a registered RM as an MLflow pyfunc model.
 """
 
-from mmrm.tracking.tracker import MLflowTracker, NoOpTracker, Tracker, file_md5, flatten
+from mmrm.tracking.tracker import MLflowTracker, NoOpTracker, Tracker, file_md5
 
-__all__ = ["Tracker", "NoOpTracker", "MLflowTracker", "flatten", "file_md5"]
+__all__ = ["Tracker", "NoOpTracker", "MLflowTracker", "file_md5"]

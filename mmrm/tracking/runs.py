@@ -16,7 +16,8 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
-from mmrm.tracking.tracker import MLflowTracker, NoOpTracker, _short, flatten
+from mmrm.config import flatten
+from mmrm.tracking.tracker import MLflowTracker, NoOpTracker, _short
 
 PARENT_ENV = "MMRM_PARENT_RUN_ID"
 

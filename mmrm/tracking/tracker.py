@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
+from mmrm.config import flatten
 from mmrm.images import file_digest
 
 
@@ -90,18 +91,6 @@ class MLflowTracker:
 def _short(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:500]
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``: stable parameter names for trackers."""
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def file_md5(path: str | Path) -> str:

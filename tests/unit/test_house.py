@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "mmrm"
 #: What every other module may build on.
 CORE = {"model", "data", "weighting", "formats", "ledger", "images", "config"}
 #: The only modules that may import an engine (Ray, MLflow, Prefect).
-ADAPTERS = {"score", "serve", "tracking", "pipeline", "cli"}
+ADAPTERS = {"score", "serve", "cluster", "tracking", "pipeline", "cli"}
 ENGINES = {"ray", "mlflow", "prefect"}
 
 
