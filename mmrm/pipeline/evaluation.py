@@ -8,12 +8,17 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmrm.tracking.runs import active_run_id, stage_run
 from mmrm.tracking.registry import evaluation_key, promote
 from mmrm.pipeline import say, write_json
 from mmrm.pipeline.params import PipelineParams
+
+if TYPE_CHECKING:
+    import torch
 
 #: The per-model measures averaged per variant into ``metrics/pipeline.json``, with the
 #: best-of-N curve's points (``bon_n<N>``: the pick among N candidates fully correct).
@@ -58,20 +63,112 @@ def evaluate(params: PipelineParams) -> dict:
 
 def model_measures(params: PipelineParams, models: dict[str, Path]) -> tuple[dict, dict]:
     """Per model its shortcut measures (:func:`shortcut_measures`) and diagnosis
-    (:func:`model_diagnosis`); per environment its proxies' accuracies."""
+    (:func:`model_diagnosis`), each model loaded once; per environment its proxies'
+    accuracies. What every model of an environment is measured against is read once
+    (:func:`environment_view`)."""
+    from mmrm.inference import load_reward_model
+
     shortcut, diagnosis = {}, {"models": {}, "proxies": {}}
     best_of_n = best_of_n_source(params)      # written once, read by every model
-    for env in params.environments:
-        proxy = proxy_diagnosis(params, env)
-        if proxy is not None:
-            diagnosis["proxies"][env] = proxy
+    views = {env: environment_view(params, env) for env in params.environments}
+    for env, view in views.items():
+        if view.proxy_accuracy is not None:
+            diagnosis["proxies"][env] = view.proxy_accuracy
     for row, model_dir in models.items():
-        env = row.split("/")[0]
-        shortcut[row] = shortcut_measures(params, env, model_dir, best_of_n)
+        view = views[row.split("/")[0]]
+        model, collator = load_reward_model(model_dir)
+        shortcut[row] = shortcut_measures(model, collator, view, best_of_n)
         say(f"{row}: " + ", ".join(f"{k} {v:.3f}" for k, v in shortcut[row].items()))
-        diagnosis["models"][row] = model_diagnosis(params, env, model_dir,
+        diagnosis["models"][row] = model_diagnosis(model, collator, view, model_dir,
                                                    shortcut[row].get("anticue"))
     return shortcut, diagnosis
+
+
+@dataclass
+class EnvironmentView:
+    """What every model of one environment is measured against: its test pairs, where its
+    text-only proxies fail on them (None without proxies) and the proxies' accuracies, the
+    own cue's side per test pair and the anti-cue split (builtin environments only)."""
+
+    env: str
+    test: list
+    failure: torch.Tensor | None = None
+    proxy_accuracy: dict | None = None
+    own_cue_on_chosen: list[bool] | None = None
+    anticue: list | None = None
+
+
+def environment_view(params: PipelineParams, env: str) -> EnvironmentView:
+    """:class:`EnvironmentView` of ``env``: its files read and its proxies run once."""
+    from mmrm.data import load_pairs
+    from mmrm.evaluate.diagnosis import proxy_margins
+
+    view = EnvironmentView(env, load_pairs(params.pairs(env, "test")))
+    cache = params.proxy_dir(env) / "proxy_losses.json"
+    if cache.exists():
+        stats = json.loads(cache.read_text())
+        margins = proxy_margins(params.proxies(env), view.test)
+        view.failure = margins <= 0
+        view.proxy_accuracy = {
+            "in_sample": stats["accuracy_in_sample"],
+            "out_of_sample": stats["accuracy_out_of_sample"],
+            "test": float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean())}
+    if params.is_builtin(env):        # a released data set has no anti-cue split
+        from mmrm.synthetic.environments import own_cue_on_chosen
+
+        view.anticue = load_pairs(params.pairs(env, "anticue"))
+        view.own_cue_on_chosen = [own_cue_on_chosen(env, p.chosen, p.rejected)
+                                  for p in view.test]
+    return view
+
+
+def shortcut_measures(model, collator, view: EnvironmentView,
+                      best_of_n: tuple[Path, Path]) -> dict[str, float]:
+    """One model's accuracy on its environment's anti-cue split (every cue against the side
+    training favoured) and the quality of its best-of-N picks over every environment's items
+    (``best_of_n``: the items file and image root of :func:`best_of_n_source`)."""
+    from mmrm.evaluate.metrics import best_of_n_file, pairwise_accuracy
+    from mmrm.inference import score_pairs
+
+    measures = {}
+    if view.anticue is not None:
+        measures["anticue"] = pairwise_accuracy(*score_pairs(model, collator, view.anticue))
+    items, root = best_of_n
+    report = best_of_n_file(model, collator.processor, items, image_root=root)
+    measures.update(bon_correct=report["fully_correct"], bon_errors=report["mean_errors"],
+                    bon_random=report["random_fully_correct"],
+                    bon_oracle=report["oracle_fully_correct"],
+                    **{f"{CURVE_PREFIX}{n}": v for n, v in report["curve"].items()})
+    return measures
+
+
+def curve_points(measures: dict[str, float]) -> dict[int, float]:
+    """The best-of-N curve in a model's (or variant's) measures: ``{N: fully correct}``."""
+    return {int(k[len(CURVE_PREFIX):]): v for k, v in measures.items()
+            if k.startswith(CURVE_PREFIX)}
+
+
+def model_diagnosis(model, collator, view: EnvironmentView, model_dir: Path,
+                    anticue: float | None) -> dict:
+    """How much one model leans on the text: its SFD on its environment's test split (the
+    proxies decide the shortcut-failure subset), its cue-balanced accuracy (builtin
+    environments) and its pair weights early / middle / late in training (its run's log)."""
+    from mmrm.evaluate.diagnosis import (cue_balanced_accuracy, shortcut_failure_degradation,
+                                         weight_phases)
+    from mmrm.inference import score_pairs
+
+    chosen, rejected = score_pairs(model, collator, view.test)
+    found = {}
+    if view.failure is not None:
+        found.update(shortcut_failure_degradation(chosen, rejected, view.failure))
+    if anticue is not None:
+        found["cue_balanced"] = cue_balanced_accuracy(chosen, rejected,
+                                                      view.own_cue_on_chosen, anticue)
+    log = model_dir.parent / "metrics.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] \
+        if log.exists() else []
+    found["weights"] = weight_phases(records)
+    return found
 
 
 def variant_metrics(params: PipelineParams, matrix, shortcut: dict) -> dict[str, dict]:
@@ -108,90 +205,6 @@ def choose_champion(params: PipelineParams, matrix, models: dict[str, Path], tes
         say(f"registry: {champion} -> @{chosen['decision']['alias']} "
             f"({chosen['decision']['why']})")
     return chosen
-
-
-def shortcut_measures(params: PipelineParams, env: str, model_dir: Path,
-                      best_of_n: tuple[Path, Path]) -> dict[str, float]:
-    """One model's accuracy on its environment's anti-cue split (every cue against the side
-    training favoured) and the quality of its best-of-N picks over every environment's items
-    (``best_of_n``: the items file and image root of :func:`best_of_n_source`)."""
-    from mmrm.data import load_pairs
-    from mmrm.evaluate.metrics import best_of_n_file, pairwise_accuracy
-    from mmrm.inference import load_reward_model, score_pairs
-
-    model, collator = load_reward_model(model_dir)
-    measures = {}
-    if params.is_builtin(env):        # a released data set has no anti-cue split
-        measures["anticue"] = pairwise_accuracy(*score_pairs(
-            model, collator, load_pairs(params.pairs(env, "anticue"))))
-    items, root = best_of_n
-    report = best_of_n_file(model, collator.processor, items, image_root=root)
-    measures.update(bon_correct=report["fully_correct"], bon_errors=report["mean_errors"],
-                    bon_random=report["random_fully_correct"],
-                    bon_oracle=report["oracle_fully_correct"],
-                    **{f"{CURVE_PREFIX}{n}": v for n, v in report["curve"].items()})
-    return measures
-
-
-def curve_points(measures: dict[str, float]) -> dict[int, float]:
-    """The best-of-N curve in a model's (or variant's) measures: ``{N: fully correct}``."""
-    return {int(k[len(CURVE_PREFIX):]): v for k, v in measures.items()
-            if k.startswith(CURVE_PREFIX)}
-
-
-def proxy_dirs_of(params: PipelineParams, env: str) -> list[Path]:
-    """The saved text-only proxies of ``env`` (one per fold), from its proxy cache."""
-    path = params.proxy_dir(env) / "proxy_losses.json"
-    if not path.exists():
-        return []
-    return [Path(p) for p in json.loads(path.read_text())["proxies"]]
-
-
-def proxy_diagnosis(params: PipelineParams, env: str) -> dict | None:
-    """The proxies' accuracy on their own training pairs, on the pairs they never saw
-    (cross-fitting) and on ``env``'s test split; None where the proxy stage left nothing."""
-    from mmrm.data import load_pairs
-    from mmrm.evaluate.diagnosis import proxy_margins
-
-    path = params.proxy_dir(env) / "proxy_losses.json"
-    if not path.exists():
-        return None
-    cache = json.loads(path.read_text())
-    margins = proxy_margins(proxy_dirs_of(params, env), load_pairs(params.pairs(env, "test")))
-    test = float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean())
-    return {"in_sample": cache["accuracy_in_sample"],
-            "out_of_sample": cache["accuracy_out_of_sample"], "test": test}
-
-
-def model_diagnosis(params: PipelineParams, env: str, model_dir: Path,
-                    anticue: float | None) -> dict:
-    """How much one model leans on the text: its SFD on its environment's test split (the
-    proxies decide the shortcut-failure subset), its cue-balanced accuracy (builtin
-    environments) and its pair weights early / middle / late in training."""
-    from mmrm.data import load_pairs
-    from mmrm.evaluate.diagnosis import (cue_balanced_accuracy, proxy_margins,
-                                         shortcut_failure_degradation, weight_phases)
-    from mmrm.inference import load_reward_model, score_pairs
-
-    pairs = load_pairs(params.pairs(env, "test"))
-    model, collator = load_reward_model(model_dir)
-    chosen, rejected = score_pairs(model, collator, pairs)
-    found = {}
-    proxies = proxy_dirs_of(params, env)
-    if proxies:
-        failure = proxy_margins(proxies, pairs) <= 0
-        found.update(shortcut_failure_degradation(chosen, rejected, failure))
-    if anticue is not None:
-        from mmrm.synthetic.environments import own_cue_on_chosen
-
-        found["cue_balanced"] = cue_balanced_accuracy(
-            chosen, rejected, [own_cue_on_chosen(env, p.chosen, p.rejected) for p in pairs],
-            anticue)
-    log = model_dir.parent / "metrics.jsonl"
-    records = [json.loads(line) for line in log.read_text().splitlines()] \
-        if log.exists() else []
-    found["weights"] = weight_phases(records)
-    return found
 
 
 def best_of_n_source(params: PipelineParams) -> tuple[Path, Path]:

@@ -3,6 +3,7 @@ fails with ``file: key: problem``), and where each stage's files lie."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +312,14 @@ class PipelineParams(Strict):
 
     def proxy_dir(self, env: str) -> Path:
         return Path(self.paths.runs) / "proxy" / env
+
+    def proxies(self, env: str) -> list[Path]:
+        """The saved text-only proxies of ``env`` (one per fold), from its proxy cache
+        (none before the proxy stage ran)."""
+        cache = self.proxy_dir(env) / "proxy_losses.json"
+        if not cache.exists():
+            return []
+        return [Path(p) for p in json.loads(cache.read_text())["proxies"]]
 
     def model_dir(self, env: str, variant: str) -> Path:
         """A reward model's run folder: ``models/<env>/<variant>``, a derived variant's

@@ -128,12 +128,11 @@ def interpolation_candidates(params: PipelineParams, env: str) -> list[dict]:
     from mmrm.inference import score_pairs
     from mmrm.interpolate import Interpolation
     from mmrm.model import load_processor
-    from mmrm.pipeline.evaluation import proxy_dirs_of
 
     standard = params.model_dir(env, STANDARD) / "final"
     config = train_config(params, env, STANDARD)
     val = load_pairs(params.pairs(env, "val"))
-    proxies = proxy_dirs_of(params, env)
+    proxies = params.proxies(env)
     if not proxies:
         raise ValueError(f"{params.proxy_dir(env)}: no proxies: the interpolation rule needs "
                          f"them to find the validation pairs text alone gets wrong")
