@@ -67,6 +67,13 @@ def default_method() -> str | None:
     return default.get("method") if default else None
 
 
+def between(method: dict, neutral: dict) -> tuple[bool, str]:
+    """Prediction 5: the method's paired gold gain above 0 and below the neutral RM's (both
+    computed before they are compared, whichever way the comparison goes)."""
+    return (0 < method["mean"] < neutral["mean"],
+            f"sfc_two_stage {fmt(method)}, neutral {fmt(neutral)}")
+
+
 def predictions(runs: dict) -> list[dict]:
     """The pre-registered predictions (README), each held, not held, or not decided."""
     def ready(*rms):
@@ -98,9 +105,8 @@ def predictions(runs: dict) -> list[dict]:
                  c["high"] < 0, fmt(c)))
     add("sfc_two_stage's policy ends with gold above the standard RM's and below the neutral "
         "RM's (means)", ("none", "neutral", "sfc_two_stage"),
-        lambda: (0 < (a := paired(runs, "sfc_two_stage", "rl/gold"))["mean"] <
-                 (b := paired(runs, "neutral", "rl/gold"))["mean"],
-                 f"sfc_two_stage {fmt(a)}, neutral {fmt(b)}"))
+        lambda: between(paired(runs, "sfc_two_stage", "rl/gold"),
+                        paired(runs, "neutral", "rl/gold")))
     method = default_method()
     if method is None:
         out.append({"claim": "the default's method (grid 3's rule) ends >= +0.05 gold above "

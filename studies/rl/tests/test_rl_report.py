@@ -47,3 +47,17 @@ def test_the_report_reads_starts_ends_and_pairs(tmp_path):
     report.write_report(tmp_path)
     assert "| neutral | 5 |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "gold_vs_reward.png").stat().st_size > 1000
+
+
+def test_a_prediction_that_fails_its_first_comparison_is_decided_not_a_crash(tmp_path):
+    """Prediction 5 with sfc_two_stage's policy below the standard RM's (its first
+    comparison false): decided as not held, with both numbers."""
+    for seed in range(5):
+        for rm, gold in (("none", (0.6, 0.6)), ("neutral", (0.6, 0.8)),
+                         ("sfc_two_stage", (0.6, 0.5))):
+            path = tmp_path / "runs" / rm / f"seed{seed}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(run(rm, seed, gold, (0.5, 0.5))))
+    check = next(c for c in report.predictions(report.load(tmp_path))
+                 if c["claim"].startswith("sfc_two_stage's policy ends with gold"))
+    assert check["held"] is False and "neutral" in check["detail"]
