@@ -22,7 +22,6 @@ import base64
 import http.client
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -35,6 +34,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from mmrm.cluster import stop_process_group  # noqa: E402
 
 
 def free_port() -> int:
@@ -63,13 +64,7 @@ def start_server(model: Path, port: int, threads: int) -> subprocess.Popen:
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_process_group(proc)
 
 
 def make_requests(pairs: Path, count: int, responses: int) -> list[bytes]:

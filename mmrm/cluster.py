@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["start_ray", "check_address"]
+__all__ = ["start_ray", "check_address", "stop_process_group"]
 
 
 def start_ray(address: str | None, **init_kwargs) -> None:
@@ -47,3 +47,19 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
     except OSError as err:
         raise ValueError(f"address={address}: no Ray cluster answers there within "
                          f"{timeout:g} s ({err.strerror or err})") from None
+
+
+def stop_process_group(proc, grace_s: float = 60.0) -> None:
+    """Stop a process started in a session of its own (``mmrm serve`` and its Ray cluster):
+    SIGTERM to it by its pid, then, if it has not exited within ``grace_s``, SIGKILL to its
+    process group."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import socket
 import statistics
 import subprocess
@@ -181,13 +180,9 @@ class served:
         raise ValueError(f"mmrm serve {self.model} was not ready in 300 s")
 
     def __exit__(self, *exc) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        from mmrm.cluster import stop_process_group
+
+        stop_process_group(self.proc)
 
 
 def free_port() -> int:

@@ -377,15 +377,21 @@ def best_of_n_items(env: str, count: int, candidates: int, rng: random.Random,
 def write_best_of_n(items: list[CandidateSet], path: Path, image_size: int = 56) -> Path:
     """The items in mmrm's inference format (``errors`` kept as an extra field), images as
     PNGs in ``images/`` beside ``path``."""
+    return _write_with_images(items, path, image_size, lambda item, image: {
+        "id": item.id, "prompt": item.prompt, "img_path": image,
+        "responses": list(item.responses), "errors": list(item.errors)})
+
+
+def _write_with_images(items, path: Path, image_size: int, record) -> Path:
+    """One JSONL line per item (``record(item, img_path)``), written whole, each item's scene
+    drawn to ``images/<id>.png`` beside ``path``."""
     path = Path(path)
     (path.parent / "images").mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:
         for item in items:
             image = Path("images") / f"{item.id}.png"
             draw(item.scene, image_size).save(path.parent / image, format="PNG")
-            f.write(json.dumps({"id": item.id, "prompt": item.prompt, "img_path": str(image),
-                                "responses": list(item.responses),
-                                "errors": list(item.errors)}) + "\n")
+            f.write(json.dumps(record(item, str(image))) + "\n")
     return path
 
 
@@ -425,18 +431,11 @@ def write_rl_prompts(env: str, items: list[RLPrompt], path: Path, image_size: in
     """The prompts as JSONL (``prompt``, ``img_path``, the scene's things and the asked
     attribute: mmrm's inference format less responses, and an index ``mmrm serve
     images_from=`` reads), images as PNGs in ``images/`` beside ``path``."""
-    path = Path(path)
-    (path.parent / "images").mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as f:
-        for item in items:
-            image = Path("images") / f"{item.id}.png"
-            draw(item.scene, image_size).save(path.parent / image, format="PNG")
-            f.write(json.dumps({
-                "id": item.id, "env": env, "prompt": item.prompt, "img_path": str(image),
-                "attribute": item.attribute, "styled": item.scene.styled,
-                "things": [{"shape": t.shape, "colour": t.colour, "size": t.size,
-                            "style": t.style} for t in item.scene.things]}) + "\n")
-    return path
+    return _write_with_images(items, path, image_size, lambda item, image: {
+        "id": item.id, "env": env, "prompt": item.prompt, "img_path": image,
+        "attribute": item.attribute, "styled": item.scene.styled,
+        "things": [{"shape": t.shape, "colour": t.colour, "size": t.size, "style": t.style}
+                   for t in item.scene.things]})
 
 
 def scene_of(record: dict) -> Scene:

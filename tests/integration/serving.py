@@ -3,7 +3,6 @@ port, stopped by its pid (SIGTERM, then the group)."""
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+
+from mmrm.cluster import stop_process_group
 
 TOKEN = "a-test-token-of-enough-length-0123"
 
@@ -106,10 +107,4 @@ class Server:
             return []
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process_group(self.proc)
