@@ -50,8 +50,9 @@ venv: $(STAMP)
 # The main job on the built-in default: the DVC pipeline (dvc.yaml over params.yaml) -
 # the synthetic shortcut benchmark in the released formats, converted by the real converters;
 # the tiny grounded base (built once, cached by DVC); per environment a text-only proxy, a
-# standard RM and a shortcut-aware (two-stage SFC) RM; the cross-distribution matrix; best-of-N
-# scoring of a sample with the champion on Ray. MLflow records it all in ./mlflow.db.
+# standard RM, a group-balanced RM and their weight interpolation (the default by the shortcut
+# study's rule); the cross-distribution matrix; best-of-N scoring of a sample with the
+# champion on Ray. MLflow records it all in ./mlflow.db.
 run: $(STAMP)
 	$(BIN)/dvc repro
 	@echo
