@@ -59,12 +59,8 @@ def start_server(model: Path, port: int, threads: int) -> subprocess.Popen:
                 return proc
         except OSError:
             time.sleep(1)
-    stop_server(proc)
-    raise SystemExit("mmrm serve did not come up in 300 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
     stop_process_group(proc)
+    raise SystemExit("mmrm serve did not come up in 300 s")
 
 
 def make_requests(pairs: Path, count: int, responses: int) -> list[bytes]:
@@ -143,7 +139,7 @@ def main() -> None:
                 runs.setdefault(f"concurrency {clients}", []).append(
                     run(port, bodies, clients))
     finally:
-        stop_server(server)
+        stop_process_group(server)
     report(args, {name: median_row(rows) for name, rows in runs.items()})
 
 
@@ -179,7 +175,7 @@ def main_rl(args) -> None:
                 seconds["grouped"].append(post(port, grouped))
                 seconds["one item per completion"].append(post(port, flat))
     finally:
-        stop_server(server)
+        stop_process_group(server)
     responses = args.prompts * args.group
     print(f"{args.model}, RL steps of {args.prompts} prompts x G={args.group} completions "
           f"({responses} responses), {len(steps)} steps x {args.repeats} rounds, 1 replica, "

@@ -5,6 +5,8 @@ address that answers."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 
 __all__ = ["start_ray", "check_address", "stop_process_group"]
 
@@ -53,9 +55,6 @@ def stop_process_group(proc, grace_s: float = 60.0) -> None:
     """Stop a process started in a session of its own (``mmrm serve`` and its Ray cluster):
     SIGTERM to it by its pid, then, if it has not exited within ``grace_s``, SIGKILL to its
     process group."""
-    import signal
-    import subprocess
-
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:

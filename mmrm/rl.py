@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from mmrm.cluster import stop_process_group
 from mmrm.config import Strict, flatten
 from mmrm.outputs import write_atomic
 from mmrm.tracking.tracker import NoOpTracker, Tracker
@@ -180,8 +181,6 @@ class served:
         raise ValueError(f"mmrm serve {self.model} was not ready in 300 s")
 
     def __exit__(self, *exc) -> None:
-        from mmrm.cluster import stop_process_group
-
         stop_process_group(self.proc)
 
 
